@@ -1,0 +1,11 @@
+//! The seam to RabbitMQ: connecting (with bounded retries and redacted URLs),
+//! declaring queues on channels of their own, and confirmed publishing.
+
+mod connect;
+mod publisher;
+mod topology;
+
+pub use connect::redact_url;
+pub(crate) use connect::{ConnectPolicy, connect};
+pub(crate) use publisher::Publisher;
+pub(crate) use topology::{QueueSpec, declare_queue};

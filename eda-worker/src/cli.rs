@@ -1,0 +1,178 @@
+//! The `worker` command. An app's `src/bin/worker.rs` is one line:
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> std::process::ExitCode {
+//!     eda_worker::cli::main().await
+//! }
+//! ```
+//!
+//! The CLI owns the signals: the first SIGTERM or SIGINT starts a graceful
+//! stop, a second one exits at once with status 130.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS};
+use crate::{Registry, Worker, WorkerConfig};
+
+/// Exit status when a second signal cuts the graceful stop short.
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about = "Runs the eda-worker jobs linked into this binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume the job queues until SIGTERM or SIGINT.
+    Run(RunArgs),
+    /// List the registered jobs.
+    Jobs,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
+    amqp_url: String,
+    /// Queues to consume, comma-separated (default: every queue a job uses).
+    #[arg(long, env = "EDA_QUEUES", value_delimiter = ',')]
+    queues: Vec<String>,
+    /// Handlers in flight per queue.
+    #[arg(long, env = "EDA_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Unacked messages per queue (default: 4 x concurrency).
+    #[arg(long, env = "EDA_PREFETCH")]
+    prefetch: Option<u16>,
+    /// How long running jobs may finish after a stop signal, e.g. 30s, 2m.
+    #[arg(long, env = "EDA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Connection attempts before giving up.
+    #[arg(long, env = "EDA_CONNECT_ATTEMPTS", default_value_t = DEFAULT_CONNECT_ATTEMPTS)]
+    connect_attempts: usize,
+}
+
+impl RunArgs {
+    fn into_config(self) -> WorkerConfig {
+        let mut config = WorkerConfig::new(self.amqp_url)
+            .queues(self.queues.into_iter().filter(|queue| !queue.trim().is_empty()))
+            .concurrency(self.concurrency)
+            .shutdown_timeout(self.shutdown_timeout)
+            .connect_attempts(self.connect_attempts);
+        config.prefetch = self.prefetch;
+        config
+    }
+}
+
+/// Parses the command line and runs the `worker` command.
+pub async fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Run(args) => run(args).await,
+        Command::Jobs => list_jobs(),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", crate::error::error_chain_text(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Ignore the error when the embedding app installed a subscriber already.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(args: RunArgs) -> Result<(), crate::Error> {
+    let worker = Worker::new(args.into_config())?;
+    let token = CancellationToken::new();
+    let signals = tokio::spawn(stop_on_signals(token.clone()));
+    tracing::info!(queues = ?worker.queues(), "worker starting");
+    let result = worker.run(token).await;
+    signals.abort();
+    if result.is_ok() {
+        tracing::info!("worker stopped");
+    }
+    result
+}
+
+/// First signal: cancel the token (graceful stop). Second: exit at once.
+async fn stop_on_signals(token: CancellationToken) {
+    if let Err(error) = next_signal().await {
+        tracing::error!(error = %error, "cannot listen for stop signals; stop the worker with SIGKILL");
+        return;
+    }
+    tracing::info!("stop signal received; finishing running jobs (send another to exit at once)");
+    token.cancel();
+    if next_signal().await.is_ok() {
+        tracing::warn!("second stop signal; exiting without waiting for running jobs");
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
+}
+
+#[cfg(unix)]
+async fn next_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn list_jobs() -> Result<(), crate::Error> {
+    let registry = Registry::from_linked_jobs()?;
+    print!("{}", jobs_table(&registry));
+    Ok(())
+}
+
+fn jobs_table(registry: &Registry) -> String {
+    let header = ["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"].map(String::from);
+    let rows: Vec<[String; 5]> = registry
+        .jobs()
+        .map(|job| {
+            [
+                job.name.to_owned(),
+                job.queue.to_owned(),
+                job.retries.to_string(),
+                humantime::format_duration(job.timeout).to_string(),
+                job.function_path.to_owned(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|cell| cell.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut table = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        table.push_str(cells.join("  ").trim_end());
+        table.push('\n');
+    }
+    if rows.is_empty() {
+        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
+    }
+    table
+}

@@ -1,0 +1,135 @@
+//! Settings: where the broker is and how the worker consumes.
+
+use std::time::Duration;
+
+/// The broker URL used when `AMQP_URL` is not set.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Handlers in flight per queue when not configured.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// How long a stopping worker waits for running jobs when not configured.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connection attempts before giving up when not configured.
+pub const DEFAULT_CONNECT_ATTEMPTS: usize = 5;
+
+/// `AMQP_URL`, or [`DEFAULT_AMQP_URL`].
+pub fn amqp_url_from_env() -> String {
+    std::env::var("AMQP_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned())
+}
+
+/// How a worker runs. Build it with [`WorkerConfig::new`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use eda_worker::WorkerConfig;
+///
+/// let config = WorkerConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+///     .queues(["email"])
+///     .concurrency(8)
+///     .prefetch(32)
+///     .shutdown_timeout(Duration::from_secs(10));
+/// assert_eq!(config.effective_prefetch(), 32);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// The broker URL.
+    pub amqp_url: String,
+    /// The queues to consume; empty means every queue a registered job uses.
+    pub queues: Vec<String>,
+    /// Handlers in flight per queue.
+    pub concurrency: usize,
+    /// Unacked messages the broker may push per queue; `None`: 4 × concurrency.
+    pub prefetch: Option<u16>,
+    /// How long a stopping worker lets running jobs finish.
+    pub shutdown_timeout: Duration,
+    /// Connection attempts before the worker gives up.
+    pub connect_attempts: usize,
+}
+
+impl WorkerConfig {
+    /// Defaults, with the broker at `amqp_url`.
+    pub fn new(amqp_url: impl Into<String>) -> Self {
+        WorkerConfig {
+            amqp_url: amqp_url.into(),
+            queues: Vec::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+        }
+    }
+
+    /// Defaults, with the broker at `AMQP_URL`.
+    pub fn from_env() -> Self {
+        Self::new(amqp_url_from_env())
+    }
+
+    /// Consume only these queues.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Handlers in flight per queue.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Unacked messages per queue.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// How long a stopping worker lets running jobs finish.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Connection attempts before giving up.
+    pub fn connect_attempts(mut self, attempts: usize) -> Self {
+        self.connect_attempts = attempts;
+        self
+    }
+
+    /// The prefetch in force: the configured one, or 4 × concurrency (at most 65535).
+    pub fn effective_prefetch(&self) -> u16 {
+        self.prefetch.unwrap_or_else(|| u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX))
+    }
+
+    /// Acks coalesced into one frame at most: a quarter of the prefetch window,
+    /// so the broker always has room to push more while acks are pending.
+    pub(crate) fn ack_batch(&self) -> usize {
+        (usize::from(self.effective_prefetch()) / 4).clamp(1, 64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_defaults_to_four_times_concurrency() {
+        assert_eq!(WorkerConfig::new("amqp://x").concurrency(10).effective_prefetch(), 40);
+        assert_eq!(WorkerConfig::new("amqp://x").concurrency(100_000).effective_prefetch(), u16::MAX);
+    }
+
+    #[test]
+    fn ack_batch_leaves_room_in_the_prefetch_window() {
+        assert_eq!(WorkerConfig::new("amqp://x").prefetch(1).ack_batch(), 1);
+        assert_eq!(WorkerConfig::new("amqp://x").prefetch(40).ack_batch(), 10);
+        assert_eq!(WorkerConfig::new("amqp://x").prefetch(1000).ack_batch(), 64);
+    }
+}

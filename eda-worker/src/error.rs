@@ -1,0 +1,312 @@
+//! Errors: [`JobError`] is what a handler returns, [`Error`] what the library returns.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// How many bytes of an error's text travel in a message header.
+///
+/// Error chains can be arbitrarily long (a remote body, a huge SQL statement);
+/// headers live in every copy of the message, so they are capped.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// The error a job handler returns.
+///
+/// Any `std::error::Error` converts into a *retryable* `JobError` with `?`;
+/// wrap it with [`JobError::permanent`] when retrying cannot help (bad input,
+/// a record that does not exist). A permanent error goes straight to the
+/// dead-letter queue.
+///
+/// `JobError` itself does not implement `std::error::Error`: that is what lets
+/// every error type convert into it (the same trick `anyhow::Error` uses).
+pub struct JobError {
+    kind: JobErrorKind,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// Whether retrying a failed job can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobErrorKind {
+    /// A transient failure: the job is tried again while it has retries left.
+    Retryable,
+    /// Retrying cannot help: the job is dead-lettered at once.
+    Permanent,
+}
+
+impl JobError {
+    /// A failure worth retrying.
+    pub fn retryable<E>(error: E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        JobError {
+            kind: JobErrorKind::Retryable,
+            source: error.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix: the message is dead-lettered at once.
+    pub fn permanent<E>(error: E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        JobError {
+            kind: JobErrorKind::Permanent,
+            source: error.into(),
+        }
+    }
+
+    /// A retryable failure described by a message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self::retryable(message.into())
+    }
+
+    /// Whether this failure is retryable or permanent.
+    pub fn kind(&self) -> JobErrorKind {
+        self.kind
+    }
+
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.kind == JobErrorKind::Permanent
+    }
+
+    /// The underlying error.
+    pub fn source_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.source.as_ref()
+    }
+
+    /// The error and its whole source chain on one line, capped at
+    /// [`MAX_ERROR_TEXT`] bytes: the text that goes into `x-eda-error`.
+    pub fn chain_text(&self) -> String {
+        error_chain_text(self.source.as_ref())
+    }
+}
+
+impl<E> From<E> for JobError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        JobError::retryable(error)
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.chain_text())
+    }
+}
+
+/// `error: cause: cause`, capped at [`MAX_ERROR_TEXT`] bytes on a char boundary.
+pub fn error_chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Many errors repeat their source in their own message; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    cap_text(text, MAX_ERROR_TEXT).into_owned()
+}
+
+/// Cuts `text` to at most `max` bytes, on a char boundary, marking the cut.
+pub(crate) fn cap_text(text: String, max: usize) -> Cow<'static, str> {
+    if text.len() <= max {
+        return Cow::Owned(text);
+    }
+    const MARK: &str = "...";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
+/// Errors of the library: connecting, declaring, publishing, configuring.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The AMQP URL does not parse.
+    #[error("invalid AMQP URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL with its password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The broker could not be reached after the configured number of attempts.
+    #[error(
+        "could not connect to RabbitMQ at {url} after {attempts} attempt(s); check that the broker runs and AMQP_URL is right"
+    )]
+    Connect {
+        /// The URL with its password redacted.
+        url: String,
+        /// How many attempts were made.
+        attempts: usize,
+        /// The last attempt's error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// A queue exists on the broker with other arguments than the ones declared.
+    #[error(
+        "queue `{queue}` exists with other arguments than this worker declares ({detail}); delete the queue or align the job's queue settings"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The broker's words on the differing argument.
+        detail: String,
+    },
+
+    /// A broker operation failed.
+    #[error("RabbitMQ {operation} failed")]
+    Broker {
+        /// What was being done, e.g. `publish to queue \`email\``.
+        operation: String,
+        /// The broker or connection error.
+        #[source]
+        source: lapin::Error,
+    },
+
+    /// The broker answered a publish with a negative confirm.
+    #[error("RabbitMQ refused (nacked) message {message_id} for `{routing_key}`; it was not stored")]
+    Nacked {
+        /// The message that was refused.
+        message_id: String,
+        /// Where it was going.
+        routing_key: String,
+    },
+
+    /// A mandatory publish reached no queue.
+    #[error(
+        "message {message_id} reached no queue: nothing is bound to `{routing_key}` on exchange `{exchange}` (broker said {reply_code} {reply_text})"
+    )]
+    Unroutable {
+        /// The message that was returned.
+        message_id: String,
+        /// The exchange published to (empty: the default exchange).
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+        /// The broker's reply code.
+        reply_code: u16,
+        /// The broker's reply text.
+        reply_text: String,
+    },
+
+    /// Job arguments did not serialize to JSON.
+    #[error("could not serialize the arguments of job `{job}` to JSON")]
+    Serialize {
+        /// The job's wire name.
+        job: &'static str,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A value does not fit in an AMQP short string (255 bytes).
+    #[error("{what} is {len} bytes long; AMQP allows at most 255")]
+    TooLong {
+        /// Which value.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+
+    /// Two `#[job]`s share one wire name.
+    #[error(
+        "two jobs are registered under the wire name `{name}`: `{first}` and `{second}`; give one of them `#[job(name = \"...\")]`"
+    )]
+    DuplicateJob {
+        /// The shared wire name.
+        name: &'static str,
+        /// One function.
+        first: &'static str,
+        /// The other function.
+        second: &'static str,
+    },
+
+    /// The worker was asked to consume a queue no job uses.
+    #[error("no registered job uses queue `{queue}` (known queues: {known})")]
+    UnknownQueue {
+        /// The queue asked for.
+        queue: String,
+        /// The queues the registry knows.
+        known: String,
+    },
+
+    /// The broker cancelled a consumer: its queue was deleted, or a node failed.
+    #[error("the broker cancelled the consumer of queue `{queue}` (was the queue deleted?)")]
+    ConsumerCancelled {
+        /// The queue.
+        queue: String,
+    },
+
+    /// An ack could not be sent because the channel had closed.
+    #[error("could not ack delivery {tag} on queue `{queue}`: the channel is closed; the message will be redelivered")]
+    AckFailed {
+        /// The queue.
+        queue: String,
+        /// The delivery tag.
+        tag: u64,
+    },
+
+    /// The worker was configured with nothing to do or impossible settings.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn any_std_error_converts_into_a_retryable_job_error() {
+        fn fails() -> Result<(), JobError> {
+            Err(std::io::Error::other("disk full"))?;
+            Ok(())
+        }
+        let error = fails().unwrap_err();
+        assert_eq!(error.kind(), JobErrorKind::Retryable);
+        assert_eq!(error.to_string(), "disk full");
+    }
+
+    #[test]
+    fn permanent_errors_say_so() {
+        assert!(JobError::permanent("no such user").is_permanent());
+        assert!(!JobError::msg("try later").is_permanent());
+    }
+
+    #[test]
+    fn chain_text_joins_sources() {
+        let error = JobError::from(Outer(std::io::Error::other("inner")));
+        assert_eq!(error.chain_text(), "outer: inner");
+    }
+
+    #[test]
+    fn chain_text_is_capped_on_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let text = JobError::msg(long).chain_text();
+        assert!(text.len() <= MAX_ERROR_TEXT);
+        assert!(text.ends_with("..."));
+    }
+}

@@ -1,0 +1,127 @@
+//! The job trait that `#[job]` implements, and the type-erased form the
+//! registry keeps of every job.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{JobContext, JobError};
+
+/// Retries after the first attempt when `#[job]` does not say.
+pub const DEFAULT_RETRIES: u32 = 3;
+
+/// How long one attempt may run when `#[job]` gives no `timeout`.
+///
+/// Kept well below RabbitMQ's default consumer timeout (30 minutes), past
+/// which the broker closes the channel of a consumer holding an unacked message.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// A job: a typed handler bound to a queue. `#[job]` implements it on a unit
+/// struct named after the function, which is the job's *handle*:
+///
+/// ```
+/// use eda_worker::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Welcome { pub user_id: i64 }
+///
+/// #[job(queue = "email", retries = 3)]
+/// pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
+///     let _ = (ctx.attempt(), args.user_id);
+///     Ok(())
+/// }
+///
+/// assert_eq!(<send_welcome as Job>::NAME, "send_welcome");
+/// assert_eq!(<send_welcome as Job>::QUEUE, "email");
+/// # let rt = tokio::runtime::Runtime::new().unwrap();
+/// // The handle runs the body directly, with no broker: handy in unit tests.
+/// rt.block_on(send_welcome.call(JobContext::for_test(), Welcome { user_id: 7 })).unwrap();
+/// ```
+pub trait Job: Default + Copy + Send + Sync + 'static {
+    /// The handler's argument type, sent as JSON.
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The wire name: the message's `type` property.
+    const NAME: &'static str;
+    /// The queue the job is published to and consumed from.
+    const QUEUE: &'static str;
+    /// Retries after the first attempt.
+    const RETRIES: u32 = DEFAULT_RETRIES;
+    /// How long one attempt may run.
+    const TIMEOUT: Duration = DEFAULT_TIMEOUT;
+
+    /// Runs the handler body.
+    fn call(
+        &self,
+        ctx: JobContext,
+        args: Self::Args,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// A started handler, type-erased.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'static>>;
+
+/// Decodes a message body into the job's arguments and starts its handler.
+type Start = fn(JobContext, &[u8]) -> Result<HandlerFuture, serde_json::Error>;
+
+/// What the registry knows of one job: its options and how to run it
+/// from raw bytes. `#[job]` submits one per job.
+#[derive(Clone, Copy)]
+pub struct JobDefinition {
+    /// The wire name.
+    pub name: &'static str,
+    /// The queue.
+    pub queue: &'static str,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// How long one attempt may run.
+    pub timeout: Duration,
+    /// The function's path, e.g. `my_app::jobs::send_welcome`, for messages.
+    pub function_path: &'static str,
+    start: Start,
+}
+
+impl JobDefinition {
+    /// The definition of job `J`, whose function lives at `function_path`.
+    pub const fn of<J: Job>(function_path: &'static str) -> Self {
+        JobDefinition {
+            name: J::NAME,
+            queue: J::QUEUE,
+            retries: J::RETRIES,
+            timeout: J::TIMEOUT,
+            function_path,
+            start: start_job::<J>,
+        }
+    }
+
+    /// Decodes `body` into the job's arguments and returns the running handler.
+    pub fn start(
+        &self,
+        ctx: JobContext,
+        body: &[u8],
+    ) -> Result<HandlerFuture, serde_json::Error> {
+        (self.start)(ctx, body)
+    }
+}
+
+impl std::fmt::Debug for JobDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobDefinition")
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("retries", &self.retries)
+            .field("timeout", &self.timeout)
+            .field("function_path", &self.function_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn start_job<J: Job>(ctx: JobContext, body: &[u8]) -> Result<HandlerFuture, serde_json::Error> {
+    let args: J::Args = serde_json::from_slice(body)?;
+    Ok(Box::pin(async move { J::default().call(ctx, args).await }))
+}
+
+inventory::collect!(JobDefinition);

@@ -1,0 +1,71 @@
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+//! Typed background jobs and event handlers on RabbitMQ.
+//!
+//! Put `#[job]` on an async function; enqueue it from any async code with a
+//! [`Client`]; run the `worker` command ([`cli::main`]) once per deployment.
+//!
+//! ```no_run
+//! use eda_worker::prelude::*;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Welcome { pub user_id: i64, pub email: String }
+//!
+//! #[job(queue = "email", retries = 3)]
+//! pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
+//!     println!("attempt {} for {}", ctx.attempt(), args.email);
+//!     Ok(())
+//! }
+//!
+//! # async fn web_handler() -> Result<(), eda_worker::Error> {
+//! let client = Client::from_env().await?;
+//! // Returns once the broker has confirmed the message.
+//! let id = client.enqueue(send_welcome, Welcome { user_id: 1, email: "a@b.c".into() }).await?;
+//! # let _ = id; Ok(()) }
+//! ```
+//!
+//! The wire format, broker layout and failure handling are described in the
+//! README; [`wire`] holds the header names.
+
+// Lets `#[job]` (which names `::eda_worker::...`) be used inside this crate's own tests.
+extern crate self as eda_worker;
+
+mod broker;
+pub mod cli;
+mod client;
+mod config;
+mod context;
+mod dead_letter;
+mod error;
+mod job;
+mod registry;
+pub mod wire;
+mod worker;
+
+pub use broker::redact_url;
+pub use client::{Client, EnqueueOptions};
+pub use config::{
+    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig,
+    amqp_url_from_env,
+};
+pub use context::JobContext;
+pub use eda_worker_macros::job;
+pub use error::{Error, JobError, JobErrorKind, MAX_ERROR_TEXT, error_chain_text};
+pub use job::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobDefinition};
+pub use registry::Registry;
+pub use worker::Worker;
+
+/// What a job module needs: `use eda_worker::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Client, Job, JobContext, JobError};
+    pub use eda_worker_macros::job;
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Used by the code `#[job]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::job::{Job, JobDefinition};
+    pub use inventory;
+    pub use std::time::Duration;
+}

@@ -1,0 +1,138 @@
+//! The registry: every `#[job]` linked into the binary, collected at start-up
+//! without a hand-written list.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use crate::Error;
+use crate::job::JobDefinition;
+
+/// The jobs known to this binary, indexed by wire name.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    jobs: BTreeMap<&'static str, JobDefinition>,
+}
+
+impl Registry {
+    /// Every `#[job]` linked into this binary.
+    ///
+    /// Fails when two jobs share a wire name, naming both functions.
+    pub fn from_linked_jobs() -> Result<Self, Error> {
+        Self::from_definitions(inventory::iter::<JobDefinition>.into_iter().copied())
+    }
+
+    /// A registry of the given definitions (for tests and embedding).
+    pub fn from_definitions(
+        definitions: impl IntoIterator<Item = JobDefinition>,
+    ) -> Result<Self, Error> {
+        let mut jobs = BTreeMap::new();
+        for definition in definitions {
+            match jobs.entry(definition.name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(definition);
+                }
+                Entry::Occupied(existing) => {
+                    let mut pair = [existing.get().function_path, definition.function_path];
+                    pair.sort_unstable();
+                    return Err(Error::DuplicateJob {
+                        name: definition.name,
+                        first: pair[0],
+                        second: pair[1],
+                    });
+                }
+            }
+        }
+        Ok(Registry { jobs })
+    }
+
+    /// The job with this wire name.
+    pub fn get(&self, name: &str) -> Option<&JobDefinition> {
+        self.jobs.get(name)
+    }
+
+    /// All jobs, ordered by wire name.
+    pub fn jobs(&self) -> impl Iterator<Item = &JobDefinition> {
+        self.jobs.values()
+    }
+
+    /// The distinct queues the jobs use, sorted.
+    pub fn queues(&self) -> Vec<&'static str> {
+        let mut queues: Vec<_> = self.jobs.values().map(|job| job.queue).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        queues
+    }
+
+    /// True when no job is registered.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::prelude::*;
+    use crate::{Error, JobDefinition, Registry};
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Greeting {
+        name: String,
+    }
+
+    /// A job used by the registry's own tests.
+    #[job(queue = "registry-test", retries = 5, timeout = "90s")]
+    async fn greet(ctx: JobContext, args: Greeting) -> Result<(), JobError> {
+        if args.name.is_empty() {
+            return Err(JobError::permanent("no name"));
+        }
+        assert_eq!(ctx.attempt(), 0);
+        Ok(())
+    }
+
+    #[job(queue = "registry-test", name = "renamed.wire")]
+    async fn renamed(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    #[test]
+    fn linked_jobs_are_registered_with_their_options() {
+        let registry = Registry::from_linked_jobs().unwrap();
+        let greeting = registry.get("greet").expect("greet is registered");
+        assert_eq!(greeting.queue, "registry-test");
+        assert_eq!(greeting.retries, 5);
+        assert_eq!(greeting.timeout, Duration::from_secs(90));
+        assert_eq!(greeting.function_path, "eda_worker::registry::tests::greet");
+        let other = registry.get("renamed.wire").expect("wire name from `name`");
+        assert_eq!(other.retries, crate::DEFAULT_RETRIES);
+        assert_eq!(other.timeout, crate::DEFAULT_TIMEOUT);
+        assert_eq!(registry.queues(), vec!["registry-test"]);
+    }
+
+    #[tokio::test]
+    async fn the_handle_runs_the_body_without_a_broker() {
+        greet.call(JobContext::for_test(), Greeting { name: "ada".into() }).await.unwrap();
+        let error = greet.call(JobContext::for_test(), Greeting { name: String::new() }).await.unwrap_err();
+        assert!(error.is_permanent());
+    }
+
+    #[test]
+    fn the_erased_definition_decodes_json_arguments() {
+        let definition = JobDefinition::of::<greet>("greet");
+        assert!(definition.start(JobContext::for_test(), br#"{"name":"ada"}"#).is_ok());
+        let error = definition.start(JobContext::for_test(), br#"{"nom":"ada"}"#).err().unwrap();
+        assert!(error.to_string().contains("missing field `name`"), "{error}");
+    }
+
+    #[test]
+    fn two_jobs_with_one_wire_name_are_refused_naming_both() {
+        let error = Registry::from_definitions([
+            JobDefinition::of::<greet>("app::a::greet"),
+            JobDefinition::of::<greet>("app::b::greet"),
+        ])
+        .unwrap_err();
+        assert!(matches!(error, Error::DuplicateJob { name: "greet", first: "app::a::greet", second: "app::b::greet" }));
+        assert!(error.to_string().contains("`app::a::greet` and `app::b::greet`"), "{error}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The wire format: which properties and headers a job message carries.
+//!
+//! One message is one job attempt. The body is the arguments as JSON; the
+//! properties say which job (`type`), which message (`message_id`, stable
+//! across retries) and which request caused it (`correlation_id`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::Error;
+
+/// Header: 0 on the first delivery, n on the n-th retry.
+pub const HEADER_ATTEMPT: &str = "x-eda-attempt";
+/// Header: when the job is due, in milliseconds since the Unix epoch.
+pub const HEADER_ETA: &str = "x-eda-eta";
+/// Header on dead letters: why the message could not be handled.
+pub const HEADER_ERROR: &str = "x-eda-error";
+/// Header on dead letters: when it failed, in milliseconds since the Unix epoch.
+pub const HEADER_FAILED_AT: &str = "x-eda-failed-at";
+/// Header on dead letters: the queue the message came from.
+pub const HEADER_QUEUE: &str = "x-eda-queue";
+
+/// The `content_type` of every job message.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// The suffix of a job queue's dead-letter queue.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
+/// The dead-letter queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}{DEAD_LETTER_SUFFIX}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Builds a short string from text a caller controls, refusing what AMQP cannot carry.
+pub(crate) fn short_string(what: &'static str, value: impl Into<String>) -> Result<ShortString, Error> {
+    let value = value.into();
+    let len = value.len();
+    ShortString::try_new(value).map_err(|_| Error::TooLong { what, len })
+}
+
+/// What identifies one job message on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The message id, stable across retries.
+    pub message_id: String,
+    /// The request that caused this job, carried into every job it causes.
+    pub correlation_id: Option<String>,
+    /// The job's wire name (the `type` property).
+    pub job: Option<String>,
+    /// 0 on the first delivery.
+    pub attempt: u32,
+}
+
+impl Envelope {
+    /// The properties of a message carrying this envelope, sent now.
+    pub fn to_properties(&self) -> Result<BasicProperties, Error> {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(self.attempt)));
+        let mut properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(short_string("message id", self.message_id.clone())?)
+            .with_timestamp(now_millis() / 1000)
+            .with_headers(headers);
+        if let Some(job) = &self.job {
+            properties = properties.with_type(short_string("job name", job.clone())?);
+        }
+        if let Some(correlation_id) = &self.correlation_id {
+            properties =
+                properties.with_correlation_id(short_string("correlation id", correlation_id.clone())?);
+        }
+        Ok(properties)
+    }
+
+    /// Reads the envelope of a received message. A message without an id
+    /// (published by something other than eda-worker) gets an empty one.
+    pub fn from_properties(properties: &BasicProperties) -> Self {
+        Envelope {
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default(),
+            correlation_id: properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+            job: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
+            attempt: header_u64(properties, HEADER_ATTEMPT)
+                .and_then(|attempt| u32::try_from(attempt).ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Reads an integer header, whatever integer type the publisher chose.
+pub fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::Timestamp(v) => Some(*v),
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(v) => v.as_str().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a text header.
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Why a message is dead-lettered, and where it came from.
+#[derive(Debug, Clone)]
+pub struct DeadLetterReason<'a> {
+    /// The error text (already capped).
+    pub error: &'a str,
+    /// The job queue the message came from.
+    pub queue: &'a str,
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// When it failed, ms since the epoch.
+    pub failed_at: u64,
+}
+
+/// The properties of a dead letter: the original ones (so the id, type and
+/// correlation survive), persistent, plus the error headers.
+pub fn dead_letter_properties(original: &BasicProperties, reason: &DeadLetterReason<'_>) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(LongString::from(reason.error)));
+    headers.insert(HEADER_FAILED_AT.into(), AMQPValue::LongLongInt(millis_i64(reason.failed_at)));
+    headers.insert(HEADER_QUEUE.into(), AMQPValue::LongString(LongString::from(reason.queue)));
+    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(reason.attempt)));
+    original
+        .clone()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers)
+}
+
+fn millis_i64(millis: u64) -> i64 {
+    i64::try_from(millis).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            message_id: "7f1c".into(),
+            correlation_id: Some("req-1".into()),
+            job: Some("send_welcome".into()),
+            attempt: 2,
+        }
+    }
+
+    #[test]
+    fn properties_follow_the_wire_format() {
+        let properties = envelope().to_properties().unwrap();
+        assert_eq!(properties.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(*properties.delivery_mode(), Some(2));
+        assert_eq!(properties.kind().as_ref().unwrap().as_str(), "send_welcome");
+        assert!(properties.timestamp().is_some());
+        assert_eq!(header_u64(&properties, HEADER_ATTEMPT), Some(2));
+    }
+
+    #[test]
+    fn envelope_round_trips_through_properties() {
+        let properties = envelope().to_properties().unwrap();
+        assert_eq!(Envelope::from_properties(&properties), envelope());
+    }
+
+    #[test]
+    fn foreign_messages_read_as_first_attempt_without_type() {
+        let read = Envelope::from_properties(&BasicProperties::default());
+        assert_eq!(read.attempt, 0);
+        assert_eq!(read.job, None);
+        assert_eq!(read.message_id, "");
+    }
+
+    #[test]
+    fn attempt_header_accepts_any_integer_type() {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::ShortShortUInt(4));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(Envelope::from_properties(&properties).attempt, 4);
+    }
+
+    #[test]
+    fn overlong_correlation_ids_are_refused_not_panicked_on() {
+        let mut envelope = envelope();
+        envelope.correlation_id = Some("x".repeat(300));
+        assert!(matches!(envelope.to_properties(), Err(Error::TooLong { len: 300, .. })));
+    }
+
+    #[test]
+    fn dead_letters_keep_identity_and_add_reason() {
+        let original = envelope().to_properties().unwrap();
+        let reason = DeadLetterReason { error: "boom", queue: "email", attempt: 3, failed_at: 1_700_000_000_000 };
+        let dead = dead_letter_properties(&original, &reason);
+        assert_eq!(dead.message_id(), original.message_id());
+        assert_eq!(dead.kind(), original.kind());
+        assert_eq!(header_text(&dead, HEADER_ERROR).as_deref(), Some("boom"));
+        assert_eq!(header_text(&dead, HEADER_QUEUE).as_deref(), Some("email"));
+        assert_eq!(header_u64(&dead, HEADER_FAILED_AT), Some(1_700_000_000_000));
+        assert_eq!(header_u64(&dead, HEADER_ATTEMPT), Some(3));
+    }
+}

@@ -1,0 +1,214 @@
+//! One consumer per queue: prefetch, a bounded number of handlers in flight,
+//! coalesced acks, and the graceful drain at shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{AckTracker, Settlement};
+use super::dispatch::{QueueJobs, handle_delivery};
+use crate::Error;
+use crate::broker::Publisher;
+
+/// How one queue is consumed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConsumerSettings {
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: u16,
+    pub(crate) ack_batch: usize,
+    pub(crate) ack_interval: Duration,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Why a consumer stopped.
+#[derive(Debug)]
+pub(crate) enum ConsumerEnd {
+    /// The token was cancelled and the drain is done.
+    Shutdown,
+    /// The channel, the connection or the consumer itself went away.
+    Lost(Error),
+}
+
+type Finished = (u64, Settlement);
+
+struct QueueConsumer {
+    channel: Channel,
+    jobs: Arc<QueueJobs>,
+    dead_letters: Publisher,
+    settings: ConsumerSettings,
+    tracker: AckTracker<Acker>,
+    in_flight: JoinSet<Finished>,
+}
+
+/// Consumes `jobs.queue` until `token` is cancelled or the broker goes away,
+/// then drains: see [`QueueConsumer::drain`].
+pub(crate) async fn consume_queue(
+    connection: &Connection,
+    jobs: Arc<QueueJobs>,
+    dead_letters: Publisher,
+    settings: ConsumerSettings,
+    token: CancellationToken,
+) -> ConsumerEnd {
+    let queue = jobs.queue;
+    let broker_error = |operation: &str, source| Error::Broker { operation: format!("{operation} on queue `{queue}`"), source };
+    let channel = match connection.create_channel().await {
+        Ok(channel) => channel,
+        Err(source) => return ConsumerEnd::Lost(broker_error("open channel", source)),
+    };
+    // Per consumer (global = false): each queue has its own prefetch window.
+    if let Err(source) = channel.basic_qos(settings.prefetch, BasicQosOptions { global: false }).await {
+        return ConsumerEnd::Lost(broker_error("basic.qos", source));
+    }
+    let consumer = channel
+        .basic_consume(queue.into(), consumer_tag(queue).as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await;
+    let consumer = match consumer {
+        Ok(consumer) => consumer,
+        Err(source) => return ConsumerEnd::Lost(broker_error("basic.consume", source)),
+    };
+    tracing::info!(queue, prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
+    let mut state = QueueConsumer {
+        channel,
+        jobs,
+        dead_letters,
+        settings,
+        tracker: AckTracker::new(),
+        in_flight: JoinSet::new(),
+    };
+    let end = state.consume(consumer, &token).await;
+    state.drain(end).await
+}
+
+fn consumer_tag(queue: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+    format!("eda-worker.{host}.{}.{queue}", std::process::id())
+}
+
+impl QueueConsumer {
+    async fn consume(&mut self, mut consumer: lapin::Consumer, token: &CancellationToken) -> ConsumerEnd {
+        let queue = self.jobs.queue;
+        let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
+        flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let end = loop {
+            let can_take = self.in_flight.len() < self.settings.concurrency;
+            tokio::select! {
+                biased;
+                () = token.cancelled() => break ConsumerEnd::Shutdown,
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.record(joined);
+                    if self.tracker.finished_count() >= self.settings.ack_batch {
+                        if let Err(error) = self.flush(false).await {
+                            break ConsumerEnd::Lost(error);
+                        }
+                    }
+                }
+                _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
+                    if let Err(error) = self.flush(true).await {
+                        break ConsumerEnd::Lost(error);
+                    }
+                }
+                delivery = consumer.next(), if can_take => match delivery {
+                    Some(Ok(delivery)) => {
+                        self.tracker.delivered(delivery.delivery_tag, delivery.acker.clone());
+                        let jobs = self.jobs.clone();
+                        let dead_letters = self.dead_letters.clone();
+                        self.in_flight.spawn(async move {
+                            let tag = delivery.delivery_tag;
+                            (tag, handle_delivery(delivery, &jobs, &dead_letters).await)
+                        });
+                    }
+                    Some(Err(source)) => {
+                        break ConsumerEnd::Lost(Error::Broker { operation: format!("consume from queue `{queue}`"), source });
+                    }
+                    None => {
+                        break ConsumerEnd::Lost(Error::ConsumerCancelled { queue: queue.to_owned() });
+                    }
+                },
+            }
+        };
+        // Stop deliveries before draining; what was prefetched but not started stays
+        // unacked and goes back to the queue when the channel closes.
+        if self.channel.status().connected() {
+            if let Err(error) = self.channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+                tracing::warn!(queue, error = %error, "could not cancel the consumer");
+            }
+        }
+        drop(consumer);
+        end
+    }
+
+    /// Lets running handlers finish for up to the shutdown timeout, acks what
+    /// finished, and closes the channel so that the broker takes back every
+    /// message that was prefetched but not handled (and any handler still
+    /// running at the deadline, which is not acked and will be redelivered).
+    async fn drain(mut self, end: ConsumerEnd) -> ConsumerEnd {
+        let queue = self.jobs.queue;
+        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        if !self.in_flight.is_empty() {
+            tracing::info!(queue, running = self.in_flight.len(), "waiting for running jobs to finish");
+        }
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                Some(joined) = self.in_flight.join_next() => self.record(joined),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        queue,
+                        running = self.in_flight.len(),
+                        "shutdown timeout reached; unfinished jobs are not acked and will be redelivered"
+                    );
+                    break;
+                }
+            }
+        }
+        let flushed = self.flush(true).await;
+        self.in_flight.shutdown().await;
+        if self.channel.status().connected() {
+            if let Err(error) = self.channel.close(200, "worker stopped".into()).await {
+                tracing::warn!(queue, error = %error, "could not close the channel cleanly");
+            }
+        }
+        match (end, flushed) {
+            (ConsumerEnd::Shutdown, Err(error)) => ConsumerEnd::Lost(error),
+            (end, _) => end,
+        }
+    }
+
+    fn record(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+        match joined {
+            Ok((tag, settlement)) => self.tracker.finished(tag, settlement),
+            // handle_delivery catches handler panics; a JoinError means the task was
+            // aborted, and its message stays unacked for redelivery.
+            Err(error) => tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally"),
+        }
+    }
+
+    async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
+        for op in self.tracker.take_ops(stragglers) {
+            let sent = match op.settlement {
+                Settlement::Ack => op.handle.ack(BasicAckOptions { multiple: op.multiple }).await,
+                Settlement::Requeue => {
+                    op.handle.nack(BasicNackOptions { multiple: false, requeue: true }).await
+                }
+            };
+            match sent {
+                Ok(true) => {}
+                // lapin answers Ok(false) when the channel is already dead: nothing was sent.
+                Ok(false) => {
+                    return Err(Error::AckFailed { queue: self.jobs.queue.to_owned(), tag: op.tag });
+                }
+                Err(source) => {
+                    return Err(Error::Broker { operation: format!("ack on queue `{}`", self.jobs.queue), source });
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The worker runtime: one consumer per queue, bounded handlers, coalesced
+//! acks, dead letters, reconnects, and a graceful stop on a cancellation token.
+//!
+//! The runtime never touches signals: the CLI owns them and cancels the
+//! token, so tests stop a worker the same way.
+
+mod ack;
+mod consumer;
+mod decision;
+mod dispatch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::consumer::{ConsumerEnd, ConsumerSettings, consume_queue};
+use self::dispatch::QueueJobs;
+use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
+use crate::wire::dead_letter_queue;
+use crate::{Error, Registry, WorkerConfig};
+
+/// How often acks are flushed when a batch has not filled.
+const ACK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Pause before reconnecting after the broker went away mid-run.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A worker: consumes the queues of the registered jobs until cancelled.
+///
+/// ```no_run
+/// use eda_worker::{Worker, WorkerConfig};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn demo() -> Result<(), eda_worker::Error> {
+/// let token = CancellationToken::new();
+/// let worker = Worker::new(WorkerConfig::from_env().queues(["email"]))?;
+/// let running = tokio::spawn(worker.run(token.clone()));
+/// // ... later, e.g. on SIGTERM:
+/// token.cancel();
+/// running.await.expect("worker task")?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    queues: Vec<Arc<QueueJobs>>,
+}
+
+impl Worker {
+    /// A worker for every `#[job]` linked into this binary.
+    ///
+    /// Fails when two jobs share a wire name, or the configuration names a
+    /// queue no job uses.
+    pub fn new(config: WorkerConfig) -> Result<Self, Error> {
+        Self::with_registry(config, Registry::from_linked_jobs()?)
+    }
+
+    /// A worker for the jobs of `registry`.
+    pub fn with_registry(config: WorkerConfig, registry: Registry) -> Result<Self, Error> {
+        if config.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if config.effective_prefetch() == 0 {
+            return Err(Error::Config("prefetch must be at least 1".into()));
+        }
+        let known = registry.queues();
+        let selected: Vec<&'static str> = if config.queues.is_empty() {
+            known.clone()
+        } else {
+            config
+                .queues
+                .iter()
+                .map(|wanted| {
+                    known.iter().copied().find(|queue| queue == wanted).ok_or_else(|| Error::UnknownQueue {
+                        queue: wanted.clone(),
+                        known: if known.is_empty() { "none".into() } else { known.join(", ") },
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if selected.is_empty() {
+            return Err(Error::Config(
+                "no job is registered: put #[job(queue = \"...\")] on an async fn linked into this binary".into(),
+            ));
+        }
+        let queues = selected
+            .into_iter()
+            .map(|queue| Arc::new(QueueJobs::new(queue, registry.jobs().copied())))
+            .collect();
+        Ok(Worker { config, queues })
+    }
+
+    /// The queues this worker consumes.
+    pub fn queues(&self) -> Vec<&'static str> {
+        self.queues.iter().map(|jobs| jobs.queue).collect()
+    }
+
+    /// Runs until `token` is cancelled, then stops gracefully: consumers are
+    /// cancelled, running jobs get up to the shutdown timeout to finish, acks
+    /// are flushed, and unstarted messages go back to the broker.
+    ///
+    /// When the broker goes away mid-run the worker reconnects; it returns an
+    /// error only when it cannot reach the broker within the configured attempts.
+    pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        loop {
+            let connection = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                connected = self.open() => Arc::new(connected?),
+            };
+            let end = self.run_session(&connection, &token).await;
+            if connection.status().connected() {
+                if let Err(error) = connection.close(200, "worker stopped".into()).await {
+                    tracing::debug!(error = %error, "connection close failed");
+                }
+            }
+            match end {
+                Ok(()) => return Ok(()),
+                Err(_) if token.is_cancelled() => return Ok(()),
+                Err(error) => {
+                    tracing::error!(error = %crate::error::error_chain_text(&error), "lost the broker; reconnecting");
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects and declares every queue and its dead-letter queue.
+    async fn open(&self) -> Result<Connection, Error> {
+        let policy = ConnectPolicy { attempts: self.config.connect_attempts, ..ConnectPolicy::default() };
+        let connection = broker::connect(&self.config.amqp_url, "eda-worker", policy).await?;
+        for jobs in &self.queues {
+            broker::declare_queue(&connection, &QueueSpec::durable(jobs.queue)).await?;
+            broker::declare_queue(&connection, &QueueSpec::durable(dead_letter_queue(jobs.queue))).await?;
+        }
+        Ok(connection)
+    }
+
+    /// One connection's life: a consumer per queue until shutdown or a loss.
+    async fn run_session(&self, connection: &Arc<Connection>, token: &CancellationToken) -> Result<(), Error> {
+        let dead_letters = Publisher::open(connection).await?;
+        let settings = ConsumerSettings {
+            concurrency: self.config.concurrency,
+            prefetch: self.config.effective_prefetch(),
+            ack_batch: self.config.ack_batch(),
+            ack_interval: ACK_INTERVAL,
+            shutdown_timeout: self.config.shutdown_timeout,
+        };
+        // A loss on one queue stops the others too, so that the session reconnects whole.
+        let session = token.child_token();
+        let mut consumers = JoinSet::new();
+        for jobs in &self.queues {
+            let connection = connection.clone();
+            let (jobs, dead_letters, session) = (jobs.clone(), dead_letters.clone(), session.clone());
+            consumers.spawn(async move { consume_queue(&connection, jobs, dead_letters, settings, session).await });
+        }
+        let mut first_error = None;
+        while let Some(joined) = consumers.join_next().await {
+            let end = joined.unwrap_or_else(|join_error| {
+                ConsumerEnd::Lost(Error::Config(format!("a consumer task failed: {join_error}")))
+            });
+            if let ConsumerEnd::Lost(error) = end {
+                session.cancel();
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
