@@ -28,6 +28,7 @@
 //! README; [`wire`] holds the header names.
 
 // Lets `#[job]` (which names `::eda_worker::...`) be used inside this crate's own tests.
+#[allow(unused_extern_crates)]
 extern crate self as eda_worker;
 
 mod broker;
