@@ -24,7 +24,11 @@ use crate::{Registry, Worker, WorkerConfig};
 const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
-#[command(name = "worker", version, about = "Runs the eda-worker jobs linked into this binary")]
+#[command(
+    name = "worker",
+    version,
+    about = "Runs the eda-worker jobs linked into this binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,7 +67,11 @@ struct RunArgs {
 impl RunArgs {
     fn into_config(self) -> WorkerConfig {
         let mut config = WorkerConfig::new(self.amqp_url)
-            .queues(self.queues.into_iter().filter(|queue| !queue.trim().is_empty()))
+            .queues(
+                self.queues
+                    .into_iter()
+                    .filter(|queue| !queue.trim().is_empty()),
+            )
             .concurrency(self.concurrency)
             .shutdown_timeout(self.shutdown_timeout)
             .connect_attempts(self.connect_attempts);
@@ -92,7 +100,10 @@ pub async fn main() -> ExitCode {
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Ignore the error when the embedding app installed a subscriber already.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run(args: RunArgs) -> Result<(), crate::Error> {
@@ -167,7 +178,11 @@ fn jobs_table(registry: &Registry) -> String {
     }
     let mut table = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
         table.push_str(cells.join("  ").trim_end());
         table.push('\n');
     }

@@ -1,6 +1,7 @@
 //! [`Client`]: enqueue jobs from any async code, with broker confirms.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use lapin::Connection;
@@ -42,6 +43,8 @@ struct Inner {
     reconnect: tokio::sync::Mutex<()>,
     /// Queues declared by this client, so each is declared once, not per publish.
     declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
+    /// Set by [`Client::close`]: a closed client does not reconnect.
+    closed: AtomicBool,
 }
 
 struct Session {
@@ -53,7 +56,10 @@ impl Session {
     async fn open(url: &str, policy: ConnectPolicy) -> Result<Self, Error> {
         let connection = broker::connect(url, "eda-worker client", policy).await?;
         let publisher = Publisher::open(&connection).await?;
-        Ok(Session { connection, publisher })
+        Ok(Session {
+            connection,
+            publisher,
+        })
     }
 }
 
@@ -102,6 +108,7 @@ impl Client {
                 session: RwLock::new(Arc::new(session)),
                 reconnect: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
             }),
         })
     }
@@ -111,7 +118,8 @@ impl Client {
     ///
     /// The argument type is the handler's: passing another one does not compile.
     pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
-        self.enqueue_with(job, args, EnqueueOptions::default()).await
+        self.enqueue_with(job, args, EnqueueOptions::default())
+            .await
     }
 
     /// [`Client::enqueue`] with options (correlation id, message id).
@@ -121,11 +129,18 @@ impl Client {
         args: J::Args,
         options: EnqueueOptions,
     ) -> Result<Uuid, Error> {
-        let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize { job: J::NAME, source })?;
+        let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
+            job: J::NAME,
+            source,
+        })?;
         let message_id = options.message_id.unwrap_or_else(Uuid::new_v4);
         let envelope = Envelope {
             message_id: message_id.to_string(),
-            correlation_id: Some(options.correlation_id.unwrap_or_else(|| message_id.to_string())),
+            correlation_id: Some(
+                options
+                    .correlation_id
+                    .unwrap_or_else(|| message_id.to_string()),
+            ),
             job: Some(J::NAME.to_owned()),
             attempt: 0,
         };
@@ -152,22 +167,34 @@ impl Client {
         published
     }
 
-    /// Closes the connection; clones of this client stop working.
+    /// Closes the connection; this client and its clones refuse to enqueue from now on.
     pub async fn close(&self) -> Result<(), Error> {
+        self.inner.closed.store(true, Ordering::SeqCst);
         let session = self.current_session();
+        session.publisher.close().await;
         session
             .connection
             .close(200, "client closed".into())
             .await
-            .map_err(|source| Error::Broker { operation: "close of the connection".into(), source })
+            .map_err(|source| Error::Broker {
+                operation: "close of the connection".into(),
+                source,
+            })
     }
 
     fn current_session(&self) -> Arc<Session> {
-        self.inner.session.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.inner
+            .session
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The live session, reconnecting (once, for all waiting callers) when it died.
     async fn session(&self) -> Result<Arc<Session>, Error> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(Error::ClientClosed);
+        }
         let session = self.current_session();
         if session.publisher.is_usable() {
             return Ok(session);
@@ -179,22 +206,40 @@ impl Client {
         }
         tracing::warn!(url = %broker::redact_url(&self.inner.url), "connection to RabbitMQ lost, reconnecting");
         let fresh = Arc::new(Session::open(&self.inner.url, self.inner.policy).await?);
-        *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
         Ok(fresh)
     }
 
-    async fn ensure_declared(&self, connection: &Connection, queue: &'static str) -> Result<(), Error> {
+    async fn ensure_declared(
+        &self,
+        connection: &Connection,
+        queue: &'static str,
+    ) -> Result<(), Error> {
         let cell = {
-            let mut declared = self.inner.declared.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut declared = self
+                .inner
+                .declared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             declared.entry(queue).or_default().clone()
         };
-        cell.get_or_try_init(|| async { broker::declare_queue(connection, &QueueSpec::durable(queue)).await })
-            .await
-            .map(|_| ())
+        cell.get_or_try_init(|| async {
+            broker::declare_queue(connection, &QueueSpec::durable(queue)).await
+        })
+        .await
+        .map(|_| ())
     }
 
     fn forget_declared(&self, queue: &'static str) {
-        self.inner.declared.lock().unwrap_or_else(PoisonError::into_inner).remove(queue);
+        self.inner
+            .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(queue);
     }
 }
 

@@ -106,7 +106,9 @@ impl WorkerConfig {
 
     /// The prefetch in force: the configured one, or 4 × concurrency (at most 65535).
     pub fn effective_prefetch(&self) -> u16 {
-        self.prefetch.unwrap_or_else(|| u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX))
+        self.prefetch.unwrap_or_else(|| {
+            u16::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
+        })
     }
 
     /// Acks coalesced into one frame at most: a quarter of the prefetch window,
@@ -122,8 +124,18 @@ mod tests {
 
     #[test]
     fn prefetch_defaults_to_four_times_concurrency() {
-        assert_eq!(WorkerConfig::new("amqp://x").concurrency(10).effective_prefetch(), 40);
-        assert_eq!(WorkerConfig::new("amqp://x").concurrency(100_000).effective_prefetch(), u16::MAX);
+        assert_eq!(
+            WorkerConfig::new("amqp://x")
+                .concurrency(10)
+                .effective_prefetch(),
+            40
+        );
+        assert_eq!(
+            WorkerConfig::new("amqp://x")
+                .concurrency(100_000)
+                .effective_prefetch(),
+            u16::MAX
+        );
     }
 
     #[test]

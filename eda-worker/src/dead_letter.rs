@@ -18,7 +18,14 @@ pub(crate) async fn publish_dead_letter(
     error: &str,
     attempt: u32,
 ) -> Result<(), Error> {
-    let reason = DeadLetterReason { error, queue, attempt, failed_at: now_millis() };
+    let reason = DeadLetterReason {
+        error,
+        queue,
+        attempt,
+        failed_at: now_millis(),
+    };
     let properties = dead_letter_properties(original, &reason);
-    publisher.publish("", &dead_letter_queue(queue), body, properties).await
+    publisher
+        .publish("", &dead_letter_queue(queue), body, properties)
+        .await
 }

@@ -184,13 +184,19 @@ pub enum Error {
     },
 
     /// The broker answered a publish with a negative confirm.
-    #[error("RabbitMQ refused (nacked) message {message_id} for `{routing_key}`; it was not stored")]
+    #[error(
+        "RabbitMQ refused (nacked) message {message_id} for `{routing_key}`; it was not stored"
+    )]
     Nacked {
         /// The message that was refused.
         message_id: String,
         /// Where it was going.
         routing_key: String,
     },
+
+    /// The client was closed with [`crate::Client::close`].
+    #[error("the client is closed; connect a new one to enqueue")]
+    ClientClosed,
 
     /// A mandatory publish reached no queue.
     #[error(
@@ -258,7 +264,9 @@ pub enum Error {
     },
 
     /// An ack could not be sent because the channel had closed.
-    #[error("could not ack delivery {tag} on queue `{queue}`: the channel is closed; the message will be redelivered")]
+    #[error(
+        "could not ack delivery {tag} on queue `{queue}`: the channel is closed; the message will be redelivered"
+    )]
     AckFailed {
         /// The queue.
         queue: String,

@@ -98,11 +98,7 @@ impl JobDefinition {
     }
 
     /// Decodes `body` into the job's arguments and returns the running handler.
-    pub fn start(
-        &self,
-        ctx: JobContext,
-        body: &[u8],
-    ) -> Result<HandlerFuture, serde_json::Error> {
+    pub fn start(&self, ctx: JobContext, body: &[u8]) -> Result<HandlerFuture, serde_json::Error> {
         (self.start)(ctx, body)
     }
 }

@@ -46,8 +46,8 @@ mod worker;
 pub use broker::redact_url;
 pub use client::{Client, EnqueueOptions};
 pub use config::{
-    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig,
-    amqp_url_from_env,
+    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_SHUTDOWN_TIMEOUT,
+    WorkerConfig, amqp_url_from_env,
 };
 pub use context::JobContext;
 pub use eda_worker_macros::job;

@@ -112,17 +112,38 @@ mod tests {
 
     #[tokio::test]
     async fn the_handle_runs_the_body_without_a_broker() {
-        greet.call(JobContext::for_test(), Greeting { name: "ada".into() }).await.unwrap();
-        let error = greet.call(JobContext::for_test(), Greeting { name: String::new() }).await.unwrap_err();
+        greet
+            .call(JobContext::for_test(), Greeting { name: "ada".into() })
+            .await
+            .unwrap();
+        let error = greet
+            .call(
+                JobContext::for_test(),
+                Greeting {
+                    name: String::new(),
+                },
+            )
+            .await
+            .unwrap_err();
         assert!(error.is_permanent());
     }
 
     #[test]
     fn the_erased_definition_decodes_json_arguments() {
         let definition = JobDefinition::of::<greet>("greet");
-        assert!(definition.start(JobContext::for_test(), br#"{"name":"ada"}"#).is_ok());
-        let error = definition.start(JobContext::for_test(), br#"{"nom":"ada"}"#).err().unwrap();
-        assert!(error.to_string().contains("missing field `name`"), "{error}");
+        assert!(
+            definition
+                .start(JobContext::for_test(), br#"{"name":"ada"}"#)
+                .is_ok()
+        );
+        let error = definition
+            .start(JobContext::for_test(), br#"{"nom":"ada"}"#)
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("missing field `name`"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -132,7 +153,19 @@ mod tests {
             JobDefinition::of::<greet>("app::b::greet"),
         ])
         .unwrap_err();
-        assert!(matches!(error, Error::DuplicateJob { name: "greet", first: "app::a::greet", second: "app::b::greet" }));
-        assert!(error.to_string().contains("`app::a::greet` and `app::b::greet`"), "{error}");
+        assert!(matches!(
+            error,
+            Error::DuplicateJob {
+                name: "greet",
+                first: "app::a::greet",
+                second: "app::b::greet"
+            }
+        ));
+        assert!(
+            error
+                .to_string()
+                .contains("`app::a::greet` and `app::b::greet`"),
+            "{error}"
+        );
     }
 }

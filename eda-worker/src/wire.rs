@@ -40,11 +40,16 @@ pub fn dead_letter_queue(queue: &str) -> String {
 pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Builds a short string from text a caller controls, refusing what AMQP cannot carry.
-pub(crate) fn short_string(what: &'static str, value: impl Into<String>) -> Result<ShortString, Error> {
+pub(crate) fn short_string(
+    what: &'static str,
+    value: impl Into<String>,
+) -> Result<ShortString, Error> {
     let value = value.into();
     let len = value.len();
     ShortString::try_new(value).map_err(|_| Error::TooLong { what, len })
@@ -67,7 +72,10 @@ impl Envelope {
     /// The properties of a message carrying this envelope, sent now.
     pub fn to_properties(&self) -> Result<BasicProperties, Error> {
         let mut headers = FieldTable::default();
-        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(self.attempt)));
+        headers.insert(
+            HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
         let mut properties = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(PERSISTENT)
@@ -78,8 +86,8 @@ impl Envelope {
             properties = properties.with_type(short_string("job name", job.clone())?);
         }
         if let Some(correlation_id) = &self.correlation_id {
-            properties =
-                properties.with_correlation_id(short_string("correlation id", correlation_id.clone())?);
+            properties = properties
+                .with_correlation_id(short_string("correlation id", correlation_id.clone())?);
         }
         Ok(properties)
     }
@@ -97,7 +105,10 @@ impl Envelope {
                 .correlation_id()
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
-            job: properties.kind().as_ref().map(|kind| kind.as_str().to_owned()),
+            job: properties
+                .kind()
+                .as_ref()
+                .map(|kind| kind.as_str().to_owned()),
             attempt: header_u64(properties, HEADER_ATTEMPT)
                 .and_then(|attempt| u32::try_from(attempt).ok())
                 .unwrap_or(0),
@@ -148,12 +159,27 @@ pub struct DeadLetterReason<'a> {
 
 /// The properties of a dead letter: the original ones (so the id, type and
 /// correlation survive), persistent, plus the error headers.
-pub fn dead_letter_properties(original: &BasicProperties, reason: &DeadLetterReason<'_>) -> BasicProperties {
+pub fn dead_letter_properties(
+    original: &BasicProperties,
+    reason: &DeadLetterReason<'_>,
+) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
-    headers.insert(HEADER_ERROR.into(), AMQPValue::LongString(LongString::from(reason.error)));
-    headers.insert(HEADER_FAILED_AT.into(), AMQPValue::LongLongInt(millis_i64(reason.failed_at)));
-    headers.insert(HEADER_QUEUE.into(), AMQPValue::LongString(LongString::from(reason.queue)));
-    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(reason.attempt)));
+    headers.insert(
+        HEADER_ERROR.into(),
+        AMQPValue::LongString(LongString::from(reason.error)),
+    );
+    headers.insert(
+        HEADER_FAILED_AT.into(),
+        AMQPValue::LongLongInt(millis_i64(reason.failed_at)),
+    );
+    headers.insert(
+        HEADER_QUEUE.into(),
+        AMQPValue::LongString(LongString::from(reason.queue)),
+    );
+    headers.insert(
+        HEADER_ATTEMPT.into(),
+        AMQPValue::LongLongInt(i64::from(reason.attempt)),
+    );
     original
         .clone()
         .with_delivery_mode(PERSISTENT)
@@ -180,7 +206,10 @@ mod tests {
     #[test]
     fn properties_follow_the_wire_format() {
         let properties = envelope().to_properties().unwrap();
-        assert_eq!(properties.content_type().as_ref().unwrap().as_str(), "application/json");
+        assert_eq!(
+            properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
         assert_eq!(*properties.delivery_mode(), Some(2));
         assert_eq!(properties.kind().as_ref().unwrap().as_str(), "send_welcome");
         assert!(properties.timestamp().is_some());
@@ -213,13 +242,21 @@ mod tests {
     fn overlong_correlation_ids_are_refused_not_panicked_on() {
         let mut envelope = envelope();
         envelope.correlation_id = Some("x".repeat(300));
-        assert!(matches!(envelope.to_properties(), Err(Error::TooLong { len: 300, .. })));
+        assert!(matches!(
+            envelope.to_properties(),
+            Err(Error::TooLong { len: 300, .. })
+        ));
     }
 
     #[test]
     fn dead_letters_keep_identity_and_add_reason() {
         let original = envelope().to_properties().unwrap();
-        let reason = DeadLetterReason { error: "boom", queue: "email", attempt: 3, failed_at: 1_700_000_000_000 };
+        let reason = DeadLetterReason {
+            error: "boom",
+            queue: "email",
+            attempt: 3,
+            failed_at: 1_700_000_000_000,
+        };
         let dead = dead_letter_properties(&original, &reason);
         assert_eq!(dead.message_id(), original.message_id());
         assert_eq!(dead.kind(), original.kind());

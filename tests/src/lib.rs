@@ -1,0 +1,178 @@
+//! Shared harness of the integration tests: test jobs (each test has its own
+//! queue), broker inspection with raw lapin, and bounded waits.
+//!
+//! Every test deletes its queues before and after it runs, so a crashed
+//! earlier run cannot leave messages that change the outcome.
+
+pub mod jobs;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use eda_worker::amqp_url_from_env as amqp_url;
+use eda_worker::{Worker, WorkerConfig};
+
+/// The longest any test waits for a condition.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A raw lapin connection for inspecting the broker.
+pub struct Broker {
+    connection: Connection,
+}
+
+impl Broker {
+    /// Connects to `AMQP_URL`.
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must run for the integration tests (see .ci/run)");
+        Broker { connection }
+    }
+
+    /// A fresh channel (a failed operation closes its channel, so tests use one each).
+    pub async fn channel(&self) -> Channel {
+        self.connection
+            .create_channel()
+            .await
+            .expect("open channel")
+    }
+
+    /// Deletes `queue` and its dead-letter queue, so a test starts clean.
+    pub async fn reset(&self, queue: &str) {
+        for name in [queue.to_owned(), format!("{queue}.dlq")] {
+            self.channel()
+                .await
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .expect("delete queue");
+        }
+    }
+
+    /// Messages ready (not delivered to a consumer) in `queue`; 0 when it does not exist.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        self.declare_passive(queue)
+            .await
+            .map_or(0, |(ready, _)| ready)
+    }
+
+    /// Consumers of `queue`; 0 when it does not exist.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.declare_passive(queue)
+            .await
+            .map_or(0, |(_, consumers)| consumers)
+    }
+
+    async fn declare_passive(&self, queue: &str) -> Option<(u32, u32)> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = self
+            .channel()
+            .await
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .ok()?;
+        Some((declared.message_count(), declared.consumer_count()))
+    }
+
+    /// Takes one message off `queue` (acked), or `None` when it is empty.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        self.channel()
+            .await
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+    }
+
+    /// Takes every message off `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self.get(queue).await {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Empties `queue`.
+    pub async fn purge(&self, queue: &str) {
+        self.channel()
+            .await
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
+    }
+
+    /// Deletes the queues and closes the connection.
+    pub async fn cleanup(self, queue: &str) {
+        self.reset(queue).await;
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// Waits until `condition` holds, polling, for at most `timeout`; panics
+/// with `what` when it never does.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker running in this process, stopped with its token.
+pub struct RunningWorker {
+    /// Cancel to stop the worker gracefully.
+    pub token: CancellationToken,
+    task: JoinHandle<Result<(), eda_worker::Error>>,
+}
+
+impl RunningWorker {
+    /// Starts a worker on `queue` with `config`'s settings, and waits until it consumes.
+    pub async fn start(broker: &Broker, queue: &str, config: WorkerConfig) -> Self {
+        let token = CancellationToken::new();
+        let worker = Worker::new(config.queues([queue])).expect("worker configuration");
+        let task = tokio::spawn(worker.run(token.clone()));
+        wait_until("the worker consumes", WAIT, || async {
+            broker.consumers(queue).await > 0
+        })
+        .await;
+        RunningWorker { token, task }
+    }
+
+    /// True while the worker runs.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// Stops the worker gracefully and returns how it ended.
+    pub async fn stop(self) -> Result<(), eda_worker::Error> {
+        self.token.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
+    }
+}
+
+/// Worker settings for tests: the test broker, short shutdown timeout.
+pub fn worker_config() -> WorkerConfig {
+    WorkerConfig::new(amqp_url()).shutdown_timeout(Duration::from_secs(10))
+}

@@ -31,7 +31,11 @@ impl Default for ConnectPolicy {
 
 /// Connects to `url`, retrying with backoff (the maintained `backon` crate)
 /// and logging each failed attempt with the password redacted.
-pub(crate) async fn connect(url: &str, name: &str, policy: ConnectPolicy) -> Result<Connection, Error> {
+pub(crate) async fn connect(
+    url: &str,
+    name: &str,
+    policy: ConnectPolicy,
+) -> Result<Connection, Error> {
     let redacted = redact_url(url);
     let retries = policy.attempts.max(1) - 1;
     let backoff = ExponentialBuilder::default()
@@ -59,7 +63,11 @@ fn connect_error(url: &str, attempts: usize, source: lapin::Error) -> Error {
             };
         }
     }
-    Error::Connect { url: redacted, attempts, source }
+    Error::Connect {
+        url: redacted,
+        attempts,
+        source,
+    }
 }
 
 /// The URL with its password replaced by `***`, for logs and errors.
@@ -100,18 +108,27 @@ mod tests {
 
     #[test]
     fn password_is_redacted() {
-        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
     }
 
     #[test]
     fn password_with_at_sign_and_slash_is_redacted() {
-        assert_eq!(redact_url("amqps://u:p%40ss@host/vhost"), "amqps://u:***@host/vhost");
+        assert_eq!(
+            redact_url("amqps://u:p%40ss@host/vhost"),
+            "amqps://u:***@host/vhost"
+        );
         assert_eq!(redact_url("amqp://u:a@b@host:1/v"), "amqp://u:***@host:1/v");
     }
 
     #[test]
     fn urls_without_password_are_unchanged() {
-        assert_eq!(redact_url("amqp://127.0.0.1:5672/%2f"), "amqp://127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
     }
 

@@ -17,10 +17,13 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// Opens a channel on `connection` and turns on publisher confirms.
     pub(crate) async fn open(connection: &Connection) -> Result<Self, Error> {
-        let channel = connection.create_channel().await.map_err(|source| Error::Broker {
-            operation: "open a publishing channel".into(),
-            source,
-        })?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|source| Error::Broker {
+                operation: "open a publishing channel".into(),
+                source,
+            })?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -34,6 +37,16 @@ impl Publisher {
     /// True while the channel can publish.
     pub(crate) fn is_usable(&self) -> bool {
         self.channel.status().connected()
+    }
+
+    /// Closes the channel (before its connection, so that lapin does not try to
+    /// close it on a closing connection).
+    pub(crate) async fn close(&self) {
+        if self.is_usable() {
+            if let Err(error) = self.channel.close(200, "done".into()).await {
+                tracing::debug!(error = %error, "publishing channel close failed");
+            }
+        }
     }
 
     /// Publishes with `mandatory` set and waits for the broker's confirm.
@@ -56,26 +69,41 @@ impl Publisher {
             operation: format!("publish of message {message_id} to `{routing_key}`"),
             source,
         };
-        let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
         let confirm = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await
             .map_err(broker_error)?
             .await
             .map_err(broker_error)?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => Err(Error::Unroutable {
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(Error::Unroutable {
+                    message_id,
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(Error::Nacked {
                 message_id,
-                exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
-                reply_code: returned.reply_code,
-                reply_text: returned.reply_text.to_string(),
             }),
-            Confirmation::Nack(None) => Err(Error::Nacked { message_id, routing_key: routing_key.to_owned() }),
             Confirmation::NotRequested => Err(Error::Config(
-                "publisher confirms are off on the publishing channel; this is a bug in eda-worker".into(),
+                "publisher confirms are off on the publishing channel; this is a bug in eda-worker"
+                    .into(),
             )),
         }
     }

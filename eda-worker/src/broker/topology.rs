@@ -19,7 +19,10 @@ pub(crate) struct QueueSpec {
 impl QueueSpec {
     /// A durable queue with no special arguments.
     pub(crate) fn durable(name: impl Into<String>) -> Self {
-        QueueSpec { name: name.into(), arguments: FieldTable::default() }
+        QueueSpec {
+            name: name.into(),
+            arguments: FieldTable::default(),
+        }
     }
 }
 
@@ -33,7 +36,10 @@ pub(crate) async fn declare_queue(connection: &Connection, spec: &QueueSpec) -> 
         source,
     };
     let channel = connection.create_channel().await.map_err(broker_error)?;
-    let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
     let declared = channel
         .queue_declare(spec.name.as_str().into(), options, spec.arguments.clone())
         .await;
@@ -45,7 +51,10 @@ pub(crate) async fn declare_queue(connection: &Connection, spec: &QueueSpec) -> 
             Ok(())
         }
         Err(source) => Err(match precondition_detail(&source) {
-            Some(detail) => Error::QueueMismatch { queue: spec.name.clone(), detail },
+            Some(detail) => Error::QueueMismatch {
+                queue: spec.name.clone(),
+                detail,
+            },
             None => broker_error(source),
         }),
     }
@@ -56,9 +65,16 @@ fn precondition_detail(error: &lapin::Error) -> Option<String> {
     let ErrorKind::ProtocolError(amqp) = error.kind() else {
         return None;
     };
-    if !matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) {
+    if !matches!(
+        amqp.kind(),
+        AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    ) {
         return None;
     }
     let text = amqp.get_message().as_str();
-    Some(text.strip_prefix("PRECONDITION_FAILED - ").unwrap_or(text).to_owned())
+    Some(
+        text.strip_prefix("PRECONDITION_FAILED - ")
+            .unwrap_or(text)
+            .to_owned(),
+    )
 }

@@ -46,13 +46,20 @@ pub(crate) struct AckTracker<H> {
 
 impl<H: Clone> AckTracker<H> {
     pub(crate) fn new() -> Self {
-        AckTracker { slots: VecDeque::new(), finished: 0 }
+        AckTracker {
+            slots: VecDeque::new(),
+            finished: 0,
+        }
     }
 
     /// Records a delivery; tags arrive in increasing order on one channel.
     pub(crate) fn delivered(&mut self, tag: u64, handle: H) {
         debug_assert!(self.slots.back().is_none_or(|last| last.tag < tag));
-        self.slots.push_back(Slot { tag, finished: None, handle });
+        self.slots.push_back(Slot {
+            tag,
+            finished: None,
+            handle,
+        });
     }
 
     /// Records that the handler of `tag` finished.
@@ -85,8 +92,14 @@ impl<H: Clone> AckTracker<H> {
         let mut ops = Vec::new();
         let mut pending_ack: Option<Slot<H>> = None;
         let mut pending_count = 0usize;
-        while self.slots.front().is_some_and(|slot| slot.finished.is_some()) {
-            let Some(slot) = self.slots.pop_front() else { break };
+        while self
+            .slots
+            .front()
+            .is_some_and(|slot| slot.finished.is_some())
+        {
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
             self.finished -= 1;
             match slot.finished {
                 Some(Settlement::Ack) => {
@@ -126,13 +139,21 @@ impl<H: Clone> AckTracker<H> {
         if self.slots.get(guess).is_some_and(|slot| slot.tag == tag) {
             return self.slots.get_mut(guess);
         }
-        let index = self.slots.binary_search_by_key(&tag, |slot| slot.tag).ok()?;
+        let index = self
+            .slots
+            .binary_search_by_key(&tag, |slot| slot.tag)
+            .ok()?;
         self.slots.get_mut(index)
     }
 }
 
 fn op<H>(slot: Slot<H>, multiple: bool, settlement: Settlement) -> AckOp<H> {
-    AckOp { tag: slot.tag, multiple, settlement, handle: slot.handle }
+    AckOp {
+        tag: slot.tag,
+        multiple,
+        settlement,
+        handle: slot.handle,
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +169,9 @@ mod tests {
     }
 
     fn summary(ops: &[AckOp<()>]) -> Vec<(u64, bool, Settlement)> {
-        ops.iter().map(|op| (op.tag, op.multiple, op.settlement)).collect()
+        ops.iter()
+            .map(|op| (op.tag, op.multiple, op.settlement))
+            .collect()
     }
 
     #[test]
@@ -166,7 +189,10 @@ mod tests {
         for tag in [3, 1, 2] {
             tracker.finished(tag, Settlement::Ack);
         }
-        assert_eq!(summary(&tracker.take_ops(false)), vec![(3, true, Settlement::Ack)]);
+        assert_eq!(
+            summary(&tracker.take_ops(false)),
+            vec![(3, true, Settlement::Ack)]
+        );
         assert_eq!(tracker.finished_count(), 0);
         assert_eq!(tracker.running_count(), 2);
     }
@@ -175,7 +201,10 @@ mod tests {
     fn a_single_finished_delivery_is_a_plain_ack() {
         let mut tracker = tracker(7..=8);
         tracker.finished(7, Settlement::Ack);
-        assert_eq!(summary(&tracker.take_ops(false)), vec![(7, false, Settlement::Ack)]);
+        assert_eq!(
+            summary(&tracker.take_ops(false)),
+            vec![(7, false, Settlement::Ack)]
+        );
     }
 
     #[test]
@@ -187,7 +216,11 @@ mod tests {
         tracker.finished(4, Settlement::Ack);
         assert_eq!(
             summary(&tracker.take_ops(false)),
-            vec![(2, true, Settlement::Ack), (3, false, Settlement::Requeue), (4, false, Settlement::Ack)]
+            vec![
+                (2, true, Settlement::Ack),
+                (3, false, Settlement::Requeue),
+                (4, false, Settlement::Ack)
+            ]
         );
     }
 
@@ -203,7 +236,10 @@ mod tests {
         );
         // The slow one still settles later, alone.
         tracker.finished(1, Settlement::Ack);
-        assert_eq!(summary(&tracker.take_ops(false)), vec![(1, false, Settlement::Ack)]);
+        assert_eq!(
+            summary(&tracker.take_ops(false)),
+            vec![(1, false, Settlement::Ack)]
+        );
         assert_eq!(tracker.running_count(), 1);
     }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::Acker;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::task::JoinSet;
@@ -58,23 +60,39 @@ pub(crate) async fn consume_queue(
     token: CancellationToken,
 ) -> ConsumerEnd {
     let queue = jobs.queue;
-    let broker_error = |operation: &str, source| Error::Broker { operation: format!("{operation} on queue `{queue}`"), source };
+    let broker_error = |operation: &str, source| Error::Broker {
+        operation: format!("{operation} on queue `{queue}`"),
+        source,
+    };
     let channel = match connection.create_channel().await {
         Ok(channel) => channel,
         Err(source) => return ConsumerEnd::Lost(broker_error("open channel", source)),
     };
     // Per consumer (global = false): each queue has its own prefetch window.
-    if let Err(source) = channel.basic_qos(settings.prefetch, BasicQosOptions { global: false }).await {
+    if let Err(source) = channel
+        .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+        .await
+    {
         return ConsumerEnd::Lost(broker_error("basic.qos", source));
     }
     let consumer = channel
-        .basic_consume(queue.into(), consumer_tag(queue).as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            consumer_tag(queue).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await;
     let consumer = match consumer {
         Ok(consumer) => consumer,
         Err(source) => return ConsumerEnd::Lost(broker_error("basic.consume", source)),
     };
-    tracing::info!(queue, prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
+    tracing::info!(
+        queue,
+        prefetch = settings.prefetch,
+        concurrency = settings.concurrency,
+        "consuming"
+    );
     let mut state = QueueConsumer {
         channel,
         jobs,
@@ -93,7 +111,11 @@ fn consumer_tag(queue: &str) -> String {
 }
 
 impl QueueConsumer {
-    async fn consume(&mut self, mut consumer: lapin::Consumer, token: &CancellationToken) -> ConsumerEnd {
+    async fn consume(
+        &mut self,
+        mut consumer: lapin::Consumer,
+        token: &CancellationToken,
+    ) -> ConsumerEnd {
         let queue = self.jobs.queue;
         let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
         flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -137,7 +159,11 @@ impl QueueConsumer {
         // Stop deliveries before draining; what was prefetched but not started stays
         // unacked and goes back to the queue when the channel closes.
         if self.channel.status().connected() {
-            if let Err(error) = self.channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await {
+            if let Err(error) = self
+                .channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+            {
                 tracing::warn!(queue, error = %error, "could not cancel the consumer");
             }
         }
@@ -153,7 +179,11 @@ impl QueueConsumer {
         let queue = self.jobs.queue;
         let deadline = Instant::now() + self.settings.shutdown_timeout;
         if !self.in_flight.is_empty() {
-            tracing::info!(queue, running = self.in_flight.len(), "waiting for running jobs to finish");
+            tracing::info!(
+                queue,
+                running = self.in_flight.len(),
+                "waiting for running jobs to finish"
+            );
         }
         while !self.in_flight.is_empty() {
             tokio::select! {
@@ -186,26 +216,45 @@ impl QueueConsumer {
             Ok((tag, settlement)) => self.tracker.finished(tag, settlement),
             // handle_delivery catches handler panics; a JoinError means the task was
             // aborted, and its message stays unacked for redelivery.
-            Err(error) => tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally"),
+            Err(error) => {
+                tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally")
+            }
         }
     }
 
     async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
         for op in self.tracker.take_ops(stragglers) {
             let sent = match op.settlement {
-                Settlement::Ack => op.handle.ack(BasicAckOptions { multiple: op.multiple }).await,
+                Settlement::Ack => {
+                    op.handle
+                        .ack(BasicAckOptions {
+                            multiple: op.multiple,
+                        })
+                        .await
+                }
                 Settlement::Requeue => {
-                    op.handle.nack(BasicNackOptions { multiple: false, requeue: true }).await
+                    op.handle
+                        .nack(BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        })
+                        .await
                 }
             };
             match sent {
                 Ok(true) => {}
                 // lapin answers Ok(false) when the channel is already dead: nothing was sent.
                 Ok(false) => {
-                    return Err(Error::AckFailed { queue: self.jobs.queue.to_owned(), tag: op.tag });
+                    return Err(Error::AckFailed {
+                        queue: self.jobs.queue.to_owned(),
+                        tag: op.tag,
+                    });
                 }
                 Err(source) => {
-                    return Err(Error::Broker { operation: format!("ack on queue `{}`", self.jobs.queue), source });
+                    return Err(Error::Broker {
+                        operation: format!("ack on queue `{}`", self.jobs.queue),
+                        source,
+                    });
                 }
             }
         }

@@ -14,7 +14,10 @@ pub(crate) enum Failure {
     /// The `type` names no job consumed from this queue.
     UnknownJob { job: String, queue: &'static str },
     /// The body is not JSON of the job's argument type.
-    BadArguments { job: &'static str, error: serde_json::Error },
+    BadArguments {
+        job: &'static str,
+        error: serde_json::Error,
+    },
     /// The handler returned an error.
     Failed(JobError),
     /// The handler panicked.
@@ -28,7 +31,8 @@ impl Failure {
     pub(crate) fn reason(&self) -> String {
         let text = match self {
             Failure::MissingType => {
-                "message has no `type` property; eda-worker needs the job's wire name there".to_owned()
+                "message has no `type` property; eda-worker needs the job's wire name there"
+                    .to_owned()
             }
             Failure::UnknownJob { job, queue } => {
                 format!("no job named `{job}` is consumed from queue `{queue}` by this worker")
@@ -75,20 +79,35 @@ mod tests {
     #[test]
     fn reasons_name_what_was_wrong() {
         assert!(Failure::MissingType.reason().contains("no `type`"));
-        let unknown = Failure::UnknownJob { job: "nope".into(), queue: "email" };
-        assert_eq!(unknown.reason(), "no job named `nope` is consumed from queue `email` by this worker");
+        let unknown = Failure::UnknownJob {
+            job: "nope".into(),
+            queue: "email",
+        };
+        assert_eq!(
+            unknown.reason(),
+            "no job named `nope` is consumed from queue `email` by this worker"
+        );
         let bad = Failure::BadArguments {
             job: "send_welcome",
             error: serde_json::from_slice::<u8>(b"{").unwrap_err(),
         };
-        assert!(bad.reason().starts_with("body is not valid JSON arguments for job `send_welcome`: "));
-        assert_eq!(Failure::TimedOut(Duration::from_secs(2)).reason(), "handler timed out after 2s");
+        assert!(
+            bad.reason()
+                .starts_with("body is not valid JSON arguments for job `send_welcome`: ")
+        );
+        assert_eq!(
+            Failure::TimedOut(Duration::from_secs(2)).reason(),
+            "handler timed out after 2s"
+        );
     }
 
     #[test]
     fn every_failure_is_dead_lettered_for_now() {
         assert_eq!(decide(&Failure::Panicked("x".into())), Decision::DeadLetter);
-        assert_eq!(decide(&Failure::Failed(JobError::msg("x"))), Decision::DeadLetter);
+        assert_eq!(
+            decide(&Failure::Failed(JobError::msg("x"))),
+            Decision::DeadLetter
+        );
     }
 
     #[test]

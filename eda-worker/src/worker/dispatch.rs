@@ -25,7 +25,10 @@ pub(crate) struct QueueJobs {
 }
 
 impl QueueJobs {
-    pub(crate) fn new(queue: &'static str, definitions: impl IntoIterator<Item = JobDefinition>) -> Self {
+    pub(crate) fn new(
+        queue: &'static str,
+        definitions: impl IntoIterator<Item = JobDefinition>,
+    ) -> Self {
         let jobs = definitions
             .into_iter()
             .filter(|job| job.queue == queue)
@@ -36,13 +39,20 @@ impl QueueJobs {
 
     fn resolve(&self, envelope: &Envelope) -> Result<&JobDefinition, Failure> {
         let name = envelope.job.as_deref().ok_or(Failure::MissingType)?;
-        self.jobs.get(name).ok_or_else(|| Failure::UnknownJob { job: name.to_owned(), queue: self.queue })
+        self.jobs.get(name).ok_or_else(|| Failure::UnknownJob {
+            job: name.to_owned(),
+            queue: self.queue,
+        })
     }
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
 /// because a handler did: the panic is this attempt's failure.
-pub(crate) async fn handle_delivery(delivery: Delivery, jobs: &QueueJobs, dead_letters: &Publisher) -> Settlement {
+pub(crate) async fn handle_delivery(
+    delivery: Delivery,
+    jobs: &QueueJobs,
+    dead_letters: &Publisher,
+) -> Settlement {
     let envelope = Envelope::from_properties(&delivery.properties);
     let span = tracing::info_span!(
         "job",
@@ -58,14 +68,20 @@ pub(crate) async fn handle_delivery(delivery: Delivery, jobs: &QueueJobs, dead_l
                 tracing::debug!("job succeeded");
                 Settlement::Ack
             }
-            Err(failure) => settle_failure(&delivery, &envelope, jobs.queue, failure, dead_letters).await,
+            Err(failure) => {
+                settle_failure(&delivery, &envelope, jobs.queue, failure, dead_letters).await
+            }
         }
     }
     .instrument(span)
     .await
 }
 
-async fn run_attempt(delivery: &Delivery, envelope: &Envelope, jobs: &QueueJobs) -> Result<(), Failure> {
+async fn run_attempt(
+    delivery: &Delivery,
+    envelope: &Envelope,
+    jobs: &QueueJobs,
+) -> Result<(), Failure> {
     let job = jobs.resolve(envelope)?;
     let ctx = JobContext::new(
         envelope.message_id.clone(),
@@ -76,7 +92,10 @@ async fn run_attempt(delivery: &Delivery, envelope: &Envelope, jobs: &QueueJobs)
     );
     let handler = job
         .start(ctx, &delivery.data)
-        .map_err(|error| Failure::BadArguments { job: job.name, error })?;
+        .map_err(|error| Failure::BadArguments {
+            job: job.name,
+            error,
+        })?;
     match tokio::time::timeout(job.timeout, AssertUnwindSafe(handler).catch_unwind()).await {
         Err(_elapsed) => Err(Failure::TimedOut(job.timeout)),
         Ok(Err(payload)) => Err(Failure::Panicked(panic_message(payload.as_ref()))),
@@ -95,9 +114,15 @@ async fn settle_failure(
     let reason = failure.reason();
     match decide(&failure) {
         Decision::DeadLetter => {
-            let published =
-                publish_dead_letter(dead_letters, queue, &delivery.data, &delivery.properties, &reason, envelope.attempt)
-                    .await;
+            let published = publish_dead_letter(
+                dead_letters,
+                queue,
+                &delivery.data,
+                &delivery.properties,
+                &reason,
+                envelope.attempt,
+            )
+            .await;
             match published {
                 Ok(()) => {
                     tracing::warn!(error = %reason, "job failed, moved to the dead-letter queue");

@@ -74,10 +74,18 @@ impl Worker {
                 .queues
                 .iter()
                 .map(|wanted| {
-                    known.iter().copied().find(|queue| queue == wanted).ok_or_else(|| Error::UnknownQueue {
-                        queue: wanted.clone(),
-                        known: if known.is_empty() { "none".into() } else { known.join(", ") },
-                    })
+                    known
+                        .iter()
+                        .copied()
+                        .find(|queue| queue == wanted)
+                        .ok_or_else(|| Error::UnknownQueue {
+                            queue: wanted.clone(),
+                            known: if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            },
+                        })
                 })
                 .collect::<Result<_, _>>()?
         };
@@ -132,17 +140,28 @@ impl Worker {
 
     /// Connects and declares every queue and its dead-letter queue.
     async fn open(&self) -> Result<Connection, Error> {
-        let policy = ConnectPolicy { attempts: self.config.connect_attempts, ..ConnectPolicy::default() };
+        let policy = ConnectPolicy {
+            attempts: self.config.connect_attempts,
+            ..ConnectPolicy::default()
+        };
         let connection = broker::connect(&self.config.amqp_url, "eda-worker", policy).await?;
         for jobs in &self.queues {
             broker::declare_queue(&connection, &QueueSpec::durable(jobs.queue)).await?;
-            broker::declare_queue(&connection, &QueueSpec::durable(dead_letter_queue(jobs.queue))).await?;
+            broker::declare_queue(
+                &connection,
+                &QueueSpec::durable(dead_letter_queue(jobs.queue)),
+            )
+            .await?;
         }
         Ok(connection)
     }
 
     /// One connection's life: a consumer per queue until shutdown or a loss.
-    async fn run_session(&self, connection: &Arc<Connection>, token: &CancellationToken) -> Result<(), Error> {
+    async fn run_session(
+        &self,
+        connection: &Arc<Connection>,
+        token: &CancellationToken,
+    ) -> Result<(), Error> {
         let dead_letters = Publisher::open(connection).await?;
         let settings = ConsumerSettings {
             concurrency: self.config.concurrency,
@@ -156,19 +175,25 @@ impl Worker {
         let mut consumers = JoinSet::new();
         for jobs in &self.queues {
             let connection = connection.clone();
-            let (jobs, dead_letters, session) = (jobs.clone(), dead_letters.clone(), session.clone());
-            consumers.spawn(async move { consume_queue(&connection, jobs, dead_letters, settings, session).await });
+            let (jobs, dead_letters, session) =
+                (jobs.clone(), dead_letters.clone(), session.clone());
+            consumers.spawn(async move {
+                consume_queue(&connection, jobs, dead_letters, settings, session).await
+            });
         }
         let mut first_error = None;
         while let Some(joined) = consumers.join_next().await {
             let end = joined.unwrap_or_else(|join_error| {
-                ConsumerEnd::Lost(Error::Config(format!("a consumer task failed: {join_error}")))
+                ConsumerEnd::Lost(Error::Config(format!(
+                    "a consumer task failed: {join_error}"
+                )))
             });
             if let ConsumerEnd::Lost(error) = end {
                 session.cancel();
                 first_error.get_or_insert(error);
             }
         }
+        dead_letters.close().await;
         first_error.map_or(Ok(()), Err)
     }
 }

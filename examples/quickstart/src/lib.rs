@@ -25,7 +25,10 @@ pub static SENT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 #[job(queue = "quickstart.email", retries = 3, timeout = "30s")]
 pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
     if !args.email.contains('@') {
-        return Err(JobError::permanent(format!("`{}` is not an email address", args.email)));
+        return Err(JobError::permanent(format!(
+            "`{}` is not an email address",
+            args.email
+        )));
     }
     println!(
         "sent welcome email to {} (user {}, message {}, attempt {})",

@@ -23,12 +23,18 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut ids = HashSet::new();
     for user_id in 1..=BATCH {
-        let args = Welcome { user_id, email: format!("user{user_id}@example.com") };
+        let args = Welcome {
+            user_id,
+            email: format!("user{user_id}@example.com"),
+        };
         let options = EnqueueOptions::default().correlation_id(format!("demo-signup-{user_id}"));
         let id = client.enqueue_with(send_welcome, args, options).await?;
         ids.insert(id.to_string());
     }
-    println!("enqueued {BATCH} jobs, each confirmed by the broker, in {:?}", started.elapsed());
+    println!(
+        "enqueued {BATCH} jobs, each confirmed by the broker, in {:?}",
+        started.elapsed()
+    );
 
     let token = CancellationToken::new();
     let worker = Worker::new(WorkerConfig::new(url).queues(["quickstart.email"]))?;
@@ -38,14 +44,20 @@ async fn main() -> anyhow::Result<()> {
     while !ids.iter().all(|id| ran(id)) {
         if waited.elapsed() > DEADLINE {
             token.cancel();
-            bail!("only {} of {BATCH} jobs ran within {DEADLINE:?}", ids.iter().filter(|id| ran(id)).count());
+            bail!(
+                "only {} of {BATCH} jobs ran within {DEADLINE:?}",
+                ids.iter().filter(|id| ran(id)).count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     token.cancel();
     running.await.context("worker task")??;
     client.close().await?;
-    println!("all {BATCH} jobs ran once each; worker stopped gracefully after {:?}", started.elapsed());
+    println!(
+        "all {BATCH} jobs ran once each; worker stopped gracefully after {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 

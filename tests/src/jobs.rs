@@ -1,0 +1,188 @@
+//! The jobs of the integration tests. Each test has its own queue, so tests
+//! run in parallel without seeing each other's messages.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use eda_worker::prelude::*;
+use tokio::sync::Semaphore;
+
+/// What a job saw when it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// `ctx.message_id()`.
+    pub message_id: String,
+    /// `ctx.correlation_id()`.
+    pub correlation_id: Option<String>,
+    /// `ctx.attempt()`.
+    pub attempt: u32,
+    /// The arguments, re-serialized.
+    pub args: serde_json::Value,
+}
+
+static RUNS: Mutex<Option<HashMap<&'static str, Vec<Run>>>> = Mutex::new(None);
+
+fn record(ctx: &JobContext, args: &impl Serialize) {
+    let run = Run {
+        message_id: ctx.message_id().to_owned(),
+        correlation_id: ctx.correlation_id().map(str::to_owned),
+        attempt: ctx.attempt(),
+        args: serde_json::to_value(args).expect("args serialize"),
+    };
+    RUNS.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .entry(ctx.queue())
+        .or_default()
+        .push(run);
+}
+
+/// The runs recorded for jobs of `queue`.
+pub fn runs(queue: &str) -> Vec<Run> {
+    RUNS.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .and_then(|runs| runs.get(queue).cloned())
+        .unwrap_or_default()
+}
+
+/// Rich arguments, to check that typed args arrive intact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signup {
+    /// An integer.
+    pub user_id: i64,
+    /// A string with non-ASCII text.
+    pub email: String,
+    /// A nested list.
+    pub tags: Vec<String>,
+    /// An optional field.
+    pub referrer: Option<u32>,
+}
+
+/// Queue of the round-trip tests.
+pub const ROUNDTRIP_QUEUE: &str = "eda-test.roundtrip";
+
+/// Records its run.
+#[job(queue = "eda-test.roundtrip")]
+pub async fn roundtrip(ctx: JobContext, args: Signup) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Ok(())
+}
+
+/// Queue of the confirm tests.
+pub const CONFIRMS_QUEUE: &str = "eda-test.confirms";
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.confirms")]
+pub async fn confirmed(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queue of the dead-letter tests.
+pub const DEAD_LETTER_QUEUE: &str = "eda-test.dead-letters";
+
+/// Arguments of the dead-letter tests' jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Numbered {
+    /// Which message.
+    pub n: u32,
+}
+
+/// Records its run.
+#[job(queue = "eda-test.dead-letters")]
+pub async fn dead_letter_echo(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Ok(())
+}
+
+/// Always fails with a retryable error.
+#[job(queue = "eda-test.dead-letters", retries = 0)]
+pub async fn dead_letter_fails(_ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    Err(std::io::Error::other(format!(
+        "smtp server said no to {}",
+        args.n
+    )))?;
+    Ok(())
+}
+
+/// Always panics.
+#[job(queue = "eda-test.dead-letters")]
+pub async fn dead_letter_panics(_ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    panic!("handler exploded on {}", args.n);
+}
+
+/// Runs past its timeout.
+#[job(queue = "eda-test.dead-letters", timeout = "200ms")]
+pub async fn dead_letter_sleeps(_ctx: JobContext, _args: Numbered) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
+/// Queue of the flow-control tests.
+pub const FLOW_QUEUE: &str = "eda-test.flow-control";
+
+/// Released one permit per job by the flow-control test.
+pub static FLOW_GATE: Semaphore = Semaphore::const_new(0);
+/// Jobs of the flow-control queue running now.
+pub static FLOW_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// The most that ever ran at once.
+pub static FLOW_MAX_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Jobs that got past the gate.
+pub static FLOW_DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits at the gate, tracking how many run at once.
+#[job(queue = "eda-test.flow-control")]
+pub async fn gated(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    let now = FLOW_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+    FLOW_MAX_RUNNING.fetch_max(now, Ordering::SeqCst);
+    let permit = FLOW_GATE.acquire().await.map_err(JobError::permanent)?;
+    permit.forget();
+    FLOW_RUNNING.fetch_sub(1, Ordering::SeqCst);
+    FLOW_DONE.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Queue of the graceful-shutdown test (run by the `test-worker` binary).
+pub const SHUTDOWN_QUEUE: &str = "eda-test.shutdown";
+/// Queue of the second-signal test.
+pub const INTERRUPT_QUEUE: &str = "eda-test.interrupt";
+
+/// Arguments of the jobs that leave their effect in a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Effect {
+    /// Which job.
+    pub id: u32,
+    /// The file each run appends its id to.
+    pub log: String,
+    /// How long the job works.
+    pub work_ms: u64,
+}
+
+fn append_effect(args: &Effect) -> Result<(), JobError> {
+    // One write of a short line to an O_APPEND file is atomic, so concurrent
+    // jobs (and processes) never interleave their lines.
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)?;
+    file.write_all(format!("{}\n", args.id).as_bytes())?;
+    Ok(())
+}
+
+/// Works for `work_ms`, then appends its id to the log.
+#[job(queue = "eda-test.shutdown")]
+pub async fn slow_effect(_ctx: JobContext, args: Effect) -> Result<(), JobError> {
+    tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
+    append_effect(&args)
+}
+
+/// Appends its id when it starts, then works for `work_ms`.
+#[job(queue = "eda-test.interrupt")]
+pub async fn long_effect(_ctx: JobContext, args: Effect) -> Result<(), JobError> {
+    append_effect(&args)?;
+    tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
+    Ok(())
+}

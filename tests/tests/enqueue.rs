@@ -1,0 +1,153 @@
+//! Enqueue: confirmed publishes with the wire format of DESIGN.md, typed
+//! arguments that arrive intact, and loud failures.
+
+use eda_worker::wire::{self, HEADER_ATTEMPT};
+use eda_worker::{Client, EnqueueOptions, Error};
+use eda_worker_tests::jobs::{CONFIRMS_QUEUE, ROUNDTRIP_QUEUE, Signup, confirmed, roundtrip, runs};
+use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
+
+fn signup() -> Signup {
+    Signup {
+        user_id: 42,
+        email: "zoë@example.com".into(),
+        tags: vec!["beta".into(), "émigré".into()],
+        referrer: None,
+    }
+}
+
+#[tokio::test]
+async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact() {
+    let broker = Broker::connect().await;
+    broker.reset(ROUNDTRIP_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+
+    // On the wire, before any worker runs.
+    let id = client
+        .enqueue_with(
+            roundtrip,
+            signup(),
+            EnqueueOptions::default().correlation_id("req-7"),
+        )
+        .await
+        .unwrap();
+    let message = broker
+        .get(ROUNDTRIP_QUEUE)
+        .await
+        .expect("the enqueued message is on the queue");
+    let properties = &message.delivery.properties;
+    assert_eq!(
+        properties.message_id().as_ref().unwrap().as_str(),
+        id.to_string()
+    );
+    assert_eq!(
+        properties.correlation_id().as_ref().unwrap().as_str(),
+        "req-7"
+    );
+    assert_eq!(properties.kind().as_ref().unwrap().as_str(), "roundtrip");
+    assert_eq!(
+        properties.content_type().as_ref().unwrap().as_str(),
+        "application/json"
+    );
+    assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+    let sent_at = properties.timestamp().expect("timestamp is set");
+    assert!(
+        sent_at.abs_diff(wire::now_millis() / 1000) < 60,
+        "timestamp is now, in seconds"
+    );
+    assert_eq!(wire::header_u64(properties, HEADER_ATTEMPT), Some(0));
+    let body: Signup = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(body, signup());
+
+    // Through a worker, into the typed handler.
+    let id = client.enqueue(roundtrip, signup()).await.unwrap();
+    let worker = RunningWorker::start(&broker, ROUNDTRIP_QUEUE, worker_config()).await;
+    wait_until("the job ran", WAIT, || async {
+        !runs(ROUNDTRIP_QUEUE).is_empty()
+    })
+    .await;
+    worker.stop().await.unwrap();
+    let ran = runs(ROUNDTRIP_QUEUE);
+    assert_eq!(ran.len(), 1, "the job ran once: {ran:?}");
+    assert_eq!(ran[0].message_id, id.to_string());
+    assert_eq!(
+        ran[0].correlation_id.as_deref(),
+        Some(id.to_string().as_str()),
+        "a fresh correlation id is the message id"
+    );
+    assert_eq!(ran[0].attempt, 0);
+    assert_eq!(ran[0].args, serde_json::to_value(signup()).unwrap());
+    assert_eq!(broker.ready(ROUNDTRIP_QUEUE).await, 0);
+    assert_eq!(broker.ready(&format!("{ROUNDTRIP_QUEUE}.dlq")).await, 0);
+
+    client.close().await.unwrap();
+    broker.cleanup(ROUNDTRIP_QUEUE).await;
+}
+
+#[tokio::test]
+async fn concurrent_enqueues_share_one_client_and_all_are_confirmed() {
+    let broker = Broker::connect().await;
+    broker.reset(CONFIRMS_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..200u32 {
+        let client = client.clone();
+        tasks.spawn(async move { client.enqueue(confirmed, n).await });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.insert(joined.unwrap().expect("every enqueue is confirmed"));
+    }
+    assert_eq!(ids.len(), 200, "every message has its own id");
+    // Confirmed means stored: all 200 are on the queue right now.
+    assert_eq!(broker.ready(CONFIRMS_QUEUE).await, 200);
+
+    // A queue deleted under the client: the publish is returned, and that is an error.
+    broker.reset(CONFIRMS_QUEUE).await;
+    let error = client
+        .enqueue(confirmed, 1)
+        .await
+        .expect_err("an unroutable publish is not a success");
+    assert!(
+        matches!(error, Error::Unroutable { ref routing_key, .. } if routing_key == CONFIRMS_QUEUE),
+        "{error}"
+    );
+    assert!(error.to_string().contains("reached no queue"), "{error}");
+    // The client declares the queue again on the next enqueue.
+    client
+        .enqueue(confirmed, 2)
+        .await
+        .expect("the queue is declared again");
+    assert_eq!(broker.ready(CONFIRMS_QUEUE).await, 1);
+
+    // A closed connection is an error too, never a silent success.
+    let closed = Client::connect(&amqp_url()).await.unwrap();
+    closed.close().await.unwrap();
+    let error = closed
+        .enqueue(confirmed, 3)
+        .await
+        .expect_err("a closed client does not publish");
+    assert!(matches!(error, Error::ClientClosed), "{error}");
+    assert_eq!(
+        broker.ready(CONFIRMS_QUEUE).await,
+        1,
+        "nothing more was published"
+    );
+
+    client.close().await.unwrap();
+    broker.cleanup(CONFIRMS_QUEUE).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
+    let error = Client::connect("amqp://guest:hunter2@127.0.0.1:1/%2f")
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = eda_worker::error_chain_text(&error);
+    assert!(
+        matches!(error, Error::Connect { attempts: 5, .. }),
+        "{text}"
+    );
+    assert!(text.contains("amqp://guest:***@127.0.0.1:1/%2f"), "{text}");
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+}

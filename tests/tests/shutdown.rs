@@ -1,0 +1,263 @@
+//! Graceful shutdown of the `worker` command, run as a subprocess: SIGTERM
+//! during a backlog loses and duplicates nothing; a second signal exits at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use eda_worker::Client;
+use eda_worker_tests::jobs::{Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, long_effect, slow_effect};
+use eda_worker_tests::{Broker, WAIT, amqp_url, wait_until};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
+
+/// A `worker run` subprocess whose log lines are collected.
+struct WorkerProcess {
+    child: Child,
+    log: mpsc::UnboundedReceiver<String>,
+}
+
+impl WorkerProcess {
+    fn spawn(queue: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(WORKER)
+            .args(["run", "--queues", queue])
+            .args(extra)
+            .env("AMQP_URL", amqp_url())
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn test-worker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[test-worker] {line}");
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, log }
+    }
+
+    /// Waits for a log line containing `words`.
+    async fn wait_for_log(&mut self, words: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(words) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "the worker should log {words:?}");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the worker runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    async fn exit(mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the worker exits in time")
+            .unwrap();
+        (status, started.elapsed())
+    }
+}
+
+fn effect_log(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("eda-worker-{name}-{}.log", uuid::Uuid::new_v4()))
+}
+
+/// How many times each id was logged.
+fn effects(path: &Path) -> BTreeMap<u32, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        *counts
+            .entry(line.parse().expect("an id per line"))
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
+    const JOBS: u32 = 200;
+    let broker = Broker::connect().await;
+    broker.reset(SHUTDOWN_QUEUE).await;
+    let log = effect_log("shutdown");
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    for id in 0..JOBS {
+        let args = Effect {
+            id,
+            log: log.display().to_string(),
+            work_ms: 50,
+        };
+        client.enqueue(slow_effect, args).await.unwrap();
+    }
+
+    let options = ["--concurrency", "8", "--prefetch", "16"];
+    let mut first = WorkerProcess::spawn(SHUTDOWN_QUEUE, &options);
+    first.wait_for_log("consuming").await;
+    wait_until("some jobs ran", WAIT, || async {
+        effects(&log).len() >= 40
+    })
+    .await;
+    first.signal("TERM");
+    let (status, _) = first.exit().await;
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    let after_first = effects(&log);
+    assert!(
+        after_first.len() < JOBS as usize,
+        "the first worker stopped before the backlog was done"
+    );
+    assert!(
+        after_first.values().all(|&count| count == 1),
+        "no job ran twice: {after_first:?}"
+    );
+    // Everything the first worker did not finish is back on the queue, ready.
+    let left = JOBS - after_first.len() as u32;
+    wait_until("unfinished jobs are back on the queue", WAIT, || async {
+        broker.ready(SHUTDOWN_QUEUE).await == left
+    })
+    .await;
+
+    let mut second = WorkerProcess::spawn(SHUTDOWN_QUEUE, &options);
+    second.wait_for_log("consuming").await;
+    wait_until("the second worker drained the rest", WAIT, || async {
+        effects(&log).len() == JOBS as usize
+    })
+    .await;
+    second.signal("TERM");
+    let (status, _) = second.exit().await;
+    assert_eq!(status.code(), Some(0));
+
+    let all = effects(&log);
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        (0..JOBS).collect::<Vec<_>>(),
+        "every job ran"
+    );
+    assert!(
+        all.values().all(|&count| count == 1),
+        "none ran twice: {all:?}"
+    );
+    assert_eq!(
+        broker.ready(SHUTDOWN_QUEUE).await,
+        0,
+        "nothing left on the queue"
+    );
+    assert_eq!(broker.consumers(SHUTDOWN_QUEUE).await, 0);
+
+    client.close().await.unwrap();
+    broker.cleanup(SHUTDOWN_QUEUE).await;
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue() {
+    const JOBS: u32 = 3;
+    let broker = Broker::connect().await;
+    broker.reset(INTERRUPT_QUEUE).await;
+    let log = effect_log("interrupt");
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    for id in 0..JOBS {
+        let args = Effect {
+            id,
+            log: log.display().to_string(),
+            work_ms: 60_000,
+        };
+        client.enqueue(long_effect, args).await.unwrap();
+    }
+
+    let mut worker = WorkerProcess::spawn(
+        INTERRUPT_QUEUE,
+        &["--concurrency", "4", "--shutdown-timeout", "60s"],
+    );
+    wait_until("every job started", WAIT, || async {
+        effects(&log).len() == JOBS as usize
+    })
+    .await;
+    worker.signal("TERM");
+    worker.wait_for_log("stop signal received").await;
+    worker.signal("INT");
+    let (status, waited) = worker.exit().await;
+    assert_eq!(status.code(), Some(130), "a second signal exits non-zero");
+    assert!(
+        waited < Duration::from_secs(20),
+        "it did not wait for the 60 s jobs ({waited:?})"
+    );
+    // Not acked, so not lost: the broker has them back.
+    wait_until("the unfinished jobs are back", WAIT, || async {
+        broker.ready(INTERRUPT_QUEUE).await == JOBS
+    })
+    .await;
+
+    client.close().await.unwrap();
+    broker.cleanup(INTERRUPT_QUEUE).await;
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_the_command_with_a_redacted_one_line_error() {
+    let output = Command::new(WORKER)
+        .args(["run", "--connect-attempts", "2"])
+        .env("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: could not connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f after 2 attempt(s)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn worker_jobs_lists_every_linked_job() {
+    let output = Command::new(WORKER).arg("jobs").output().await.unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"]);
+    let row = lines
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|row| row.first() == Some(&"dead_letter_sleeps"))
+        .expect("dead_letter_sleeps is listed");
+    assert_eq!(
+        row,
+        [
+            "dead_letter_sleeps",
+            "eda-test.dead-letters",
+            "3",
+            "200ms",
+            "eda_worker_tests::jobs::dead_letter_sleeps"
+        ]
+    );
+}
