@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use proc_macro2::Span;
-use syn::parse::{Parse, ParseStream};
-use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Lit, LitInt, LitStr, Token};
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::parse::{ParseStream, Parser};
+use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitInt, LitStr, Token, UnOp};
 
 mod kw {
     syn::custom_keyword!(queue);
@@ -15,8 +15,40 @@ mod kw {
     syn::custom_keyword!(timeout);
 }
 
+/// The options `#[job(...)]` accepts, for messages.
+const OPTIONS: [&str; 4] = ["queue", "retries", "name", "timeout"];
+
 /// The longest queue name: AMQP allows 255 bytes, and `.dlq` is appended.
 const MAX_QUEUE_NAME: usize = 255 - ".dlq".len();
+
+/// Several errors, reported together.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    /// The errors so far and `error`.
+    pub(crate) fn and(self, error: syn::Error) -> syn::Error {
+        match self.0 {
+            Some(mut all) => {
+                all.combine(error);
+                all
+            }
+            None => error,
+        }
+    }
+
+    /// The errors so far, if any.
+    pub(crate) fn take(&mut self) -> Option<syn::Error> {
+        self.0.take()
+    }
+}
 
 /// The options of one `#[job(...)]`.
 #[derive(Default)]
@@ -25,38 +57,66 @@ pub(crate) struct JobAttr {
     pub(crate) retries: Option<u32>,
     pub(crate) name: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    /// The options written, valid or not: a repeated one is an error, and an
+    /// invalid `queue` is not also reported missing.
+    given: Vec<&'static str>,
+    /// False when a syntax error stopped parsing before the end.
+    complete: bool,
 }
 
-impl Parse for JobAttr {
-    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+impl JobAttr {
+    /// Parses the options, pushing every problem onto `errors` and keeping
+    /// whatever options are valid.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> JobAttr {
         let mut attr = JobAttr::default();
-        let mut errors: Option<syn::Error> = None;
-        let mut push = |error: syn::Error| match &mut errors {
-            Some(all) => all.combine(error),
-            None => errors = Some(error),
-        };
+        let parsed = (|input: ParseStream<'_>| attr.parse_options(input, errors)).parse2(tokens);
+        match parsed {
+            Ok(()) => attr.complete = true,
+            Err(error) => errors.push(error),
+        }
+        attr
+    }
+
+    fn parse_options(&mut self, input: ParseStream<'_>, errors: &mut Errors) -> syn::Result<()> {
         while !input.is_empty() {
             let lookahead = input.lookahead1();
             if lookahead.peek(kw::queue) {
                 let key = input.parse::<kw::queue>()?;
                 let value = parse_value(input)?;
-                let parsed = string_value(&value, "queue", "\"email\"").and_then(|lit| queue_name(&lit));
-                record(&mut attr.queue, key.span, "queue", parsed, &mut push);
+                let parsed =
+                    string_value(&value, "queue", "\"email\"").and_then(|lit| queue_name(&lit));
+                if let Some(value) = self.accept("queue", key.span, parsed, errors) {
+                    self.queue = Some(value);
+                }
             } else if lookahead.peek(kw::retries) {
                 let key = input.parse::<kw::retries>()?;
                 let value = parse_value(input)?;
-                let parsed = int_value(&value, "retries", "3").and_then(|lit| lit.base10_parse::<u32>());
-                record(&mut attr.retries, key.span, "retries", parsed, &mut push);
+                let parsed = int_value(&value, "retries", "3").and_then(|lit| retries(&lit));
+                if let Some(value) = self.accept("retries", key.span, parsed, errors) {
+                    self.retries = Some(value);
+                }
             } else if lookahead.peek(kw::name) {
                 let key = input.parse::<kw::name>()?;
                 let value = parse_value(input)?;
-                let parsed = string_value(&value, "name", "\"send_welcome\"").and_then(|lit| wire_name(&lit));
-                record(&mut attr.name, key.span, "name", parsed, &mut push);
+                let parsed = string_value(&value, "name", "\"send_welcome\"")
+                    .and_then(|lit| wire_name(&lit));
+                if let Some(value) = self.accept("name", key.span, parsed, errors) {
+                    self.name = Some(value);
+                }
             } else if lookahead.peek(kw::timeout) {
                 let key = input.parse::<kw::timeout>()?;
                 let value = parse_value(input)?;
-                let parsed = string_value(&value, "timeout", "\"30s\"").and_then(|lit| timeout(&lit));
-                record(&mut attr.timeout, key.span, "timeout", parsed, &mut push);
+                let parsed =
+                    string_value(&value, "timeout", "\"30s\"").and_then(|lit| timeout(&lit));
+                if let Some(value) = self.accept("timeout", key.span, parsed, errors) {
+                    self.timeout = Some(value);
+                }
+            } else if input.peek(Ident::peek_any) {
+                let key = input.call(Ident::parse_any)?;
+                errors.push(unknown_option(&key));
+                if input.peek(Token![=]) {
+                    parse_value(input)?;
+                }
             } else {
                 return Err(lookahead.error());
             }
@@ -65,22 +125,38 @@ impl Parse for JobAttr {
             }
             input.parse::<Token![,]>()?;
         }
-        match errors {
-            Some(errors) => Err(errors),
-            None => Ok(attr),
-        }
+        Ok(())
     }
-}
 
-impl JobAttr {
-    /// The required `queue`, or an error at the attribute.
-    pub(crate) fn require_queue(&self) -> syn::Result<&str> {
-        self.queue.as_deref().ok_or_else(|| {
-            syn::Error::new(
+    /// A valid option's value, unless the option was given before: a
+    /// repeated option is an error on its second key.
+    fn accept<T>(
+        &mut self,
+        name: &'static str,
+        key: Span,
+        parsed: syn::Result<T>,
+        errors: &mut Errors,
+    ) -> Option<T> {
+        if self.given.contains(&name) {
+            errors.push(syn::Error::new(key, format!("duplicate option `{name}`")));
+            return None;
+        }
+        self.given.push(name);
+        parsed.map_err(|error| errors.push(error)).ok()
+    }
+
+    /// The queue; when it is missing, an error at the attribute and a placeholder.
+    ///
+    /// An invalid `queue`, or one lost to a syntax error, has been reported
+    /// already.
+    pub(crate) fn queue(&self, errors: &mut Errors) -> &str {
+        if self.queue.is_none() && self.complete && !self.given.contains(&"queue") {
+            errors.push(syn::Error::new(
                 Span::call_site(),
                 "missing required option `queue`: write #[job(queue = \"email\")]",
-            )
-        })
+            ));
+        }
+        self.queue.as_deref().unwrap_or_default()
     }
 }
 
@@ -89,29 +165,49 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
     input.parse::<Expr>()
 }
 
-/// Stores an option's value; a repeated option is an error on its second key.
-fn record<T>(
-    slot: &mut Option<T>,
-    key: Span,
-    name: &str,
-    parsed: syn::Result<T>,
-    push: &mut impl FnMut(syn::Error),
-) {
-    if slot.is_some() {
-        push(syn::Error::new(key, format!("duplicate option `{name}`")));
-        return;
+fn unknown_option(key: &Ident) -> syn::Error {
+    let written = key.unraw().to_string();
+    let expected = "expected one of `queue`, `retries`, `name`, `timeout`";
+    let message = match OPTIONS.iter().find(|option| looks_like(&written, option)) {
+        Some(option) => {
+            format!("unknown option `{written}`: did you mean `{option}`? ({expected})")
+        }
+        None => format!("unknown option `{written}`: {expected}"),
+    };
+    syn::Error::new(key.span(), message)
+}
+
+/// Whether `written` is probably a misspelling of `option`.
+fn looks_like(written: &str, option: &str) -> bool {
+    let common_prefix = written
+        .bytes()
+        .zip(option.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    common_prefix >= 3 || edit_distance(written, option) <= 2
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != *cb);
+            current.push(substitute.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
     }
-    match parsed {
-        Ok(value) => *slot = Some(value),
-        Err(error) => push(error),
-    }
+    previous[b.len()]
 }
 
 fn string_value(value: &Expr, option: &str, example: &str) -> syn::Result<LitStr> {
     match value {
-        Expr::Lit(ExprLit { lit: Lit::Str(lit), .. }) => Ok(lit.clone()),
-        other => Err(syn::Error::new(
-            other.span(),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit.clone()),
+        other => Err(syn::Error::new_spanned(
+            other,
             format!("`{option}` takes a string literal, e.g. {option} = {example}"),
         )),
     }
@@ -119,31 +215,62 @@ fn string_value(value: &Expr, option: &str, example: &str) -> syn::Result<LitStr
 
 fn int_value(value: &Expr, option: &str, example: &str) -> syn::Result<LitInt> {
     match value {
-        Expr::Lit(ExprLit { lit: Lit::Int(lit), .. }) => Ok(lit.clone()),
-        other => Err(syn::Error::new(
-            other.span(),
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => Ok(lit.clone()),
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_),
+            expr,
+            ..
+        }) if matches!(
+            &**expr,
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(_),
+                ..
+            })
+        ) =>
+        {
+            Err(syn::Error::new_spanned(
+                value,
+                format!("`{option}` cannot be negative"),
+            ))
+        }
+        other => Err(syn::Error::new_spanned(
+            other,
             format!("`{option}` takes an integer literal, e.g. {option} = {example}"),
         )),
     }
 }
 
+fn retries(lit: &LitInt) -> syn::Result<u32> {
+    lit.base10_parse::<u32>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!("`retries` must be at most {}", u32::MAX),
+        )
+    })
+}
+
 fn queue_name(lit: &LitStr) -> syn::Result<String> {
     let queue = lit.value();
-    let problem = if queue.is_empty() {
-        Some("queue name must not be empty".to_owned())
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    let message = if queue.is_empty() {
+        "queue name must not be empty".to_owned()
     } else if queue.len() > MAX_QUEUE_NAME {
-        Some(format!("queue name is {} bytes long; at most {MAX_QUEUE_NAME} fit (`.dlq` is appended)", queue.len()))
+        format!(
+            "queue name is {} bytes long; at most {MAX_QUEUE_NAME} fit (`.dlq` is appended)",
+            queue.len()
+        )
     } else if queue.starts_with("amq.") {
-        Some("queue names starting with `amq.` are reserved by RabbitMQ".to_owned())
-    } else if let Some(bad) = queue.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))) {
-        Some(format!("invalid character {bad:?} in queue name; use letters, digits, `.`, `_`, `-` and `:`"))
+        "queue names starting with `amq.` are reserved by RabbitMQ".to_owned()
+    } else if let Some(bad) = queue.chars().find(|&c| !allowed(c)) {
+        format!(
+            "invalid character {bad:?} in queue name; use letters, digits, `.`, `_`, `-` and `:`"
+        )
     } else {
-        None
+        return Ok(queue);
     };
-    match problem {
-        Some(message) => Err(syn::Error::new(lit.span(), message)),
-        None => Ok(queue),
-    }
+    Err(syn::Error::new(lit.span(), message))
 }
 
 fn wire_name(lit: &LitStr) -> syn::Result<String> {
@@ -152,19 +279,28 @@ fn wire_name(lit: &LitStr) -> syn::Result<String> {
         return Err(syn::Error::new(lit.span(), "job name must not be empty"));
     }
     if name.len() > 255 {
-        return Err(syn::Error::new(lit.span(), "job name must be at most 255 bytes (it is an AMQP short string)"));
+        return Err(syn::Error::new(
+            lit.span(),
+            "job name must be at most 255 bytes (it is an AMQP short string)",
+        ));
     }
     Ok(name)
 }
 
 fn timeout(lit: &LitStr) -> syn::Result<Duration> {
+    const EXAMPLES: &str = "e.g. \"30s\", \"5m\" or \"1h 30m\"";
     let text = lit.value();
-    match humantime::parse_duration(&text) {
-        Ok(duration) if duration.is_zero() => Err(syn::Error::new(lit.span(), "timeout must be longer than zero")),
-        Ok(duration) => Ok(duration),
-        Err(error) => Err(syn::Error::new(
-            lit.span(),
-            format!("invalid timeout {text:?}: {error}; write e.g. \"30s\", \"5m\" or \"1h 30m\""),
-        )),
-    }
+    let message = match humantime::parse_duration(&text) {
+        Ok(duration) if duration.is_zero() => "timeout must be longer than zero".to_owned(),
+        Ok(duration) => return Ok(duration),
+        Err(humantime::DurationError::Empty) => {
+            format!("timeout must not be empty; write {EXAMPLES}")
+        }
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) => {
+            format!("unknown unit {unit:?} in timeout {text:?}; use ms, s, m, h or d, {EXAMPLES}")
+        }
+        Err(humantime::DurationError::NumberOverflow) => format!("timeout {text:?} is too long"),
+        Err(_) => format!("invalid timeout {text:?}: write a number and a unit, {EXAMPLES}"),
+    };
+    Err(syn::Error::new(lit.span(), message))
 }

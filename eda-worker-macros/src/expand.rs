@@ -1,51 +1,85 @@
 //! Generating the job handle: a unit struct named after the function, one
 //! `Job` impl that holds the body, and one registration item.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, PatType, ReturnType, Signature};
+use syn::{FnArg, Item, ItemFn, PatType, ReturnType, Signature, Type};
 
-use crate::attr::JobAttr;
+use crate::attr::{Errors, JobAttr};
 
 pub(crate) fn job(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let attr: JobAttr = syn::parse2(attr)?;
-    let function: ItemFn = syn::parse2(item)?;
-    let queue = attr.require_queue();
-    let params = check_signature(&function.sig);
-    let (queue, (ctx, args)) = match (queue, params) {
-        (Ok(queue), Ok(params)) => (queue, params),
-        (Err(mut first), Err(second)) => {
-            first.combine(second);
-            return Err(first);
-        }
-        (Err(error), _) | (_, Err(error)) => return Err(error),
+    let mut errors = Errors::default();
+    let attr = JobAttr::parse(attr, &mut errors);
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(function) => function,
+        Err(error) => return Err(errors.and(not_a_function(item, error))),
     };
+    let queue = attr.queue(&mut errors);
+    let params = match check_signature(&function.sig) {
+        Ok(params) => params,
+        Err(error) => return Err(errors.and(error)),
+    };
+    let handle = generate(&attr, queue, &function, &params);
+    // With only the options wrong, the handle is still generated (with
+    // placeholders), so code that uses the job reports nothing more.
+    Ok(match errors.take() {
+        Some(error) => {
+            let mut tokens = error.into_compile_error();
+            tokens.extend(handle);
+            tokens
+        }
+        None => handle,
+    })
+}
 
-    let ItemFn { attrs, vis, sig, block, .. } = &function;
+/// The error for an item `ItemFn` does not parse: a clearer one when it is
+/// not a function at all.
+fn not_a_function(item: TokenStream, error: syn::Error) -> syn::Error {
+    match syn::parse2::<Item>(item) {
+        Ok(Item::Fn(_)) | Err(_) => error,
+        Ok(_) => syn::Error::new(error.span(), "`#[job]` can only be used on an `async fn`"),
+    }
+}
+
+/// The two parameters and the return type of a valid job function.
+struct Params<'a> {
+    ctx: &'a PatType,
+    args: &'a PatType,
+    output: &'a Type,
+}
+
+fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = function;
+    let Params { ctx, args, output } = params;
     let ident = &sig.ident;
     let function_name = ident.unraw().to_string();
     let wire_name = attr.name.clone().unwrap_or_else(|| function_name.clone());
-    let (docs, other_attrs): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| a.path().is_ident("doc"));
-    let output = match &sig.output {
-        ReturnType::Type(_, ty) => ty,
-        ReturnType::Default => unreachable!("check_signature refuses a missing return type"),
-    };
+    let (docs, other_attrs): (Vec<_>, Vec<_>) =
+        attrs.iter().partition(|a| a.path().is_ident("doc"));
     let args_ty = &args.ty;
     let args_type = quote_spanned! {args_ty.span()=> type Args = #args_ty; };
-    let retries = attr.retries.map(|retries| quote! { const RETRIES: u32 = #retries; });
+    let retries = attr
+        .retries
+        .map(|retries| quote! { const RETRIES: u32 = #retries; });
     let timeout = attr.timeout.map(|timeout| {
-        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let (secs, nanos) = (timeout.as_secs(), timeout.subsec_nanos());
         quote! {
             const TIMEOUT: ::eda_worker::__private::Duration =
-                ::eda_worker::__private::Duration::from_millis(#millis);
+                ::eda_worker::__private::Duration::new(#secs, #nanos);
         }
     });
     let (ctx_pat, ctx_ty) = (&ctx.pat, &ctx.ty);
     let args_pat = &args.pat;
 
-    Ok(quote! {
+    quote! {
         #(#docs)*
         #[allow(non_camel_case_types)]
         #[derive(Debug, Clone, Copy, Default)]
@@ -67,82 +101,109 @@ pub(crate) fn job(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStre
                 ::core::concat!(::core::module_path!(), "::", #function_name)
             )
         }
-    })
+    }
 }
 
 /// Checks that the function is `async fn name(ctx: JobContext, args: T) -> R`,
-/// reporting every problem at once, and returns its two parameters.
-fn check_signature(sig: &Signature) -> syn::Result<(&PatType, &PatType)> {
-    let mut errors: Vec<syn::Error> = Vec::new();
+/// reporting every problem at once, and returns its parameters and return type.
+fn check_signature(sig: &Signature) -> syn::Result<Params<'_>> {
+    let mut errors = Errors::default();
     if sig.asyncness.is_none() {
         errors.push(syn::Error::new(
             sig.fn_token.span,
-            format!("job functions must be async: write `async fn {}`", sig.ident),
+            format!(
+                "job functions must be async: write `async fn {}`",
+                sig.ident
+            ),
         ));
     }
     if let Some(constness) = &sig.constness {
-        errors.push(syn::Error::new(constness.span, "job functions cannot be const"));
-    }
-    if !matches!(sig.safety, syn::Safety::Default) {
-        errors.push(syn::Error::new(sig.ident.span(), "job functions cannot be unsafe"));
-    }
-    if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new(abi.span(), "job functions cannot have an explicit ABI"));
-    }
-    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(syn::Error::new(
-            sig.generics.span(),
-            "job functions cannot be generic: the worker decodes one concrete argument type",
+            constness.span,
+            "job functions cannot be const",
         ));
     }
-    if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new(variadic.span(), "job functions cannot be variadic"));
+    match &sig.safety {
+        syn::Safety::Unsafe(unsafety) => errors.push(syn::Error::new(
+            unsafety.span,
+            "job functions cannot be unsafe",
+        )),
+        syn::Safety::Safe(safety) => errors.push(syn::Error::new(
+            safety.span,
+            "job functions cannot be marked `safe`",
+        )),
+        syn::Safety::Default => {}
     }
-    if let ReturnType::Default = sig.output {
-        errors.push(syn::Error::new(
-            sig.paren_token.span.close(),
-            "job functions must return `Result<(), JobError>`",
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "job functions cannot have an explicit ABI",
+        ));
+    }
+    let generic = "job functions cannot be generic: the worker decodes one concrete argument type";
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(&sig.generics, generic));
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.push(syn::Error::new_spanned(where_clause, generic));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "job functions cannot be variadic",
         ));
     }
     let mut typed = Vec::new();
     for input in &sig.inputs {
         match input {
-            FnArg::Receiver(receiver) => errors.push(syn::Error::new(
-                receiver.self_token.span,
+            FnArg::Receiver(receiver) => errors.push(syn::Error::new_spanned(
+                receiver,
                 "job functions cannot take `self`: a job is a free `async fn(ctx: JobContext, args: T)`",
             )),
             FnArg::Typed(param) => typed.push(param),
         }
     }
+    let count = |found: usize| {
+        format!(
+            "job functions take exactly two parameters, `(ctx: JobContext, args: YourArgs)`; found {found}"
+        )
+    };
     let params = match typed.as_slice() {
         [ctx, args] => Some((*ctx, *args)),
+        // Already reported: the parameters besides `self` may well be right.
         _ if sig.receiver().is_some() => None,
-        _ => {
-            errors.push(syn::Error::new(
-                params_span(sig),
-                format!(
-                    "job functions take exactly two parameters, `(ctx: JobContext, args: YourArgs)`; found {}",
-                    typed.len()
-                ),
+        [] => {
+            errors.push(syn::Error::new(sig.paren_token.span.join(), count(0)));
+            None
+        }
+        [_] => {
+            errors.push(syn::Error::new_spanned(&sig.inputs, count(1)));
+            None
+        }
+        [_, _, extra @ ..] => {
+            errors.push(syn::Error::new_spanned(
+                quote!(#(#extra),*),
+                count(typed.len()),
             ));
             None
         }
     };
-    let mut errors = errors.into_iter();
-    match (errors.next(), params) {
-        (None, Some(params)) => Ok(params),
-        (Some(mut first), _) => {
-            first.extend(errors);
-            Err(first)
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => Some(&**ty),
+        ReturnType::Default => {
+            errors.push(syn::Error::new(
+                sig.paren_token.span.close(),
+                "job functions must return `Result<(), JobError>`: add `-> Result<(), JobError>`",
+            ));
+            None
         }
-        (None, None) => Err(syn::Error::new(Span::call_site(), "invalid job function signature")),
-    }
-}
-
-fn params_span(sig: &Signature) -> Span {
-    if sig.inputs.is_empty() {
-        sig.paren_token.span.join()
-    } else {
-        sig.inputs.span()
+    };
+    match (errors.take(), params, output) {
+        (None, Some((ctx, args)), Some(output)) => Ok(Params { ctx, args, output }),
+        (Some(error), _, _) => Err(error),
+        // Every `None` above comes with an error.
+        (None, _, _) => Err(syn::Error::new_spanned(
+            sig,
+            "invalid job function signature",
+        )),
     }
 }

@@ -50,6 +50,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// Connection attempts before the worker gives up.
     pub connect_attempts: usize,
+    /// The connection's name, as RabbitMQ's management tools show it.
+    pub connection_name: String,
 }
 
 impl WorkerConfig {
@@ -62,6 +64,7 @@ impl WorkerConfig {
             prefetch: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            connection_name: "eda-worker".to_owned(),
         }
     }
 
@@ -101,6 +104,12 @@ impl WorkerConfig {
     /// Connection attempts before giving up.
     pub fn connect_attempts(mut self, attempts: usize) -> Self {
         self.connect_attempts = attempts;
+        self
+    }
+
+    /// Names the worker's connection (shown by `rabbitmqctl list_connections`).
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
         self
     }
 

@@ -186,3 +186,22 @@ pub async fn long_effect(_ctx: JobContext, args: Effect) -> Result<(), JobError>
     tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
     Ok(())
 }
+
+/// Queue of the reconnect test.
+pub const RECONNECT_QUEUE: &str = "eda-test.reconnect";
+
+/// Records its run.
+#[job(queue = "eda-test.reconnect")]
+pub async fn reconnect_echo(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Ok(())
+}
+
+/// Queue the mismatch test declares with other arguments first.
+pub const MISMATCH_QUEUE: &str = "eda-test.mismatch";
+
+/// Never runs: its queue exists with other arguments.
+#[job(queue = "eda-test.mismatch")]
+pub async fn mismatched(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

@@ -55,13 +55,13 @@ pub(crate) async fn connect(
 
 fn connect_error(url: &str, attempts: usize, source: lapin::Error) -> Error {
     let redacted = redact_url(url);
-    if let lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::IOError(_) = source.kind() {
-        if !url.contains("://") {
-            return Error::InvalidUrl {
-                url: redacted,
-                reason: "expected amqp://user:password@host:port/vhost".into(),
-            };
-        }
+    if let lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::IOError(_) = source.kind()
+        && !url.contains("://")
+    {
+        return Error::InvalidUrl {
+            url: redacted,
+            reason: "expected amqp://user:password@host:port/vhost".into(),
+        };
     }
     Error::Connect {
         url: redacted,

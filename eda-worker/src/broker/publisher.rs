@@ -42,10 +42,10 @@ impl Publisher {
     /// Closes the channel (before its connection, so that lapin does not try to
     /// close it on a closing connection).
     pub(crate) async fn close(&self) {
-        if self.is_usable() {
-            if let Err(error) = self.channel.close(200, "done".into()).await {
-                tracing::debug!(error = %error, "publishing channel close failed");
-            }
+        if self.is_usable()
+            && let Err(error) = self.channel.close(200, "done".into()).await
+        {
+            tracing::debug!(error = %error, "publishing channel close failed");
         }
     }
 

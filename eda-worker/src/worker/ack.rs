@@ -64,11 +64,11 @@ impl<H: Clone> AckTracker<H> {
 
     /// Records that the handler of `tag` finished.
     pub(crate) fn finished(&mut self, tag: u64, settlement: Settlement) {
-        if let Some(slot) = self.find(tag) {
-            if slot.finished.is_none() {
-                slot.finished = Some(settlement);
-                self.finished += 1;
-            }
+        if let Some(slot) = self.find(tag)
+            && slot.finished.is_none()
+        {
+            slot.finished = Some(settlement);
+            self.finished += 1;
         }
     }
 

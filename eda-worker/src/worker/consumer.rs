@@ -126,11 +126,10 @@ impl QueueConsumer {
                 () = token.cancelled() => break ConsumerEnd::Shutdown,
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     self.record(joined);
-                    if self.tracker.finished_count() >= self.settings.ack_batch {
-                        if let Err(error) = self.flush(false).await {
+                    if self.tracker.finished_count() >= self.settings.ack_batch
+                        && let Err(error) = self.flush(false).await {
                             break ConsumerEnd::Lost(error);
                         }
-                    }
                 }
                 _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
                     if let Err(error) = self.flush(true).await {
@@ -158,14 +157,13 @@ impl QueueConsumer {
         };
         // Stop deliveries before draining; what was prefetched but not started stays
         // unacked and goes back to the queue when the channel closes.
-        if self.channel.status().connected() {
-            if let Err(error) = self
+        if self.channel.status().connected()
+            && let Err(error) = self
                 .channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await
-            {
-                tracing::warn!(queue, error = %error, "could not cancel the consumer");
-            }
+        {
+            tracing::warn!(queue, error = %error, "could not cancel the consumer");
         }
         drop(consumer);
         end
@@ -200,10 +198,10 @@ impl QueueConsumer {
         }
         let flushed = self.flush(true).await;
         self.in_flight.shutdown().await;
-        if self.channel.status().connected() {
-            if let Err(error) = self.channel.close(200, "worker stopped".into()).await {
-                tracing::warn!(queue, error = %error, "could not close the channel cleanly");
-            }
+        if self.channel.status().connected()
+            && let Err(error) = self.channel.close(200, "worker stopped".into()).await
+        {
+            tracing::warn!(queue, error = %error, "could not close the channel cleanly");
         }
         match (end, flushed) {
             (ConsumerEnd::Shutdown, Err(error)) => ConsumerEnd::Lost(error),

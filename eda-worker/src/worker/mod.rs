@@ -119,10 +119,10 @@ impl Worker {
                 connected = self.open() => Arc::new(connected?),
             };
             let end = self.run_session(&connection, &token).await;
-            if connection.status().connected() {
-                if let Err(error) = connection.close(200, "worker stopped".into()).await {
-                    tracing::debug!(error = %error, "connection close failed");
-                }
+            if connection.status().connected()
+                && let Err(error) = connection.close(200, "worker stopped".into()).await
+            {
+                tracing::debug!(error = %error, "connection close failed");
             }
             match end {
                 Ok(()) => return Ok(()),
@@ -144,7 +144,8 @@ impl Worker {
             attempts: self.config.connect_attempts,
             ..ConnectPolicy::default()
         };
-        let connection = broker::connect(&self.config.amqp_url, "eda-worker", policy).await?;
+        let connection =
+            broker::connect(&self.config.amqp_url, &self.config.connection_name, policy).await?;
         for jobs in &self.queues {
             broker::declare_queue(&connection, &QueueSpec::durable(jobs.queue)).await?;
             broker::declare_queue(

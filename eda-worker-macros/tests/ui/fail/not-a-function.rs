@@ -1,0 +1,6 @@
+use eda_worker::prelude::*;
+
+#[job(queue = "email")]
+pub struct Welcome;
+
+fn main() {}

@@ -1,0 +1,184 @@
+//! The raw lapin baselines: what a hand-written lapin producer and consumer
+//! do, with nothing of eda-worker in the way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::Latencies;
+
+/// Queue housekeeping for the benchmark.
+pub(crate) struct Admin {
+    connection: Connection,
+}
+
+impl Admin {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
+        Ok(Admin {
+            connection: Connection::connect(url, ConnectionProperties::default()).await?,
+        })
+    }
+
+    /// Deletes and re-declares `queue`, durable and empty.
+    pub(crate) async fn reset(&self, queue: &str) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.into(), durable, FieldTable::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Empties `queue`.
+    pub(crate) async fn purge(&self, queue: &str) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await?;
+        Ok(())
+    }
+}
+
+/// `count` confirmed, persistent, mandatory publishes of JSON bodies from
+/// `publishers` concurrent tasks sharing one confirm-mode channel.
+pub(crate) async fn publish<T: Serialize + 'static>(
+    url: &str,
+    queue: &'static str,
+    count: u64,
+    publishers: usize,
+    payload: fn(u64) -> T,
+) -> anyhow::Result<Latencies> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..publishers {
+        let (channel, next) = (channel.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return anyhow::Ok(samples);
+                }
+                let sent = Instant::now();
+                let body = serde_json::to_vec(&payload(n))?;
+                let properties = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                let options = BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                };
+                let confirm = channel
+                    .basic_publish("".into(), queue.into(), options, &body, properties)
+                    .await?
+                    .await?;
+                if confirm != Confirmation::Ack(None) {
+                    bail!("raw publish not confirmed: {confirm:?}");
+                }
+                samples.push(sent.elapsed());
+            }
+        });
+    }
+    let mut samples = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        samples.extend(joined.context("publish task")??);
+    }
+    let elapsed = started.elapsed();
+    connection.close(200, "done".into()).await?;
+    Ok(Latencies::new(samples, elapsed))
+}
+
+/// Consumes `count` messages from `queue` with `consumers` consumers
+/// (`prefetch` each), acking every `ack_every` messages with `multiple`
+/// (1: one ack per message). Returns the messages and the seconds taken.
+pub(crate) async fn drain(
+    queue: &str,
+    count: u64,
+    prefetch: u16,
+    consumers: usize,
+    ack_every: u64,
+) -> anyhow::Result<(u64, f64)> {
+    let url = eda_worker::amqp_url_from_env();
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let finished = CancellationToken::new();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..consumers {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                format!("raw-{index}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (done, finished) = (done.clone(), finished.clone());
+        tasks.spawn(async move {
+            let mut unacked = 0u64;
+            let mut last = None;
+            loop {
+                let delivery = tokio::select! {
+                    () = finished.cancelled() => break,
+                    delivery = consumer.next() => delivery,
+                };
+                let Some(delivery) = delivery else { break };
+                let delivery = delivery?;
+                unacked += 1;
+                if unacked >= ack_every {
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions {
+                            multiple: ack_every > 1,
+                        })
+                        .await?;
+                    unacked = 0;
+                    last = None;
+                } else {
+                    last = Some(delivery.acker);
+                }
+                if done.fetch_add(1, Ordering::Relaxed) + 1 >= count {
+                    finished.cancel();
+                }
+            }
+            if let Some(acker) = last {
+                acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            channel.close(200, "done".into()).await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("drain task")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    connection.close(200, "done".into()).await?;
+    Ok((done.load(Ordering::Relaxed), seconds))
+}

@@ -1,0 +1,158 @@
+//! Latency samples and the printed table.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Per-operation latencies of one run, and its wall time.
+pub(crate) struct Latencies {
+    sorted: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Latencies {
+    pub(crate) fn new(mut samples: Vec<Duration>, elapsed: Duration) -> Self {
+        samples.sort_unstable();
+        Latencies {
+            sorted: samples,
+            elapsed,
+        }
+    }
+
+    /// Several runs as one: all their samples, and their summed wall time.
+    pub(crate) fn merge(runs: Vec<Latencies>) -> Self {
+        let elapsed = runs.iter().map(|run| run.elapsed).sum();
+        let samples = runs.into_iter().flat_map(|run| run.sorted).collect();
+        Latencies::new(samples, elapsed)
+    }
+
+    /// Operations per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.sorted.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `percent` percentile, in milliseconds.
+    pub(crate) fn p(&self, percent: f64) -> f64 {
+        if self.sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = ((percent / 100.0) * (self.sorted.len() - 1) as f64).round() as usize;
+        self.sorted[rank.min(self.sorted.len() - 1)].as_secs_f64() * 1000.0
+    }
+}
+
+/// One line: eda-worker's figure, raw lapin's, and their ratio.
+pub(crate) struct Row {
+    what: String,
+    /// `None` for a baseline-only line.
+    eda: Option<f64>,
+    raw: f64,
+    /// For latencies and memory, lower is better: the ratio is raw / eda.
+    lower_is_better: bool,
+    decimals: usize,
+}
+
+impl Row {
+    pub(crate) fn throughput(what: &str, eda: f64, raw: f64) -> Self {
+        Row {
+            what: what.into(),
+            eda: Some(eda),
+            raw,
+            lower_is_better: false,
+            decimals: 0,
+        }
+    }
+
+    pub(crate) fn latency(what: &str, eda: f64, raw: f64) -> Self {
+        Row {
+            what: what.into(),
+            eda: Some(eda),
+            raw,
+            lower_is_better: true,
+            decimals: 2,
+        }
+    }
+
+    pub(crate) fn memory(what: &str, eda_kb: u64, raw_kb: u64) -> Self {
+        Row {
+            what: what.into(),
+            eda: Some(eda_kb as f64 / 1024.0),
+            raw: raw_kb as f64 / 1024.0,
+            lower_is_better: true,
+            decimals: 1,
+        }
+    }
+
+    /// A raw lapin figure with no eda-worker counterpart, for reference.
+    pub(crate) fn baseline(what: &str, raw: f64) -> Self {
+        Row {
+            what: what.into(),
+            eda: None,
+            raw,
+            lower_is_better: false,
+            decimals: 0,
+        }
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        let eda = self.eda?;
+        Some(if self.lower_is_better {
+            self.raw / eda
+        } else {
+            eda / self.raw
+        })
+    }
+}
+
+/// The benchmark's table.
+#[derive(Default)]
+pub(crate) struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    pub(crate) fn push(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self
+            .rows
+            .iter()
+            .map(|row| row.what.len())
+            .max()
+            .unwrap_or(0);
+        writeln!(
+            f,
+            "\n| {:<width$} | {:>12} | {:>12} | {:>6} |",
+            "figure", "eda-worker", "raw lapin", "ratio"
+        )?;
+        writeln!(
+            f,
+            "|{}|{}|{}|{}|",
+            "-".repeat(width + 2),
+            "-".repeat(14),
+            "-".repeat(14),
+            "-".repeat(8)
+        )?;
+        for row in &self.rows {
+            let d = row.decimals;
+            let eda = row
+                .eda
+                .map_or_else(|| "-".to_owned(), |eda| format!("{eda:.d$}"));
+            let ratio = row
+                .ratio()
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x"));
+            writeln!(
+                f,
+                "| {:<width$} | {eda:>12} | {:>12.d$} | {ratio:>6} |",
+                row.what, row.raw
+            )?;
+        }
+        write!(
+            f,
+            "\nratio: eda-worker relative to raw lapin, higher is better (for latency and memory: raw / eda-worker)"
+        )
+    }
+}
