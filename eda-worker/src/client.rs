@@ -144,7 +144,7 @@ impl Client {
             job: Some(J::NAME.to_owned()),
             attempt: 0,
         };
-        self.publish_to_queue(J::QUEUE, &body, &envelope).await?;
+        self.publish_to_queue(J::QUEUE, &body, envelope).await?;
         Ok(message_id)
     }
 
@@ -153,12 +153,16 @@ impl Client {
         &self,
         queue: &'static str,
         body: &[u8],
-        envelope: &Envelope,
+        envelope: Envelope,
     ) -> Result<(), Error> {
-        let properties = envelope.to_properties()?;
+        let message_id = envelope.message_id.clone();
+        let properties = envelope.into_properties()?;
         let session = self.session().await?;
         self.ensure_declared(&session.connection, queue).await?;
-        let published = session.publisher.publish("", queue, body, properties).await;
+        let published = session
+            .publisher
+            .publish("", queue, &message_id, body, properties)
+            .await;
         if let Err(Error::Unroutable { .. }) = &published {
             // The queue was deleted under us: declare it again on the next enqueue
             // rather than keep publishing into nothing.

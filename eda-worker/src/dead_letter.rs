@@ -24,8 +24,13 @@ pub(crate) async fn publish_dead_letter(
         attempt,
         failed_at: now_millis(),
     };
+    let message_id = original
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     let properties = dead_letter_properties(original, &reason);
     publisher
-        .publish("", &dead_letter_queue(queue), body, properties)
+        .publish("", &dead_letter_queue(queue), &message_id, body, properties)
         .await
 }

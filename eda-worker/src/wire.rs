@@ -70,7 +70,7 @@ pub struct Envelope {
 
 impl Envelope {
     /// The properties of a message carrying this envelope, sent now.
-    pub fn to_properties(&self) -> Result<BasicProperties, Error> {
+    pub fn into_properties(self) -> Result<BasicProperties, Error> {
         let mut headers = FieldTable::default();
         headers.insert(
             HEADER_ATTEMPT.into(),
@@ -79,15 +79,15 @@ impl Envelope {
         let mut properties = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(short_string("message id", self.message_id.clone())?)
+            .with_message_id(short_string("message id", self.message_id)?)
             .with_timestamp(now_millis() / 1000)
             .with_headers(headers);
-        if let Some(job) = &self.job {
-            properties = properties.with_type(short_string("job name", job.clone())?);
+        if let Some(job) = self.job {
+            properties = properties.with_type(short_string("job name", job)?);
         }
-        if let Some(correlation_id) = &self.correlation_id {
-            properties = properties
-                .with_correlation_id(short_string("correlation id", correlation_id.clone())?);
+        if let Some(correlation_id) = self.correlation_id {
+            properties =
+                properties.with_correlation_id(short_string("correlation id", correlation_id)?);
         }
         Ok(properties)
     }
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn properties_follow_the_wire_format() {
-        let properties = envelope().to_properties().unwrap();
+        let properties = envelope().into_properties().unwrap();
         assert_eq!(
             properties.content_type().as_ref().unwrap().as_str(),
             "application/json"
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_through_properties() {
-        let properties = envelope().to_properties().unwrap();
+        let properties = envelope().into_properties().unwrap();
         assert_eq!(Envelope::from_properties(&properties), envelope());
     }
 
@@ -243,14 +243,14 @@ mod tests {
         let mut envelope = envelope();
         envelope.correlation_id = Some("x".repeat(300));
         assert!(matches!(
-            envelope.to_properties(),
+            envelope.into_properties(),
             Err(Error::TooLong { len: 300, .. })
         ));
     }
 
     #[test]
     fn dead_letters_keep_identity_and_add_reason() {
-        let original = envelope().to_properties().unwrap();
+        let original = envelope().into_properties().unwrap();
         let reason = DeadLetterReason {
             error: "boom",
             queue: "email",

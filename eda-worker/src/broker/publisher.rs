@@ -57,14 +57,10 @@ impl Publisher {
         &self,
         exchange: &str,
         routing_key: &str,
+        message_id: &str,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        let message_id = properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default();
         let broker_error = |source| Error::Broker {
             operation: format!("publish of message {message_id} to `{routing_key}`"),
             source,
@@ -90,7 +86,7 @@ impl Publisher {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
                 Err(Error::Unroutable {
-                    message_id,
+                    message_id: message_id.to_owned(),
                     exchange: exchange.to_owned(),
                     routing_key: routing_key.to_owned(),
                     reply_code: returned.reply_code,
@@ -98,7 +94,7 @@ impl Publisher {
                 })
             }
             Confirmation::Nack(None) => Err(Error::Nacked {
-                message_id,
+                message_id: message_id.to_owned(),
                 routing_key: routing_key.to_owned(),
             }),
             Confirmation::NotRequested => Err(Error::Config(

@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{AckTracker, Settlement};
-use super::dispatch::{QueueJobs, handle_delivery};
+use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
 use crate::Error;
 use crate::broker::Publisher;
 
@@ -44,7 +44,7 @@ type Finished = (u64, Settlement);
 struct QueueConsumer {
     channel: Channel,
     jobs: Arc<QueueJobs>,
-    dead_letters: Publisher,
+    dispatch: Arc<Dispatch>,
     settings: ConsumerSettings,
     tracker: AckTracker<Acker>,
     in_flight: JoinSet<Finished>,
@@ -95,8 +95,11 @@ pub(crate) async fn consume_queue(
     );
     let mut state = QueueConsumer {
         channel,
+        dispatch: Arc::new(Dispatch {
+            jobs: jobs.clone(),
+            dead_letters,
+        }),
         jobs,
-        dead_letters,
         settings,
         tracker: AckTracker::new(),
         in_flight: JoinSet::new(),
@@ -139,11 +142,10 @@ impl QueueConsumer {
                 delivery = consumer.next(), if can_take => match delivery {
                     Some(Ok(delivery)) => {
                         self.tracker.delivered(delivery.delivery_tag, delivery.acker.clone());
-                        let jobs = self.jobs.clone();
-                        let dead_letters = self.dead_letters.clone();
+                        let dispatch = self.dispatch.clone();
                         self.in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
-                            (tag, handle_delivery(delivery, &jobs, &dead_letters).await)
+                            (tag, handle_delivery(delivery, &dispatch).await)
                         });
                     }
                     Some(Err(source)) => {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
@@ -46,13 +47,16 @@ impl QueueJobs {
     }
 }
 
+/// What every delivery of one queue needs, shared by its handler tasks.
+pub(crate) struct Dispatch {
+    pub(crate) jobs: Arc<QueueJobs>,
+    pub(crate) dead_letters: Publisher,
+}
+
 /// Handles one delivery to the end and says how to settle it. Never panics
 /// because a handler did: the panic is this attempt's failure.
-pub(crate) async fn handle_delivery(
-    delivery: Delivery,
-    jobs: &QueueJobs,
-    dead_letters: &Publisher,
-) -> Settlement {
+pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> Settlement {
+    let Dispatch { jobs, dead_letters } = dispatch;
     let envelope = Envelope::from_properties(&delivery.properties);
     let span = tracing::info_span!(
         "job",

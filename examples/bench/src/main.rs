@@ -24,6 +24,7 @@ use serde::{Deserialize as De, Serialize as Ser};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::raw::Format;
 use crate::report::{Latencies, Row, Table};
 
 /// Queue of the raw lapin baselines.
@@ -54,6 +55,9 @@ struct Settings {
     /// Alternating rounds of the publish figures (raw first, then eda first, ...).
     #[arg(long, default_value_t = 4, global = true)]
     rounds: u64,
+    /// Alternating rounds of the drain figures.
+    #[arg(long, default_value_t = 2, global = true)]
+    drain_rounds: u64,
     /// Sequential publishes for the single-caller latency.
     #[arg(long, default_value_t = 2_000, global = true)]
     single: u64,
@@ -79,10 +83,19 @@ enum Mode {
     RawDrain {
         #[arg(long)]
         ack_every: u64,
+        /// The queue to drain.
+        #[arg(long, default_value = RAW_QUEUE)]
+        queue: String,
     },
     /// Drain the eda-worker queue with a worker running no-op jobs.
     #[command(hide = true)]
     EdaDrain,
+    /// Enqueue `--messages` no-op jobs and stop (to profile a drain alone).
+    #[command(hide = true)]
+    Fill,
+    /// Publish `--messages` raw messages and stop (to profile a drain alone).
+    #[command(hide = true)]
+    FillRaw,
 }
 
 /// What a drain child reports.
@@ -91,6 +104,8 @@ struct DrainResult {
     messages: u64,
     seconds: f64,
     peak_rss_kb: u64,
+    /// User + system CPU time of the child, in seconds.
+    cpu_seconds: f64,
 }
 
 /// The no-op job's arguments: a typical small payload.
@@ -105,11 +120,16 @@ pub struct Noop {
 static DONE: AtomicU64 = AtomicU64::new(0);
 static TARGET: AtomicU64 = AtomicU64::new(u64::MAX);
 static ALL_DONE: Notify = Notify::const_new();
+static FIRST_JOB: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Does nothing but count.
 #[job(queue = "eda-bench.noop", retries = 0)]
 pub async fn noop(_ctx: JobContext, _args: Noop) -> Result<(), JobError> {
-    if DONE.fetch_add(1, Ordering::Relaxed) + 1 == TARGET.load(Ordering::Relaxed) {
+    let done = DONE.fetch_add(1, Ordering::Relaxed) + 1;
+    if done == 1 {
+        let _ = FIRST_JOB.set(Instant::now());
+    }
+    if done == TARGET.load(Ordering::Relaxed) {
         ALL_DONE.notify_one();
     }
     Ok(())
@@ -127,9 +147,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = cli.settings;
     match cli.mode {
-        Some(Mode::RawDrain { ack_every }) => {
+        Some(Mode::RawDrain { ack_every, queue }) => {
             let result = raw::drain(
-                RAW_QUEUE,
+                &queue,
                 settings.messages,
                 settings.prefetch,
                 settings.raw_consumers,
@@ -144,7 +164,56 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&finish(messages, seconds))?);
             Ok(())
         }
+        Some(Mode::Fill) => {
+            let client = Client::connect(&amqp_url_from_env()).await?;
+            let filled = eda_enqueue(&client, settings.messages, settings.publishers).await?;
+            println!(
+                "enqueued {} jobs at {:.0}/s",
+                settings.messages,
+                filled.rate()
+            );
+            client.close().await?;
+            Ok(())
+        }
+        Some(Mode::FillRaw) => {
+            let url = amqp_url_from_env();
+            let filled = raw::publish(
+                &url,
+                RAW_QUEUE,
+                settings.messages,
+                settings.publishers,
+                payload,
+                Format::SameAsEda,
+            )
+            .await?;
+            println!(
+                "published {} messages at {:.0}/s",
+                settings.messages,
+                filled.rate()
+            );
+            Ok(())
+        }
         None => run_all(settings).await,
+    }
+}
+
+impl DrainResult {
+    /// Several drains as one: summed messages, time and CPU; the highest peak RSS.
+    fn merge(runs: &[DrainResult]) -> DrainResult {
+        DrainResult {
+            messages: runs.iter().map(|run| run.messages).sum(),
+            seconds: runs.iter().map(|run| run.seconds).sum(),
+            peak_rss_kb: runs.iter().map(|run| run.peak_rss_kb).max().unwrap_or(0),
+            cpu_seconds: runs.iter().map(|run| run.cpu_seconds).sum(),
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.seconds
+    }
+
+    fn cpu_per_message(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.messages as f64
     }
 }
 
@@ -153,6 +222,7 @@ fn finish(messages: u64, seconds: f64) -> DrainResult {
         messages,
         seconds,
         peak_rss_kb: peak_rss_kb(),
+        cpu_seconds: cpu_seconds(),
     }
 }
 
@@ -170,54 +240,74 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     let admin = raw::Admin::connect(&url).await?;
     admin.reset(RAW_QUEUE).await?;
     admin.reset(EDA_QUEUE).await?;
-    let mut table = Table::default();
-
-    // Single caller: latency of one confirmed publish at a time. Then both queues
-    // are emptied, so each holds exactly the `n` messages published next.
-    let raw_single = raw::publish(&url, RAW_QUEUE, settings.single, 1, payload).await?;
     let client = Client::connect(&url).await?;
+    let mut table = Table::default();
+    let same = Format::SameAsEda;
+
+    // Single caller: latency of one confirmed publish at a time.
+    let raw_single = raw::publish(&url, RAW_QUEUE, settings.single, 1, payload, same).await?;
     let eda_single = eda_enqueue(&client, settings.single, 1).await?;
     admin.purge(RAW_QUEUE).await?;
     admin.purge(EDA_QUEUE).await?;
 
-    // Publishing: raw lapin confirmed publish vs enqueue, same concurrency and payload,
-    // in alternating rounds (the broker slows as it stores more, so whoever went
-    // second would lose), each round into emptied queues.
+    // Publishing at concurrency, in alternating rounds (the broker slows as it
+    // stores more, so whoever went second would lose), into emptied queues.
     let rounds = settings.rounds.max(1);
     let per_round = (n / rounds).max(1);
-    let mut raw_samples = Vec::new();
-    let mut eda_samples = Vec::new();
+    let mut raw_runs = Vec::new();
+    let mut eda_runs = Vec::new();
     for round in 0..rounds {
-        if round % 2 == 0 {
-            raw_samples.push(
-                raw::publish(&url, RAW_QUEUE, per_round, settings.publishers, payload).await?,
-            );
-            eda_samples.push(eda_enqueue(&client, per_round, settings.publishers).await?);
-        } else {
-            eda_samples.push(eda_enqueue(&client, per_round, settings.publishers).await?);
-            raw_samples.push(
-                raw::publish(&url, RAW_QUEUE, per_round, settings.publishers, payload).await?,
-            );
+        for raw_turn in [round % 2 == 0, round % 2 == 1] {
+            if raw_turn {
+                raw_runs.push(
+                    raw::publish(
+                        &url,
+                        RAW_QUEUE,
+                        per_round,
+                        settings.publishers,
+                        payload,
+                        same,
+                    )
+                    .await?,
+                );
+            } else {
+                eda_runs.push(eda_enqueue(&client, per_round, settings.publishers).await?);
+            }
         }
         admin.purge(RAW_QUEUE).await?;
         admin.purge(EDA_QUEUE).await?;
     }
-    let raw_publish = Latencies::merge(raw_samples);
-    let eda_publish = Latencies::merge(eda_samples);
+    let raw_publish = Latencies::merge(raw_runs);
+    let eda_publish = Latencies::merge(eda_runs);
+    let bare_publish = raw::publish(
+        &url,
+        RAW_QUEUE,
+        per_round,
+        settings.publishers,
+        payload,
+        Format::Bare,
+    )
+    .await?;
+    admin.purge(RAW_QUEUE).await?;
+    let callers = settings.publishers;
     table.push(Row::throughput(
-        &format!("confirmed publish, {} callers (msg/s)", settings.publishers),
+        &format!("confirmed publish, {callers} callers (msg/s)"),
         eda_publish.rate(),
         raw_publish.rate(),
     ));
     table.push(Row::latency(
-        "  p50 latency at that concurrency (ms)",
+        "  p50 latency (ms)",
         eda_publish.p(50.0),
         raw_publish.p(50.0),
     ));
     table.push(Row::latency(
-        "  p99 latency at that concurrency (ms)",
+        "  p99 latency (ms)",
         eda_publish.p(99.0),
         raw_publish.p(99.0),
+    ));
+    table.push(Row::baseline(
+        "  raw lapin, bare messages (msg/s)",
+        bare_publish.rate(),
     ));
     table.push(Row::latency(
         "single caller p50 latency (ms)",
@@ -230,40 +320,71 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         raw_single.p(99.0),
     ));
 
-    // Draining: backlogs of n messages, published untimed.
-    eda_enqueue(&client, n, settings.publishers).await?;
-    raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload).await?;
+    // Draining: each drain reads a backlog of n messages published just before it
+    // (untimed), so that every drain finds the broker in the same state; the
+    // multi-ack and eda-worker drains alternate which goes first.
+    let ack_every = settings.ack_every.to_string();
+    raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload, same).await?;
     let per_message = drain_child(&settings, &["raw-drain", "--ack-every", "1"]).await?;
-    raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload).await?;
-    let multi = drain_child(
-        &settings,
-        &["raw-drain", "--ack-every", &settings.ack_every.to_string()],
+    raw::publish(
+        &url,
+        RAW_QUEUE,
+        n,
+        settings.publishers,
+        payload,
+        Format::Bare,
     )
     .await?;
-    let eda = drain_child(&settings, &["eda-drain"]).await?;
-    let rate = |result: &DrainResult| result.messages as f64 / result.seconds;
-    table.push(Row::baseline(
-        "drain, raw per-message acks (msg/s)",
-        rate(&per_message),
-    ));
+    let bare = drain_child(&settings, &["raw-drain", "--ack-every", &ack_every]).await?;
+    let mut multi_runs = Vec::new();
+    let mut eda_runs = Vec::new();
+    for round in 0..settings.drain_rounds.max(1) {
+        for raw_turn in [round % 2 == 0, round % 2 == 1] {
+            if raw_turn {
+                raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload, same).await?;
+                multi_runs
+                    .push(drain_child(&settings, &["raw-drain", "--ack-every", &ack_every]).await?);
+            } else {
+                eda_enqueue(&client, n, settings.publishers).await?;
+                eda_runs.push(drain_child(&settings, &["eda-drain"]).await?);
+            }
+        }
+    }
+    let multi = DrainResult::merge(&multi_runs);
+    let eda = DrainResult::merge(&eda_runs);
+    let every = settings.ack_every;
     table.push(Row::throughput(
-        &format!(
-            "drain no-op jobs vs raw multi-ack every {} (msg/s)",
-            settings.ack_every
-        ),
-        rate(&eda),
-        rate(&multi),
+        &format!("drain no-op jobs vs multi-ack every {every} (msg/s)"),
+        eda.rate(),
+        multi.rate(),
+    ));
+    table.push(Row::latency(
+        "  client CPU per message (us)",
+        eda.cpu_per_message(),
+        multi.cpu_per_message(),
     ));
     table.push(Row::memory(
-        "drain peak RSS (MB)",
+        "  peak RSS (MB)",
         eda.peak_rss_kb,
         multi.peak_rss_kb,
+    ));
+    table.push(Row::baseline(
+        "  raw lapin, per-message acks (msg/s)",
+        per_message.rate(),
+    ));
+    table.push(Row::baseline(
+        &format!("  raw lapin, bare messages, multi-ack every {every} (msg/s)"),
+        bare.rate(),
     ));
 
     client.close().await?;
     admin.reset(RAW_QUEUE).await?;
     admin.reset(EDA_QUEUE).await?;
     println!("{table}");
+    println!(
+        "raw lapin publishes and drains the same messages as eda-worker (same properties and headers, set by hand); \
+         'bare' rows carry only content_type and delivery_mode, to show what the wire format costs the broker"
+    );
     Ok(())
 }
 
@@ -316,9 +437,18 @@ async fn eda_drain(settings: &Settings) -> anyhow::Result<(u64, f64)> {
             settings.messages
         );
     }
+    let last_job = Instant::now();
     // Stopping flushes the last acks: the figure includes them.
     token.cancel();
     running.await.context("worker task")??;
+    if let Some(first) = FIRST_JOB.get() {
+        eprintln!(
+            "eda drain: first job after {:?}, jobs ran for {:?}, stop took {:?}",
+            first.duration_since(started),
+            last_job.duration_since(*first),
+            last_job.elapsed()
+        );
+    }
     Ok((
         DONE.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64(),
@@ -346,6 +476,21 @@ async fn drain_child(settings: &Settings, mode: &[&str]) -> anyhow::Result<Drain
         .last()
         .context("drain child printed nothing")?;
     Ok(serde_json::from_str(last)?)
+}
+
+/// User + system CPU time of this process so far (from /proc/self/stat, in clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Peak resident set size of this process (VmHWM), in kB.

@@ -11,12 +11,43 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::Latencies;
+
+/// Which properties the raw messages carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// The same properties and headers as an eda-worker job message, set by
+    /// hand: the fair baseline.
+    SameAsEda,
+    /// Only `content_type` and `delivery_mode`: what the wire format costs.
+    Bare,
+}
+
+impl Format {
+    fn properties(self, n: u64) -> BasicProperties {
+        let bare = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        match self {
+            Format::Bare => bare,
+            Format::SameAsEda => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let mut headers = FieldTable::default();
+                headers.insert("x-eda-attempt".into(), AMQPValue::LongLongInt(0));
+                bare.with_message_id(id.as_str().into())
+                    .with_correlation_id(id.as_str().into())
+                    .with_type("noop".into())
+                    .with_timestamp(1_700_000_000 + n)
+                    .with_headers(headers)
+            }
+        }
+    }
+}
 
 /// Queue housekeeping for the benchmark.
 pub(crate) struct Admin {
@@ -64,6 +95,7 @@ pub(crate) async fn publish<T: Serialize + 'static>(
     count: u64,
     publishers: usize,
     payload: fn(u64) -> T,
+    format: Format,
 ) -> anyhow::Result<Latencies> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -84,9 +116,7 @@ pub(crate) async fn publish<T: Serialize + 'static>(
                 }
                 let sent = Instant::now();
                 let body = serde_json::to_vec(&payload(n))?;
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2);
+                let properties = format.properties(n);
                 let options = BasicPublishOptions {
                     mandatory: true,
                     immediate: false,
