@@ -254,3 +254,12 @@ impl std::fmt::Debug for Client {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_client_can_be_shared_across_web_handlers() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<super::Client>();
+    }
+}

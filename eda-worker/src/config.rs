@@ -35,7 +35,7 @@ pub fn amqp_url_from_env() -> String {
 ///     .shutdown_timeout(Duration::from_secs(10));
 /// assert_eq!(config.effective_prefetch(), 32);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
     /// The broker URL.
@@ -52,6 +52,21 @@ pub struct WorkerConfig {
     pub connect_attempts: usize,
     /// The connection's name, as RabbitMQ's management tools show it.
     pub connection_name: String,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // By hand, so that the password in the URL never reaches a log line.
+        f.debug_struct("WorkerConfig")
+            .field("amqp_url", &crate::redact_url(&self.amqp_url))
+            .field("queues", &self.queues)
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("connect_attempts", &self.connect_attempts)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
 }
 
 impl WorkerConfig {
@@ -130,6 +145,13 @@ impl WorkerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let shown = format!("{:?}", WorkerConfig::new("amqp://app:s3cret@rabbit/%2f"));
+        assert!(shown.contains("amqp://app:***@rabbit/%2f"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 
     #[test]
     fn prefetch_defaults_to_four_times_concurrency() {

@@ -263,6 +263,15 @@ pub enum Error {
         queue: String,
     },
 
+    /// A failed message could not be published to its dead-letter queue.
+    #[error(
+        "could not dead-letter a message of queue `{queue}`; it went back to the queue, and the worker reconnects to declare `{queue}.dlq` again"
+    )]
+    DeadLetterUnavailable {
+        /// The job queue.
+        queue: String,
+    },
+
     /// An ack could not be sent because the channel had closed.
     #[error(
         "could not ack delivery {tag} on queue `{queue}`: the channel is closed; the message will be redelivered"

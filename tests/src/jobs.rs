@@ -205,3 +205,22 @@ pub const MISMATCH_QUEUE: &str = "eda-test.mismatch";
 pub async fn mismatched(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the test that deletes a queue under a running worker.
+pub const DELETED_QUEUE: &str = "eda-test.queue-deleted";
+
+/// Records its run.
+#[job(queue = "eda-test.queue-deleted")]
+pub async fn deleted_queue_echo(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Ok(())
+}
+
+/// Queue of the test that deletes a dead-letter queue under a running worker.
+pub const DLQ_RECOVERY_QUEUE: &str = "eda-test.dlq-recovery";
+
+/// Always fails permanently.
+#[job(queue = "eda-test.dlq-recovery")]
+pub async fn always_fails(_ctx: JobContext, args: u32) -> Result<(), JobError> {
+    Err(JobError::permanent(format!("record {args} does not exist")))
+}

@@ -2,7 +2,10 @@
 //! arguments is a clear error; a connection the broker drops is rebuilt.
 
 use eda_worker::{Client, Error, Worker};
-use eda_worker_tests::jobs::{MISMATCH_QUEUE, RECONNECT_QUEUE, reconnect_echo, runs};
+use eda_worker_tests::jobs::{
+    DELETED_QUEUE, DLQ_RECOVERY_QUEUE, MISMATCH_QUEUE, RECONNECT_QUEUE, always_fails,
+    deleted_queue_echo, reconnect_echo, runs,
+};
 use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -108,4 +111,73 @@ async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection(
 
     client.close().await.unwrap();
     broker.cleanup(RECONNECT_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_queue_deleted_under_a_running_worker_is_declared_again_and_consumed() {
+    let broker = Broker::connect().await;
+    broker.reset(DELETED_QUEUE).await;
+    let worker = RunningWorker::start(&broker, DELETED_QUEUE, worker_config()).await;
+    broker.reset(DELETED_QUEUE).await;
+    // The broker cancels the consumer; the worker rebuilds its session, which
+    // declares the queue again and consumes it.
+    wait_until("the worker consumes the new queue", WAIT, || async {
+        broker.consumers(DELETED_QUEUE).await == 1
+    })
+    .await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    client.enqueue(deleted_queue_echo, 7).await.unwrap();
+    wait_until("the job ran", WAIT, || async {
+        runs(DELETED_QUEUE).len() == 1
+    })
+    .await;
+    assert!(worker.is_running());
+    worker.stop().await.unwrap();
+
+    client.close().await.unwrap();
+    broker.cleanup(DELETED_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_deleted_dead_letter_queue_is_declared_again_and_the_failure_still_lands_there() {
+    const DLQ: &str = "eda-test.dlq-recovery.dlq";
+    let broker = Broker::connect().await;
+    broker.reset(DLQ_RECOVERY_QUEUE).await;
+    let worker = RunningWorker::start(&broker, DLQ_RECOVERY_QUEUE, worker_config()).await;
+    broker
+        .channel()
+        .await
+        .queue_delete(DLQ.into(), lapin::options::QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let id = client.enqueue(always_fails, 3).await.unwrap().to_string();
+    // The first dead-lettering is unroutable: the message goes back to its queue, the
+    // worker reconnects (declaring the DLQ again), and the next attempt lands there.
+    wait_until("the dead letter arrived", WAIT, || async {
+        broker.ready(DLQ).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+    let dead = broker.get(DLQ).await.expect("the dead letter");
+    assert_eq!(
+        dead.delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
+        Some(id)
+    );
+    let error =
+        eda_worker::wire::header_text(&dead.delivery.properties, eda_worker::wire::HEADER_ERROR);
+    assert_eq!(error.as_deref(), Some("record 3 does not exist"));
+    assert_eq!(
+        broker.ready(DLQ_RECOVERY_QUEUE).await,
+        0,
+        "nothing left behind"
+    );
+
+    client.close().await.unwrap();
+    broker.cleanup(DLQ_RECOVERY_QUEUE).await;
 }

@@ -151,3 +151,20 @@ async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
     assert!(text.contains("amqp://guest:***@127.0.0.1:1/%2f"), "{text}");
     assert!(!text.contains("hunter2"), "the password leaked: {text}");
 }
+
+#[tokio::test]
+async fn refused_credentials_fail_at_once_without_the_password() {
+    let error = Client::connect("amqp://guest:wrong-hunter2@127.0.0.1:5672/%2f")
+        .await
+        .expect_err("the broker refuses the login");
+    let text = eda_worker::error_chain_text(&error);
+    assert!(
+        matches!(error, Error::Connect { attempts: 1, .. }),
+        "no retry of a refused login: {text}"
+    );
+    assert!(text.contains("ACCESS_REFUSED"), "{text}");
+    assert!(
+        !text.contains("wrong-hunter2"),
+        "the password leaked: {text}"
+    );
+}

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::Error;
@@ -36,6 +38,7 @@ pub(crate) async fn connect(
     name: &str,
     policy: ConnectPolicy,
 ) -> Result<Connection, Error> {
+    let uri = parse_url(url)?;
     let redacted = redact_url(url);
     let retries = policy.attempts.max(1) - 1;
     let backoff = ExponentialBuilder::default()
@@ -44,30 +47,63 @@ pub(crate) async fn connect(
         .with_max_times(retries)
         .with_jitter();
     let properties = || ConnectionProperties::default().with_connection_name(name.into());
-    (|| Connection::connect(url, properties()))
-        .retry(backoff)
-        .notify(|error: &lapin::Error, delay: Duration| {
-            tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot reach RabbitMQ, retrying");
-        })
-        .await
-        .map_err(|source| connect_error(url, policy.attempts.max(1), source))
+    let mut attempts = 0;
+    (|| {
+        attempts += 1;
+        Connection::connect_uri(uri.clone(), properties())
+    })
+    .retry(backoff)
+    // Wrong credentials or a missing vhost do not get better by waiting.
+    .when(|error: &lapin::Error| !is_refusal(error))
+    .notify(|error: &lapin::Error, delay: Duration| {
+        tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot reach RabbitMQ, retrying");
+    })
+    .await
+    .map_err(|source| Error::Connect { url: redacted.clone(), attempts, source })
 }
 
-fn connect_error(url: &str, attempts: usize, source: lapin::Error) -> Error {
-    let redacted = redact_url(url);
-    if let lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::IOError(_) = source.kind()
-        && !url.contains("://")
-    {
-        return Error::InvalidUrl {
+/// Parses the URL up front, so that a malformed one is reported as such (and
+/// never echoed with its password).
+fn parse_url(url: &str) -> Result<AMQPUri, Error> {
+    url.parse::<AMQPUri>().map_err(|reason| {
+        let redacted = redact_url(url);
+        let mut reason = reason.replace(url, &redacted);
+        if let Some(password) = password_of(url) {
+            reason = reason.replace(password, "***");
+        }
+        Error::InvalidUrl {
             url: redacted,
-            reason: "expected amqp://user:password@host:port/vhost".into(),
-        };
-    }
-    Error::Connect {
-        url: redacted,
-        attempts,
-        source,
-    }
+            reason,
+        }
+    })
+}
+
+/// The broker refused the login or the vhost.
+fn is_refusal(error: &lapin::Error) -> bool {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return false;
+    };
+    matches!(
+        amqp.kind(),
+        AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+            | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
+    )
+}
+
+/// Byte range of the password in `url`, if it has one.
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    let authority_start = url.find("://")? + 3;
+    let rest = &url[authority_start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    let colon = userinfo.find(':')?;
+    let start = authority_start + colon + 1;
+    let end = authority_start + userinfo.len();
+    (end > start).then_some((start, end))
+}
+
+fn password_of(url: &str) -> Option<&str> {
+    password_span(url).map(|(start, end)| &url[start..end])
 }
 
 /// The URL with its password replaced by `***`, for logs and errors.
@@ -79,27 +115,14 @@ fn connect_error(url: &str, attempts: usize, source: lapin::Error) -> Error {
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
+    if !url.contains("://") {
         // Not a URL we understand: it may be a password pasted by mistake.
         return "<unparseable URL>".to_owned();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_owned();
-    };
-    format!(
-        "{}{}:***{}",
-        &url[..authority_start],
-        &userinfo[..colon],
-        &url[authority_start + at..]
-    )
+    }
+    match password_span(url) {
+        Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -130,6 +153,24 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
+    }
+
+    #[test]
+    fn a_malformed_url_is_reported_without_its_password() {
+        let error = super::parse_url("amqp://guest:hunter2@127.0.0.1:notaport/%2f").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("invalid AMQP URL `amqp://guest:***@127.0.0.1:notaport/%2f`"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let scheme = super::parse_url("http://guest:hunter2@host/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            scheme.contains("http") && !scheme.contains("hunter2"),
+            "{scheme}"
+        );
     }
 
     #[test]

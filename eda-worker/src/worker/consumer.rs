@@ -128,7 +128,11 @@ impl QueueConsumer {
                 biased;
                 () = token.cancelled() => break ConsumerEnd::Shutdown,
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.record(joined);
+                    if self.record(joined) == Some(Settlement::Requeue) {
+                        // The dead-letter queue is gone or refusing: rebuild the session
+                        // (which declares it again) instead of looping on the message.
+                        break ConsumerEnd::Lost(Error::DeadLetterUnavailable { queue: queue.to_owned() });
+                    }
                     if self.tracker.finished_count() >= self.settings.ack_batch
                         && let Err(error) = self.flush(false).await {
                             break ConsumerEnd::Lost(error);
@@ -187,7 +191,7 @@ impl QueueConsumer {
         }
         while !self.in_flight.is_empty() {
             tokio::select! {
-                Some(joined) = self.in_flight.join_next() => self.record(joined),
+                Some(joined) = self.in_flight.join_next() => { self.record(joined); }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
                         queue,
@@ -211,13 +215,18 @@ impl QueueConsumer {
         }
     }
 
-    fn record(&mut self, joined: Result<Finished, tokio::task::JoinError>) {
+    /// Records a finished handler task and returns how its delivery settles.
+    fn record(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Option<Settlement> {
         match joined {
-            Ok((tag, settlement)) => self.tracker.finished(tag, settlement),
+            Ok((tag, settlement)) => {
+                self.tracker.finished(tag, settlement);
+                Some(settlement)
+            }
             // handle_delivery catches handler panics; a JoinError means the task was
             // aborted, and its message stays unacked for redelivery.
             Err(error) => {
-                tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally")
+                tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally");
+                None
             }
         }
     }
