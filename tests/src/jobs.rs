@@ -224,3 +224,12 @@ pub const DLQ_RECOVERY_QUEUE: &str = "eda-test.dlq-recovery";
 pub async fn always_fails(_ctx: JobContext, args: u32) -> Result<(), JobError> {
     Err(JobError::permanent(format!("record {args} does not exist")))
 }
+
+/// Queue of the nack test (a policy makes the broker refuse publishes when full).
+pub const NACK_QUEUE: &str = "eda-test.nack";
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.nack")]
+pub async fn refused(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

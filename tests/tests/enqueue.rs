@@ -168,3 +168,75 @@ async fn refused_credentials_fail_at_once_without_the_password() {
         "the password leaked: {text}"
     );
 }
+
+/// Runs `rabbitmqctl` with `args`, asserting it succeeds.
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_publish_the_broker_nacks_is_an_error() {
+    use eda_worker_tests::jobs::{NACK_QUEUE, refused};
+    let broker = Broker::connect().await;
+    broker.reset(NACK_QUEUE).await;
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    broker
+        .channel()
+        .await
+        .queue_declare(NACK_QUEUE.into(), durable, Default::default())
+        .await
+        .unwrap();
+    // A policy (not queue arguments, so the client's plain declaration still
+    // matches) makes the broker nack publishes once the queue holds one message.
+    let policy = format!("eda-test-nack-{}", uuid::Uuid::new_v4());
+    let definition = r#"{"max-length":1,"overflow":"reject-publish"}"#;
+    rabbitmqctl(&[
+        "set_policy",
+        &policy,
+        r"^eda-test\.nack$",
+        definition,
+        "--apply-to",
+        "queues",
+    ]);
+    wait_until("the policy applies to the queue", WAIT, || async {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "-q", "name", "policy"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|line| line.starts_with(NACK_QUEUE) && line.contains(&policy))
+    })
+    .await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+
+    let first = client.enqueue(refused, 1).await;
+    let second = client.enqueue(refused, 2).await;
+    rabbitmqctl(&["clear_policy", &policy]);
+    first.expect("the first publish fits and is confirmed");
+    let error = second.expect_err("the broker nacks a publish into the full queue");
+    assert!(
+        matches!(error, Error::Nacked { ref routing_key, .. } if routing_key == NACK_QUEUE),
+        "{error}"
+    );
+    assert!(error.to_string().contains("it was not stored"), "{error}");
+    assert_eq!(
+        broker.ready(NACK_QUEUE).await,
+        1,
+        "the queue holds exactly what was confirmed"
+    );
+
+    client.close().await.unwrap();
+    broker.cleanup(NACK_QUEUE).await;
+}

@@ -12,7 +12,6 @@ mod raw;
 mod report;
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -295,30 +294,24 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         eda_publish.rate(),
         raw_publish.rate(),
     ));
-    table.push(Row::latency(
-        "  p50 latency (ms)",
-        eda_publish.p(50.0),
-        raw_publish.p(50.0),
-    ));
-    table.push(Row::latency(
-        "  p99 latency (ms)",
-        eda_publish.p(99.0),
-        raw_publish.p(99.0),
-    ));
+    for percentile in [50.0, 99.0] {
+        table.push(Row::latency(
+            &format!("  p{percentile} latency (ms)"),
+            eda_publish.p(percentile),
+            raw_publish.p(percentile),
+        ));
+    }
     table.push(Row::baseline(
         "  raw lapin, bare messages (msg/s)",
         bare_publish.rate(),
     ));
-    table.push(Row::latency(
-        "single caller p50 latency (ms)",
-        eda_single.p(50.0),
-        raw_single.p(50.0),
-    ));
-    table.push(Row::latency(
-        "single caller p99 latency (ms)",
-        eda_single.p(99.0),
-        raw_single.p(99.0),
-    ));
+    for percentile in [50.0, 99.0] {
+        table.push(Row::latency(
+            &format!("single caller p{percentile} latency (ms)"),
+            eda_single.p(percentile),
+            raw_single.p(percentile),
+        ));
+    }
 
     // Draining: each drain reads a backlog of n messages published just before it
     // (untimed), so that every drain finds the broker in the same state; the
@@ -390,29 +383,15 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
 
 /// `count` enqueues from `callers` concurrent tasks sharing one client.
 async fn eda_enqueue(client: &Client, count: u64, callers: usize) -> anyhow::Result<Latencies> {
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..callers {
-        let (client, next) = (client.clone(), next.clone());
-        tasks.spawn(async move {
-            let mut samples = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= count {
-                    return Ok::<_, eda_worker::Error>(samples);
-                }
-                let sent = Instant::now();
-                client.enqueue(noop, payload(n)).await?;
-                samples.push(sent.elapsed());
-            }
-        });
-    }
-    let mut samples = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    while let Some(joined) = tasks.join_next().await {
-        samples.extend(joined.context("enqueue task")??);
-    }
-    Ok(Latencies::new(samples, started.elapsed()))
+    let client = client.clone();
+    report::concurrently(count, callers, move |n| {
+        let client = client.clone();
+        async move {
+            client.enqueue(noop, payload(n)).await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Runs a worker until `messages` no-op jobs ran, then stops it gracefully.

@@ -102,43 +102,36 @@ pub(crate) async fn publish<T: Serialize + 'static>(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..publishers {
-        let (channel, next) = (channel.clone(), next.clone());
-        tasks.spawn(async move {
-            let mut samples = Vec::new();
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= count {
-                    return anyhow::Ok(samples);
-                }
-                let sent = Instant::now();
-                let body = serde_json::to_vec(&payload(n))?;
-                let properties = format.properties(n);
-                let options = BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                };
-                let confirm = channel
-                    .basic_publish("".into(), queue.into(), options, &body, properties)
-                    .await?
-                    .await?;
-                if confirm != Confirmation::Ack(None) {
-                    bail!("raw publish not confirmed: {confirm:?}");
-                }
-                samples.push(sent.elapsed());
+    let confirm_channel = channel.clone();
+    let latencies = crate::report::concurrently(count, publishers, move |n| {
+        let channel = channel.clone();
+        async move {
+            let body = serde_json::to_vec(&payload(n))?;
+            let options = BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            };
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    options,
+                    &body,
+                    format.properties(n),
+                )
+                .await?
+                .await?;
+            if confirm != Confirmation::Ack(None) {
+                bail!("raw publish not confirmed: {confirm:?}");
             }
-        });
-    }
-    let mut samples = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        samples.extend(joined.context("publish task")??);
-    }
-    let elapsed = started.elapsed();
+            Ok(())
+        }
+    })
+    .await?;
+    // Channel before connection, or lapin reports the channel's close as an error.
+    confirm_channel.close(200, "done".into()).await?;
     connection.close(200, "done".into()).await?;
-    Ok(Latencies::new(samples, elapsed))
+    Ok(latencies)
 }
 
 /// Consumes `count` messages from `queue` with `consumers` consumers

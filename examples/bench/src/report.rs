@@ -1,7 +1,49 @@
 //! Latency samples and the printed table.
 
 use std::fmt;
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// Runs `operation(0..count)` from `callers` concurrent tasks, each taking the
+/// next number until all are done, and times every call. eda-worker and raw
+/// lapin go through this same harness.
+pub(crate) async fn concurrently<F, Fut>(
+    count: u64,
+    callers: usize,
+    operation: F,
+) -> anyhow::Result<Latencies>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..callers.max(1) {
+        let (operation, next) = (operation.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return anyhow::Ok(samples);
+                }
+                let sent = Instant::now();
+                operation(n).await?;
+                samples.push(sent.elapsed());
+            }
+        });
+    }
+    let mut samples = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    while let Some(joined) = tasks.join_next().await {
+        samples.extend(joined.context("caller task")??);
+    }
+    Ok(Latencies::new(samples, started.elapsed()))
+}
 
 /// Per-operation latencies of one run, and its wall time.
 pub(crate) struct Latencies {
