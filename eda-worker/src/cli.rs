@@ -109,10 +109,20 @@ fn init_tracing() {
 async fn run(args: RunArgs) -> Result<(), crate::Error> {
     let worker = Worker::new(args.into_config())?;
     let token = CancellationToken::new();
-    let signals = tokio::spawn(stop_on_signals(token.clone()));
+    // Installed before anything else runs, so that an early SIGTERM is a graceful
+    // stop and not the default action.
+    let signals = match StopSignals::install() {
+        Ok(signals) => Some(tokio::spawn(stop_on_signals(signals, token.clone()))),
+        Err(error) => {
+            tracing::error!(error = %error, "cannot listen for stop signals; stop the worker with SIGKILL");
+            None
+        }
+    };
     tracing::info!(queues = ?worker.queues(), "worker starting");
     let result = worker.run(token).await;
-    signals.abort();
+    if let Some(signals) = signals {
+        signals.abort();
+    }
     if result.is_ok() {
         tracing::info!("worker stopped");
     }
@@ -120,34 +130,55 @@ async fn run(args: RunArgs) -> Result<(), crate::Error> {
 }
 
 /// First signal: cancel the token (graceful stop). Second: exit at once.
-async fn stop_on_signals(token: CancellationToken) {
-    if let Err(error) = next_signal().await {
-        tracing::error!(error = %error, "cannot listen for stop signals; stop the worker with SIGKILL");
-        return;
-    }
+async fn stop_on_signals(mut signals: StopSignals, token: CancellationToken) {
+    signals.next().await;
     tracing::info!("stop signal received; finishing running jobs (send another to exit at once)");
     token.cancel();
-    if next_signal().await.is_ok() {
-        tracing::warn!("second stop signal; exiting without waiting for running jobs");
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
-    }
+    signals.next().await;
+    tracing::warn!("second stop signal; exiting without waiting for running jobs");
+    std::process::exit(i32::from(EXIT_INTERRUPTED));
+}
+
+/// SIGTERM and SIGINT, listened to from installation on: a signal that comes
+/// while the first one is being handled is not lost.
+#[cfg(unix)]
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
-async fn next_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 #[cfg(not(unix))]
-async fn next_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(StopSignals)
+    }
+
+    async fn next(&mut self) {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 fn list_jobs() -> Result<(), crate::Error> {

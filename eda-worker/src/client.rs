@@ -47,15 +47,18 @@ struct Inner {
     closed: AtomicBool,
 }
 
+/// Confirm channels per client: concurrent enqueues beyond this wait for one.
+const PUBLISH_CHANNELS: usize = 64;
+
 struct Session {
-    connection: Connection,
+    connection: Arc<Connection>,
     publisher: Publisher,
 }
 
 impl Session {
     async fn open(url: &str, policy: ConnectPolicy) -> Result<Self, Error> {
-        let connection = broker::connect(url, "eda-worker client", policy).await?;
-        let publisher = Publisher::open(&connection).await?;
+        let connection = Arc::new(broker::connect(url, "eda-worker client", policy).await?);
+        let publisher = Publisher::new(connection.clone(), PUBLISH_CHANNELS);
         Ok(Session {
             connection,
             publisher,
@@ -210,6 +213,12 @@ impl Client {
         }
         tracing::warn!(url = %broker::redact_url(&self.inner.url), "connection to RabbitMQ lost, reconnecting");
         let fresh = Arc::new(Session::open(&self.inner.url, self.inner.policy).await?);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // `close` ran while this reconnect was under way: keep the promise it made.
+            fresh.publisher.close().await;
+            let _ = fresh.connection.close(200, "client closed".into()).await;
+            return Err(Error::ClientClosed);
+        }
         *self
             .inner
             .session

@@ -163,7 +163,20 @@ pub fn dead_letter_properties(
     original: &BasicProperties,
     reason: &DeadLetterReason<'_>,
 ) -> BasicProperties {
-    let mut headers = original.headers().clone().unwrap_or_default();
+    // CC and BCC would route the copy into other queues (the source one too).
+    let mut headers: FieldTable = original
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "CC" | "BCC"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into()
+        })
+        .unwrap_or_default();
     headers.insert(
         HEADER_ERROR.into(),
         AMQPValue::LongString(LongString::from(reason.error)),
@@ -180,10 +193,41 @@ pub fn dead_letter_properties(
         HEADER_ATTEMPT.into(),
         AMQPValue::LongLongInt(i64::from(reason.attempt)),
     );
-    original
-        .clone()
+    // Copied field by field to leave out `expiration` (a per-message TTL would
+    // let the dead letter expire) and `user_id` (the broker refuses a publish
+    // whose user_id is not the publishing connection's user).
+    let mut copy = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_headers(headers)
+        .with_headers(headers);
+    let text = |value: &Option<ShortString>| value.clone();
+    if let Some(value) = text(original.content_type()) {
+        copy = copy.with_content_type(value);
+    }
+    if let Some(value) = text(original.content_encoding()) {
+        copy = copy.with_content_encoding(value);
+    }
+    if let Some(value) = text(original.message_id()) {
+        copy = copy.with_message_id(value);
+    }
+    if let Some(value) = text(original.correlation_id()) {
+        copy = copy.with_correlation_id(value);
+    }
+    if let Some(value) = text(original.kind()) {
+        copy = copy.with_type(value);
+    }
+    if let Some(value) = text(original.reply_to()) {
+        copy = copy.with_reply_to(value);
+    }
+    if let Some(value) = text(original.app_id()) {
+        copy = copy.with_app_id(value);
+    }
+    if let Some(value) = *original.timestamp() {
+        copy = copy.with_timestamp(value);
+    }
+    if let Some(value) = *original.priority() {
+        copy = copy.with_priority(value);
+    }
+    copy
 }
 
 fn millis_i64(millis: u64) -> i64 {
@@ -246,6 +290,33 @@ mod tests {
             envelope.into_properties(),
             Err(Error::TooLong { len: 300, .. })
         ));
+    }
+
+    #[test]
+    fn dead_letters_drop_ttl_user_and_extra_routing() {
+        let mut headers = FieldTable::default();
+        headers.insert("CC".into(), AMQPValue::LongString("other-queue".into()));
+        headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
+        let original = BasicProperties::default()
+            .with_expiration("1000".into())
+            .with_user_id("someone-else".into())
+            .with_message_id("m-1".into())
+            .with_headers(headers);
+        let reason = DeadLetterReason {
+            error: "boom",
+            queue: "email",
+            attempt: 0,
+            failed_at: 1,
+        };
+        let dead = dead_letter_properties(&original, &reason);
+        assert_eq!(*dead.expiration(), None);
+        assert_eq!(*dead.user_id(), None);
+        assert_eq!(
+            dead.message_id().as_ref().map(ShortString::as_str),
+            Some("m-1")
+        );
+        assert_eq!(header_text(&dead, "CC"), None);
+        assert_eq!(header_text(&dead, "x-custom").as_deref(), Some("kept"));
     }
 
     #[test]

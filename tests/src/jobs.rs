@@ -233,3 +233,14 @@ pub const NACK_QUEUE: &str = "eda-test.nack";
 pub async fn refused(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the shutdown-deadline test.
+pub const DEADLINE_QUEUE: &str = "eda-test.deadline";
+
+/// Appends its id when it starts, then works for `work_ms`.
+#[job(queue = "eda-test.deadline")]
+pub async fn deadline_effect(_ctx: JobContext, args: Effect) -> Result<(), JobError> {
+    append_effect(&args)?;
+    tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
+    Ok(())
+}

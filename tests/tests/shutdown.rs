@@ -7,7 +7,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use eda_worker::Client;
-use eda_worker_tests::jobs::{Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, long_effect, slow_effect};
+use eda_worker_tests::jobs::{
+    DEADLINE_QUEUE, Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, deadline_effect, long_effect,
+    slow_effect,
+};
 use eda_worker_tests::{Broker, WAIT, amqp_url, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -212,6 +215,51 @@ async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue()
 
     client.close().await.unwrap();
     broker.cleanup(INTERRUPT_QUEUE).await;
+    let _ = std::fs::remove_file(log);
+}
+
+#[tokio::test]
+async fn jobs_still_running_at_the_shutdown_deadline_are_not_acked() {
+    const JOBS: u32 = 2;
+    let broker = Broker::connect().await;
+    broker.reset(DEADLINE_QUEUE).await;
+    let log = effect_log("deadline");
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    for id in 0..JOBS {
+        let args = Effect {
+            id,
+            log: log.display().to_string(),
+            work_ms: 30_000,
+        };
+        client.enqueue(deadline_effect, args).await.unwrap();
+    }
+
+    let worker = WorkerProcess::spawn(
+        DEADLINE_QUEUE,
+        &["--concurrency", "4", "--shutdown-timeout", "1s"],
+    );
+    wait_until("every job started", WAIT, || async {
+        effects(&log).len() == JOBS as usize
+    })
+    .await;
+    worker.signal("TERM");
+    let (status, waited) = worker.exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "reaching the deadline is still a graceful stop"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "it stopped at the deadline, not after the jobs ({waited:?})"
+    );
+    wait_until("the unfinished jobs are back", WAIT, || async {
+        broker.ready(DEADLINE_QUEUE).await == JOBS
+    })
+    .await;
+
+    client.close().await.unwrap();
+    broker.cleanup(DEADLINE_QUEUE).await;
     let _ = std::fs::remove_file(log);
 }
 

@@ -19,6 +19,8 @@ pub(crate) struct ConnectPolicy {
     pub(crate) min_delay: Duration,
     /// Longest delay between two attempts.
     pub(crate) max_delay: Duration,
+    /// How long one attempt (TCP, TLS, AMQP handshake) may take.
+    pub(crate) attempt_timeout: Duration,
 }
 
 impl Default for ConnectPolicy {
@@ -27,6 +29,7 @@ impl Default for ConnectPolicy {
             attempts: 5,
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -50,7 +53,18 @@ pub(crate) async fn connect(
     let mut attempts = 0;
     (|| {
         attempts += 1;
-        Connection::connect_uri(uri.clone(), properties())
+        let connecting = Connection::connect_uri(uri.clone(), properties());
+        // A black-holed host would otherwise hold each attempt for the OS's SYN timeout.
+        async move {
+            match tokio::time::timeout(policy.attempt_timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_elapsed) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", policy.attempt_timeout),
+                )
+                .into()),
+            }
+        }
     })
     .retry(backoff)
     // Wrong credentials or a missing vhost do not get better by waiting.
@@ -91,11 +105,13 @@ fn is_refusal(error: &lapin::Error) -> bool {
 }
 
 /// Byte range of the password in `url`, if it has one.
+///
+/// The userinfo ends at the *last* `@` after the scheme, whatever comes
+/// before it: a password may hold a raw `/`, `?` or `#` (base64 ones do),
+/// and redacting too much of an odd path is harmless where too little leaks.
 fn password_span(url: &str) -> Option<(usize, usize)> {
     let authority_start = url.find("://")? + 3;
-    let rest = &url[authority_start..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
+    let userinfo = &url[authority_start..authority_start + url[authority_start..].rfind('@')?];
     let colon = userinfo.find(':')?;
     let start = authority_start + colon + 1;
     let end = authority_start + userinfo.len();
@@ -144,6 +160,26 @@ mod tests {
             "amqps://u:***@host/vhost"
         );
         assert_eq!(redact_url("amqp://u:a@b@host:1/v"), "amqp://u:***@host:1/v");
+    }
+
+    #[test]
+    fn passwords_with_url_delimiters_are_redacted() {
+        for url in [
+            "amqp://u:pa/ss@host/vhost",
+            "amqp://u:12#w@host:5672/%2f",
+            "amqp://u:a?b@host",
+            "amqp://u:x/y+z==@rabbit.internal/prod",
+        ] {
+            let redacted = redact_url(url);
+            assert!(redacted.starts_with("amqp://u:***@"), "{url} -> {redacted}");
+            for secret in ["pa/ss", "12#w", "a?b", "x/y+z=="] {
+                assert!(!redacted.contains(secret), "{url} -> {redacted}");
+            }
+        }
+        let error = super::parse_url("amqp://u:pa/ss@host/vhost")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("pa/ss"), "{error}");
     }
 
     #[test]

@@ -1,22 +1,95 @@
-//! Confirmed publishing: one channel in confirm mode, shared by every caller.
+//! Confirmed publishing over a pool of confirm-mode channels.
 //!
-//! Callers publish concurrently and each awaits only its own confirm, so the
-//! confirms of many callers are pipelined on the one channel.
+//! Each channel carries one publish at a time. lapin hands a `basic.return`
+//! (an unroutable mandatory message) to whichever pending confirm of the
+//! channel completes next, so with several publishes in flight on one channel
+//! the wrong caller would hear of it and the right one would see a plain ack.
+//! One publish per channel keeps that exact; the pool keeps callers
+//! concurrent, their confirms pipelined across channels, and no lock is held
+//! across a confirm.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::Semaphore;
 
 use crate::Error;
 
-/// A channel in confirm mode.
-#[derive(Clone)]
+/// Publishes with confirms through up to `channels` confirm-mode channels of
+/// one connection, opened as needed.
 pub(crate) struct Publisher {
-    channel: Channel,
+    connection: Arc<Connection>,
+    idle: Mutex<Vec<ConfirmChannel>>,
+    slots: Semaphore,
 }
 
 impl Publisher {
+    pub(crate) fn new(connection: Arc<Connection>, channels: usize) -> Self {
+        Publisher {
+            connection,
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(channels.max(1)),
+        }
+    }
+
+    /// True while the connection is up.
+    pub(crate) fn is_usable(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Error> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the publisher's semaphore is never closed");
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let channel = match idle {
+            Some(channel) if channel.is_usable() => channel,
+            _ => ConfirmChannel::open(&self.connection).await?,
+        };
+        let published = channel
+            .publish(exchange, routing_key, message_id, body, properties)
+            .await;
+        if channel.is_usable() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(channel);
+        }
+        published
+    }
+
+    /// Closes the idle channels (before the connection, so that lapin does not
+    /// try to close them on a closing connection).
+    pub(crate) async fn close(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        for channel in idle {
+            channel.close().await;
+        }
+    }
+}
+
+/// One channel in confirm mode.
+struct ConfirmChannel {
+    channel: Channel,
+}
+
+impl ConfirmChannel {
     /// Opens a channel on `connection` and turns on publisher confirms.
-    pub(crate) async fn open(connection: &Connection) -> Result<Self, Error> {
+    async fn open(connection: &Connection) -> Result<Self, Error> {
         let channel = connection
             .create_channel()
             .await
@@ -31,17 +104,14 @@ impl Publisher {
                 operation: "enable publisher confirms".into(),
                 source,
             })?;
-        Ok(Publisher { channel })
+        Ok(ConfirmChannel { channel })
     }
 
-    /// True while the channel can publish.
-    pub(crate) fn is_usable(&self) -> bool {
+    fn is_usable(&self) -> bool {
         self.channel.status().connected()
     }
 
-    /// Closes the channel (before its connection, so that lapin does not try to
-    /// close it on a closing connection).
-    pub(crate) async fn close(&self) {
+    async fn close(&self) {
         if self.is_usable()
             && let Err(error) = self.channel.close(200, "done".into()).await
         {
@@ -53,7 +123,7 @@ impl Publisher {
     ///
     /// A nack, a message returned as unroutable, or a closed channel is an
     /// error: success means a queue has the message.
-    pub(crate) async fn publish(
+    async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,

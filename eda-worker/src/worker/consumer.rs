@@ -1,10 +1,11 @@
 //! One consumer per queue: prefetch, a bounded number of handlers in flight,
 //! coalesced acks, and the graceful drain at shutdown.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -41,6 +42,10 @@ pub(crate) enum ConsumerEnd {
 
 type Finished = (u64, Settlement);
 
+/// How long a stopping consumer waits for the broker to answer a cancel or a
+/// close (a blocked connection, during a memory alarm, answers nothing).
+const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct QueueConsumer {
     channel: Channel,
     jobs: Arc<QueueJobs>,
@@ -55,7 +60,7 @@ struct QueueConsumer {
 pub(crate) async fn consume_queue(
     connection: &Connection,
     jobs: Arc<QueueJobs>,
-    dead_letters: Publisher,
+    dead_letters: Arc<Publisher>,
     settings: ConsumerSettings,
     token: CancellationToken,
 ) -> ConsumerEnd {
@@ -78,7 +83,9 @@ pub(crate) async fn consume_queue(
     let consumer = channel
         .basic_consume(
             queue.into(),
-            consumer_tag(queue).as_str().into(),
+            // The broker makes up the tag: one built from the host name and queue
+            // could pass the 255 bytes an AMQP short string holds.
+            "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -106,11 +113,6 @@ pub(crate) async fn consume_queue(
     };
     let end = state.consume(consumer, &token).await;
     state.drain(end).await
-}
-
-fn consumer_tag(queue: &str) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-    format!("eda-worker.{host}.{}.{queue}", std::process::id())
 }
 
 impl QueueConsumer {
@@ -149,7 +151,10 @@ impl QueueConsumer {
                         let dispatch = self.dispatch.clone();
                         self.in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
-                            (tag, handle_delivery(delivery, &dispatch).await)
+                            // handle_delivery catches handler panics itself; this is the last
+                            // resort for a bug of ours, so that the delivery is still settled.
+                            let settled = AssertUnwindSafe(handle_delivery(delivery, &dispatch)).catch_unwind().await;
+                            (tag, settled.unwrap_or(Settlement::Requeue))
                         });
                     }
                     Some(Err(source)) => {
@@ -161,15 +166,38 @@ impl QueueConsumer {
                 },
             }
         };
-        // Stop deliveries before draining; what was prefetched but not started stays
-        // unacked and goes back to the queue when the channel closes.
-        if self.channel.status().connected()
-            && let Err(error) = self
+        // Stop deliveries before draining, and hand what was prefetched but not
+        // started straight back, so that another worker can take it now rather
+        // than when this one has finished draining. Their tags are above every
+        // started one, so the multiple acks of the drain never cover them.
+        if self.channel.status().connected() {
+            let cancel = self
                 .channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await
-        {
-            tracing::warn!(queue, error = %error, "could not cancel the consumer");
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(queue, error = %error, "could not cancel the consumer")
+                }
+                Err(_) => tracing::warn!(
+                    queue,
+                    "the broker did not answer the consumer cancel in time"
+                ),
+            }
+            let mut returned = 0usize;
+            while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                let requeue = BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                };
+                if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
+                    break;
+                }
+                returned += 1;
+            }
+            if returned > 0 {
+                tracing::info!(queue, returned, "returned unstarted messages to the queue");
+            }
         }
         drop(consumer);
         end
@@ -181,7 +209,16 @@ impl QueueConsumer {
     /// running at the deadline, which is not acked and will be redelivered).
     async fn drain(mut self, end: ConsumerEnd) -> ConsumerEnd {
         let queue = self.jobs.queue;
-        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        // With the channel gone, no ack can be sent: waiting would only delay the
+        // reconnect, and the broker redelivers these messages anyway.
+        let wait = if self.channel.status().connected() {
+            self.settings.shutdown_timeout
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + wait;
+        let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
+        flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         if !self.in_flight.is_empty() {
             tracing::info!(
                 queue,
@@ -192,6 +229,14 @@ impl QueueConsumer {
         while !self.in_flight.is_empty() {
             tokio::select! {
                 Some(joined) = self.in_flight.join_next() => { self.record(joined); }
+                // Ack as jobs finish: a SIGKILL at the end of a deploy's grace period
+                // then redelivers only what had not finished.
+                _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
+                    if let Err(error) = self.flush(true).await {
+                        tracing::warn!(queue, error = %error, "acks failed while draining");
+                        break;
+                    }
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
                         queue,
@@ -204,10 +249,17 @@ impl QueueConsumer {
         }
         let flushed = self.flush(true).await;
         self.in_flight.shutdown().await;
-        if self.channel.status().connected()
-            && let Err(error) = self.channel.close(200, "worker stopped".into()).await
-        {
-            tracing::warn!(queue, error = %error, "could not close the channel cleanly");
+        if self.channel.status().connected() {
+            let close = self.channel.close(200, "worker stopped".into());
+            match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(queue, error = %error, "could not close the channel cleanly")
+                }
+                Err(_) => {
+                    tracing::warn!(queue, "the broker did not answer the channel close in time")
+                }
+            }
         }
         match (end, flushed) {
             (ConsumerEnd::Shutdown, Err(error)) => ConsumerEnd::Lost(error),

@@ -50,7 +50,7 @@ impl QueueJobs {
 /// What every delivery of one queue needs, shared by its handler tasks.
 pub(crate) struct Dispatch {
     pub(crate) jobs: Arc<QueueJobs>,
-    pub(crate) dead_letters: Publisher,
+    pub(crate) dead_letters: Arc<Publisher>,
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
@@ -94,12 +94,13 @@ async fn run_attempt(
         job.name,
         job.queue,
     );
-    let handler = job
-        .start(ctx, &delivery.data)
-        .map_err(|error| Failure::BadArguments {
-            job: job.name,
-            error,
-        })?;
+    // The user's Deserialize runs here: a panic in it fails the attempt too.
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| job.start(ctx, &delivery.data)))
+        .map_err(|payload| Failure::Panicked(panic_message(payload.as_ref())))?;
+    let handler = started.map_err(|error| Failure::BadArguments {
+        job: job.name,
+        error,
+    })?;
     match tokio::time::timeout(job.timeout, AssertUnwindSafe(handler).catch_unwind()).await {
         Err(_elapsed) => Err(Failure::TimedOut(job.timeout)),
         Ok(Err(payload)) => Err(Failure::Panicked(panic_message(payload.as_ref()))),

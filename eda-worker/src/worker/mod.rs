@@ -25,6 +25,31 @@ use crate::{Error, Registry, WorkerConfig};
 /// How often acks are flushed when a batch has not filled.
 const ACK_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Longest pause between two reconnects.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(30);
+
+/// A session that lived this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Errors that reconnecting cannot fix.
+fn is_fatal(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::QueueMismatch { .. } | Error::Connect { .. } | Error::InvalidUrl { .. }
+    )
+}
+
+/// Sleeps for `pause`; true when `token` was cancelled meanwhile.
+async fn sleep_or_cancel(pause: Duration, token: &CancellationToken) -> bool {
+    tokio::select! {
+        () = token.cancelled() => true,
+        () = tokio::time::sleep(pause) => false,
+    }
+}
+
+/// Confirm channels for dead letters, shared by the queues of a worker.
+const DEAD_LETTER_CHANNELS: usize = 4;
+
 /// Pause before reconnecting after the broker went away mid-run.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -110,14 +135,33 @@ impl Worker {
     /// cancelled, running jobs get up to the shutdown timeout to finish, acks
     /// are flushed, and unstarted messages go back to the broker.
     ///
-    /// When the broker goes away mid-run the worker reconnects; it returns an
-    /// error only when it cannot reach the broker within the configured attempts.
+    /// At start, an unreachable broker is an error after the configured
+    /// attempts. Once running, the worker rides out broker restarts: it
+    /// reconnects for as long as it takes (backing off up to 30 s between
+    /// attempts), and returns an error only for what waiting cannot fix: a
+    /// refused login, or a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        let mut started = false;
+        let mut pause = RECONNECT_PAUSE;
         loop {
-            let connection = tokio::select! {
+            let opened = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                connected = self.open() => Arc::new(connected?),
+                opened = self.open(started) => opened,
             };
+            let connection = match opened {
+                Ok(connection) => Arc::new(connection),
+                Err(error) if !started || is_fatal(&error) => return Err(error),
+                Err(error) => {
+                    tracing::error!(error = %crate::error::error_chain_text(&error), retry_in = ?pause, "cannot set up the broker session; retrying");
+                    if sleep_or_cancel(pause, &token).await {
+                        return Ok(());
+                    }
+                    pause = (pause * 2).min(MAX_RECONNECT_PAUSE);
+                    continue;
+                }
+            };
+            started = true;
+            let session_started = tokio::time::Instant::now();
             let end = self.run_session(&connection, &token).await;
             if connection.status().connected()
                 && let Err(error) = connection.close(200, "worker stopped".into()).await
@@ -126,23 +170,44 @@ impl Worker {
             }
             match end {
                 Ok(()) => return Ok(()),
-                Err(_) if token.is_cancelled() => return Ok(()),
+                Err(error) if token.is_cancelled() => {
+                    // Stopping anyway; what was not acked is redelivered (and run again).
+                    tracing::warn!(error = %crate::error::error_chain_text(&error), "the broker went away while stopping; unacked messages will be redelivered");
+                    return Ok(());
+                }
+                Err(error) if is_fatal(&error) => return Err(error),
                 Err(error) => {
-                    tracing::error!(error = %crate::error::error_chain_text(&error), "lost the broker; reconnecting");
-                    tokio::select! {
-                        () = token.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    // A session that keeps dying at once (a deleted dead-letter queue that
+                    // cannot be declared, say) backs off instead of spinning.
+                    pause = if session_started.elapsed() < STABLE_SESSION {
+                        (pause * 2).min(MAX_RECONNECT_PAUSE)
+                    } else {
+                        RECONNECT_PAUSE
+                    };
+                    tracing::error!(error = %crate::error::error_chain_text(&error), retry_in = ?pause, "lost the broker; reconnecting");
+                    if sleep_or_cancel(pause, &token).await {
+                        return Ok(());
                     }
                 }
             }
         }
     }
 
-    /// Connects and declares every queue and its dead-letter queue.
-    async fn open(&self) -> Result<Connection, Error> {
-        let policy = ConnectPolicy {
-            attempts: self.config.connect_attempts,
-            ..ConnectPolicy::default()
+    /// Connects and declares every queue and its dead-letter queue. Before the
+    /// first session the configured attempts apply; after it, attempts are
+    /// unbounded (the caller stops them with the token).
+    async fn open(&self, started: bool) -> Result<Connection, Error> {
+        let policy = if started {
+            ConnectPolicy {
+                attempts: usize::MAX,
+                max_delay: MAX_RECONNECT_PAUSE,
+                ..ConnectPolicy::default()
+            }
+        } else {
+            ConnectPolicy {
+                attempts: self.config.connect_attempts,
+                ..ConnectPolicy::default()
+            }
         };
         let connection =
             broker::connect(&self.config.amqp_url, &self.config.connection_name, policy).await?;
@@ -163,7 +228,7 @@ impl Worker {
         connection: &Arc<Connection>,
         token: &CancellationToken,
     ) -> Result<(), Error> {
-        let dead_letters = Publisher::open(connection).await?;
+        let dead_letters = Arc::new(Publisher::new(connection.clone(), DEAD_LETTER_CHANNELS));
         let settings = ConsumerSettings {
             concurrency: self.config.concurrency,
             prefetch: self.config.effective_prefetch(),
