@@ -1,7 +1,7 @@
 //! [`Client`]: enqueue jobs from any async code, with broker confirms.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use lapin::Connection;
@@ -45,6 +45,8 @@ struct Inner {
     declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
+    /// Reconnects attempted, so that callers who waited on a failed one give up with it.
+    reconnects: AtomicUsize,
 }
 
 /// Confirm channels per client: concurrent enqueues beyond this wait for one.
@@ -112,6 +114,7 @@ impl Client {
                 reconnect: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                reconnects: AtomicUsize::new(0),
             }),
         })
     }
@@ -206,12 +209,20 @@ impl Client {
         if session.publisher.is_usable() {
             return Ok(session);
         }
+        let attempts_before = self.inner.reconnects.load(Ordering::SeqCst);
         let _gate = self.inner.reconnect.lock().await;
         let session = self.current_session();
         if session.publisher.is_usable() {
             return Ok(session);
         }
-        tracing::warn!(url = %broker::redact_url(&self.inner.url), "connection to RabbitMQ lost, reconnecting");
+        let redacted = broker::redact_url(&self.inner.url);
+        if self.inner.reconnects.load(Ordering::SeqCst) != attempts_before {
+            // Another caller's reconnect failed while this one waited: report that
+            // instead of queueing one full round of attempts per waiting caller.
+            return Err(Error::NotConnected { url: redacted });
+        }
+        tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
+        self.inner.reconnects.fetch_add(1, Ordering::SeqCst);
         let fresh = Arc::new(Session::open(&self.inner.url, self.inner.policy).await?);
         if self.inner.closed.load(Ordering::SeqCst) {
             // `close` ran while this reconnect was under way: keep the promise it made.

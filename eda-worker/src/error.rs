@@ -194,6 +194,13 @@ pub enum Error {
         routing_key: String,
     },
 
+    /// The client's connection is down and a reconnect failed moments ago.
+    #[error("not connected to RabbitMQ at {url}: reconnecting failed just now; try again")]
+    NotConnected {
+        /// The URL with its password redacted.
+        url: String,
+    },
+
     /// The client was closed with [`crate::Client::close`].
     #[error("the client is closed; connect a new one to enqueue")]
     ClientClosed,
