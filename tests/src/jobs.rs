@@ -244,3 +244,20 @@ pub async fn deadline_effect(_ctx: JobContext, args: Effect) -> Result<(), JobEr
     tokio::time::sleep(Duration::from_millis(args.work_ms)).await;
     Ok(())
 }
+
+/// Queue that the attribution test deletes under the client.
+pub const UNROUTABLE_QUEUE: &str = "eda-test.unroutable";
+/// Queue that the attribution test keeps.
+pub const ROUTABLE_QUEUE: &str = "eda-test.routable";
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.unroutable")]
+pub async fn to_deleted_queue(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.routable")]
+pub async fn to_kept_queue(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

@@ -240,3 +240,67 @@ async fn a_publish_the_broker_nacks_is_an_error() {
     client.close().await.unwrap();
     broker.cleanup(NACK_QUEUE).await;
 }
+
+#[tokio::test]
+async fn concurrent_verdicts_match_what_the_broker_stored() {
+    use eda_worker_tests::jobs::{
+        ROUTABLE_QUEUE, UNROUTABLE_QUEUE, to_deleted_queue, to_kept_queue,
+    };
+    let broker = Broker::connect().await;
+    broker.reset(UNROUTABLE_QUEUE).await;
+    broker.reset(ROUTABLE_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    client.enqueue(to_deleted_queue, 0).await.unwrap();
+    client.enqueue(to_kept_queue, 0).await.unwrap();
+    // Deleted under the client, which still believes it declared it.
+    broker.reset(UNROUTABLE_QUEUE).await;
+    broker.purge(ROUTABLE_QUEUE).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..100u32 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            if n % 2 == 0 {
+                (true, client.enqueue(to_kept_queue, n).await)
+            } else {
+                (false, client.enqueue(to_deleted_queue, n).await)
+            }
+        });
+    }
+    let (mut kept_ok, mut deleted_ok, mut unroutable) = (0, 0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (true, outcome) => {
+                outcome.expect("every publish to the kept queue is confirmed");
+                kept_ok += 1;
+            }
+            // After the first return the client declares the queue again, so later
+            // publishes to it may well be stored: what matters is that each verdict is true.
+            (false, Ok(_)) => deleted_ok += 1,
+            (false, Err(Error::Unroutable { routing_key, .. })) => {
+                assert_eq!(routing_key, UNROUTABLE_QUEUE);
+                unroutable += 1;
+            }
+            (false, Err(other)) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(kept_ok, 50);
+    assert!(
+        unroutable > 0,
+        "publishes to the deleted queue were returned"
+    );
+    assert_eq!(
+        broker.ready(ROUTABLE_QUEUE).await,
+        kept_ok,
+        "a confirmed message is stored"
+    );
+    assert_eq!(
+        broker.ready(UNROUTABLE_QUEUE).await,
+        deleted_ok,
+        "exactly the confirmed ones were stored"
+    );
+
+    client.close().await.unwrap();
+    broker.reset(UNROUTABLE_QUEUE).await;
+    broker.cleanup(ROUTABLE_QUEUE).await;
+}
