@@ -49,8 +49,8 @@ struct Inner {
     reconnects: AtomicUsize,
 }
 
-/// Confirm channels ("lanes") per client, each publishing batches of waiting enqueues.
-const PUBLISH_CHANNELS: usize = 4;
+/// Confirm channels per client: concurrent enqueues beyond this wait for one.
+const PUBLISH_CHANNELS: usize = 64;
 
 struct Session {
     connection: Arc<Connection>,
@@ -150,7 +150,7 @@ impl Client {
             job: Some(J::NAME.to_owned()),
             attempt: 0,
         };
-        self.publish_to_queue(J::QUEUE, body, envelope).await?;
+        self.publish_to_queue(J::QUEUE, &body, envelope).await?;
         Ok(message_id)
     }
 
@@ -158,7 +158,7 @@ impl Client {
     pub(crate) async fn publish_to_queue(
         &self,
         queue: &'static str,
-        body: Vec<u8>,
+        body: &[u8],
         envelope: Envelope,
     ) -> Result<(), Error> {
         let message_id = envelope.message_id.clone();

@@ -31,12 +31,6 @@ pub(crate) async fn publish_dead_letter(
         .unwrap_or_default();
     let properties = dead_letter_properties(original, &reason);
     publisher
-        .publish(
-            "",
-            &dead_letter_queue(queue),
-            &message_id,
-            body.to_vec(),
-            properties,
-        )
+        .publish("", &dead_letter_queue(queue), &message_id, body, properties)
         .await
 }

@@ -201,15 +201,6 @@ pub enum Error {
         url: String,
     },
 
-    /// The publishing lane stopped before the broker answered.
-    #[error(
-        "the publisher stopped before RabbitMQ confirmed message {message_id}; it may or may not be stored"
-    )]
-    PublisherClosed {
-        /// The message whose fate is unknown.
-        message_id: String,
-    },
-
     /// The client was closed with [`crate::Client::close`].
     #[error("the client is closed; connect a new one to enqueue")]
     ClientClosed,

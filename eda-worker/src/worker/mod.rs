@@ -48,7 +48,7 @@ async fn sleep_or_cancel(pause: Duration, token: &CancellationToken) -> bool {
 }
 
 /// Confirm channels for dead letters, shared by the queues of a worker.
-const DEAD_LETTER_CHANNELS: usize = 2;
+const DEAD_LETTER_CHANNELS: usize = 4;
 
 /// Pause before reconnecting after the broker went away mid-run.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
