@@ -45,8 +45,8 @@ struct Inner {
     declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
-    /// Reconnects attempted, so that callers who waited on a failed one give up with it.
-    reconnects: AtomicUsize,
+    /// Reconnects that failed, so that callers who waited on one give up with it.
+    failed_reconnects: AtomicUsize,
 }
 
 /// Confirm channels per client: concurrent enqueues beyond this wait for one.
@@ -114,7 +114,7 @@ impl Client {
                 reconnect: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
-                reconnects: AtomicUsize::new(0),
+                failed_reconnects: AtomicUsize::new(0),
             }),
         })
     }
@@ -209,33 +209,42 @@ impl Client {
         if session.publisher.is_usable() {
             return Ok(session);
         }
-        let attempts_before = self.inner.reconnects.load(Ordering::SeqCst);
+        let failures_before = self.inner.failed_reconnects.load(Ordering::SeqCst);
         let _gate = self.inner.reconnect.lock().await;
         let session = self.current_session();
         if session.publisher.is_usable() {
             return Ok(session);
         }
         let redacted = broker::redact_url(&self.inner.url);
-        if self.inner.reconnects.load(Ordering::SeqCst) != attempts_before {
-            // Another caller's reconnect failed while this one waited: report that
-            // instead of queueing one full round of attempts per waiting caller.
+        if self.inner.failed_reconnects.load(Ordering::SeqCst) != failures_before {
+            // A reconnect failed while this caller waited: report that instead of
+            // queueing one full round of attempts per waiting caller.
             return Err(Error::NotConnected { url: redacted });
         }
         tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
-        self.inner.reconnects.fetch_add(1, Ordering::SeqCst);
-        let fresh = Arc::new(Session::open(&self.inner.url, self.inner.policy).await?);
-        if self.inner.closed.load(Ordering::SeqCst) {
-            // `close` ran while this reconnect was under way: keep the promise it made.
-            fresh.publisher.close().await;
-            let _ = fresh.connection.close(200, "client closed".into()).await;
-            return Err(Error::ClientClosed);
+        let fresh = match Session::open(&self.inner.url, self.inner.policy).await {
+            Ok(session) => Arc::new(session),
+            Err(error) => {
+                self.inner.failed_reconnects.fetch_add(1, Ordering::SeqCst);
+                return Err(error);
+            }
+        };
+        {
+            // Checked under the lock that `close` reads the session with, so a
+            // close cannot slip in between the check and the swap.
+            let mut slot = self
+                .inner
+                .session
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !self.inner.closed.load(Ordering::SeqCst) {
+                *slot = fresh.clone();
+                return Ok(fresh);
+            }
         }
-        *self
-            .inner
-            .session
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
+        fresh.publisher.close().await;
+        let _ = fresh.connection.close(200, "client closed".into()).await;
+        Err(Error::ClientClosed)
     }
 
     async fn ensure_declared(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use eda_worker::Client;
+use eda_worker::{Client, Job};
 use eda_worker_tests::jobs::{
     DEADLINE_QUEUE, Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, deadline_effect, long_effect,
     slow_effect,
@@ -85,6 +85,24 @@ impl WorkerProcess {
     }
 }
 
+/// Enqueues `count` jobs of `job`, each logging its id to `log` and working `work_ms`.
+async fn enqueue_effects<J: Job<Args = Effect>>(
+    client: &Client,
+    job: J,
+    log: &Path,
+    count: u32,
+    work_ms: u64,
+) {
+    for id in 0..count {
+        let args = Effect {
+            id,
+            log: log.display().to_string(),
+            work_ms,
+        };
+        client.enqueue(job, args).await.unwrap();
+    }
+}
+
 fn effect_log(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("eda-worker-{name}-{}.log", uuid::Uuid::new_v4()))
 }
@@ -107,14 +125,7 @@ async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     broker.reset(SHUTDOWN_QUEUE).await;
     let log = effect_log("shutdown");
     let client = Client::connect(&amqp_url()).await.unwrap();
-    for id in 0..JOBS {
-        let args = Effect {
-            id,
-            log: log.display().to_string(),
-            work_ms: 50,
-        };
-        client.enqueue(slow_effect, args).await.unwrap();
-    }
+    enqueue_effects(&client, slow_effect, &log, JOBS, 50).await;
 
     let options = ["--concurrency", "8", "--prefetch", "16"];
     let mut first = WorkerProcess::spawn(SHUTDOWN_QUEUE, &options);
@@ -181,14 +192,7 @@ async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue()
     broker.reset(INTERRUPT_QUEUE).await;
     let log = effect_log("interrupt");
     let client = Client::connect(&amqp_url()).await.unwrap();
-    for id in 0..JOBS {
-        let args = Effect {
-            id,
-            log: log.display().to_string(),
-            work_ms: 60_000,
-        };
-        client.enqueue(long_effect, args).await.unwrap();
-    }
+    enqueue_effects(&client, long_effect, &log, JOBS, 60_000).await;
 
     let mut worker = WorkerProcess::spawn(
         INTERRUPT_QUEUE,
@@ -225,14 +229,7 @@ async fn jobs_still_running_at_the_shutdown_deadline_are_not_acked() {
     broker.reset(DEADLINE_QUEUE).await;
     let log = effect_log("deadline");
     let client = Client::connect(&amqp_url()).await.unwrap();
-    for id in 0..JOBS {
-        let args = Effect {
-            id,
-            log: log.display().to_string(),
-            work_ms: 30_000,
-        };
-        client.enqueue(deadline_effect, args).await.unwrap();
-    }
+    enqueue_effects(&client, deadline_effect, &log, JOBS, 30_000).await;
 
     let worker = WorkerProcess::spawn(
         DEADLINE_QUEUE,

@@ -21,6 +21,8 @@ pub(crate) struct ConnectPolicy {
     pub(crate) max_delay: Duration,
     /// How long one attempt (TCP, TLS, AMQP handshake) may take.
     pub(crate) attempt_timeout: Duration,
+    /// Retry a refused login or vhost too (a running worker waits them out).
+    pub(crate) retry_refusals: bool,
 }
 
 impl Default for ConnectPolicy {
@@ -30,6 +32,7 @@ impl Default for ConnectPolicy {
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(10),
+            retry_refusals: false,
         }
     }
 }
@@ -68,7 +71,7 @@ pub(crate) async fn connect(
     })
     .retry(backoff)
     // Wrong credentials or a missing vhost do not get better by waiting.
-    .when(|error: &lapin::Error| !is_refusal(error))
+    .when(|error: &lapin::Error| policy.retry_refusals || !is_refusal(error))
     .notify(|error: &lapin::Error, delay: Duration| {
         tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot reach RabbitMQ, retrying");
     })

@@ -44,7 +44,7 @@ type Finished = (u64, Settlement);
 
 /// How long a stopping consumer waits for the broker to answer a cancel or a
 /// close (a blocked connection, during a memory alarm, answers nothing).
-const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct QueueConsumer {
     channel: Channel,
@@ -247,8 +247,18 @@ impl QueueConsumer {
                 }
             }
         }
+        // Abort what still runs, but keep the results of tasks that finished
+        // between the deadline and the abort: those get acked too.
+        self.in_flight.abort_all();
+        while let Some(joined) = self.in_flight.join_next().await {
+            if !joined
+                .as_ref()
+                .is_err_and(tokio::task::JoinError::is_cancelled)
+            {
+                self.record(joined);
+            }
+        }
         let flushed = self.flush(true).await;
-        self.in_flight.shutdown().await;
         if self.channel.status().connected() {
             let close = self.channel.close(200, "worker stopped".into());
             match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {

@@ -16,7 +16,7 @@ use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use self::consumer::{ConsumerEnd, ConsumerSettings, consume_queue};
+use self::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
 use self::dispatch::QueueJobs;
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
 use crate::wire::dead_letter_queue;
@@ -163,10 +163,16 @@ impl Worker {
             started = true;
             let session_started = tokio::time::Instant::now();
             let end = self.run_session(&connection, &token).await;
-            if connection.status().connected()
-                && let Err(error) = connection.close(200, "worker stopped".into()).await
-            {
-                tracing::debug!(error = %error, "connection close failed");
+            if connection.status().connected() {
+                // Bounded: a blocked connection (memory or disk alarm) answers nothing.
+                let close = connection.close(200, "worker stopped".into());
+                match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(error = %error, "connection close failed"),
+                    Err(_) => {
+                        tracing::warn!("the broker did not answer the connection close in time")
+                    }
+                }
             }
             match end {
                 Ok(()) => return Ok(()),
@@ -259,7 +265,14 @@ impl Worker {
                 first_error.get_or_insert(error);
             }
         }
-        dead_letters.close().await;
+        if tokio::time::timeout(BROKER_CALL_TIMEOUT, dead_letters.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the broker did not answer the close of the dead-letter channels in time"
+            );
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
