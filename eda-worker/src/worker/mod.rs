@@ -136,10 +136,10 @@ impl Worker {
     /// are flushed, and unstarted messages go back to the broker.
     ///
     /// At start, an unreachable broker is an error after the configured
-    /// attempts. Once running, the worker rides out broker restarts: it
-    /// reconnects for as long as it takes (backing off up to 30 s between
-    /// attempts), and returns an error only for what waiting cannot fix: a
-    /// refused login, or a queue declared with other arguments.
+    /// attempts, and a refused login at once. Once running, the worker rides
+    /// out broker restarts: it reconnects for as long as it takes (backing off
+    /// up to 30 s between attempts), and returns an error only for what
+    /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
         let mut started = false;
         let mut pause = RECONNECT_PAUSE;
