@@ -35,6 +35,8 @@ pub struct Client {
 
 struct Inner {
     url: String,
+    /// The connection's name, kept for reconnects.
+    name: String,
     policy: ConnectPolicy,
     session: RwLock<Arc<Session>>,
     /// Serializes reconnects so that a burst of callers opens one connection, not many.
@@ -58,8 +60,8 @@ struct Session {
 }
 
 impl Session {
-    async fn open(url: &str, policy: ConnectPolicy) -> Result<Self, Error> {
-        let connection = Arc::new(broker::connect(url, "eda-worker client", policy).await?);
+    async fn open(url: &str, name: &str, policy: ConnectPolicy) -> Result<Self, Error> {
+        let connection = Arc::new(broker::connect(url, name, policy).await?);
         let publisher = Publisher::new(connection.clone(), PUBLISH_CHANNELS);
         Ok(Session {
             connection,
@@ -96,7 +98,13 @@ impl EnqueueOptions {
 impl Client {
     /// Connects to the broker at `url` (a few attempts with backoff).
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Self::connect_with(url, ConnectPolicy::default()).await
+        Self::connect_named(url, "eda-worker client").await
+    }
+
+    /// [`Client::connect`], naming the connection as RabbitMQ's management
+    /// tools show it (e.g. after the app: `"checkout-web"`).
+    pub async fn connect_named(url: &str, connection_name: &str) -> Result<Self, Error> {
+        Self::connect_with(url, connection_name, ConnectPolicy::default()).await
     }
 
     /// Connects to `AMQP_URL`, or `amqp://guest:guest@127.0.0.1:5672/%2f` when unset.
@@ -104,11 +112,16 @@ impl Client {
         Self::connect(&amqp_url_from_env()).await
     }
 
-    pub(crate) async fn connect_with(url: &str, policy: ConnectPolicy) -> Result<Self, Error> {
-        let session = Session::open(url, policy).await?;
+    pub(crate) async fn connect_with(
+        url: &str,
+        name: &str,
+        policy: ConnectPolicy,
+    ) -> Result<Self, Error> {
+        let session = Session::open(url, name, policy).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
+                name: name.to_owned(),
                 policy,
                 session: RwLock::new(Arc::new(session)),
                 reconnect: tokio::sync::Mutex::new(()),
@@ -222,7 +235,8 @@ impl Client {
             return Err(Error::NotConnected { url: redacted });
         }
         tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
-        let fresh = match Session::open(&self.inner.url, self.inner.policy).await {
+        let fresh = match Session::open(&self.inner.url, &self.inner.name, self.inner.policy).await
+        {
             Ok(session) => Arc::new(session),
             Err(error) => {
                 self.inner.failed_reconnects.fetch_add(1, Ordering::SeqCst);

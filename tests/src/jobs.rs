@@ -261,3 +261,12 @@ pub async fn to_deleted_queue(_ctx: JobContext, _args: u32) -> Result<(), JobErr
 pub async fn to_kept_queue(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the client-reconnect test.
+pub const CLIENT_RECONNECT_QUEUE: &str = "eda-test.client-reconnect";
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.client-reconnect")]
+pub async fn after_reconnect(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

@@ -176,3 +176,31 @@ impl RunningWorker {
 pub fn worker_config() -> WorkerConfig {
     WorkerConfig::new(amqp_url()).shutdown_timeout(Duration::from_secs(10))
 }
+
+/// The RabbitMQ process id of the connection named `name`.
+pub fn connection_pid(name: &str) -> Option<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    listing
+        .lines()
+        .find(|line| line.contains(&format!("\"{name}\"")))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// Has RabbitMQ close the connection whose process id is `pid`, as a broker
+/// restart or a network cut would.
+pub fn close_connection(pid: &str) {
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "test: dropping the connection"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+}

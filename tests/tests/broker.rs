@@ -6,7 +6,10 @@ use eda_worker_tests::jobs::{
     DELETED_QUEUE, DLQ_RECOVERY_QUEUE, MISMATCH_QUEUE, RECONNECT_QUEUE, always_fails,
     deleted_queue_echo, reconnect_echo, runs,
 };
-use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
+use eda_worker_tests::{
+    Broker, RunningWorker, WAIT, amqp_url, close_connection, connection_pid, wait_until,
+    worker_config,
+};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
@@ -44,20 +47,6 @@ async fn a_queue_declared_with_other_arguments_is_named_with_the_differing_argum
     broker.cleanup(MISMATCH_QUEUE).await;
 }
 
-/// The RabbitMQ process id of the connection named `name`.
-fn connection_pid(name: &str) -> Option<String> {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
-    listing
-        .lines()
-        .find(|line| line.contains(&format!("\"{name}\"")))
-        .and_then(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-}
-
 #[tokio::test]
 async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection() {
     let broker = Broker::connect().await;
@@ -77,19 +66,7 @@ async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection(
     .await;
 
     let pid = connection_pid(&name).expect("the worker's connection is listed");
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args([
-            "close_connection",
-            &pid,
-            "test: dropping the worker's connection",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        closed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&closed.stderr)
-    );
+    close_connection(&pid);
     wait_until("the worker has a new connection", WAIT, || async {
         connection_pid(&name).is_some_and(|new_pid| new_pid != pid)
     })

@@ -304,3 +304,33 @@ async fn concurrent_verdicts_match_what_the_broker_stored() {
     broker.reset(UNROUTABLE_QUEUE).await;
     broker.cleanup(ROUTABLE_QUEUE).await;
 }
+
+#[tokio::test]
+async fn the_client_reconnects_when_the_broker_drops_its_connection() {
+    use eda_worker_tests::jobs::{CLIENT_RECONNECT_QUEUE, after_reconnect};
+    use eda_worker_tests::{close_connection, connection_pid};
+    let broker = Broker::connect().await;
+    broker.reset(CLIENT_RECONNECT_QUEUE).await;
+    let name = format!("eda-test-client-{}", uuid::Uuid::new_v4());
+    let client = Client::connect_named(&amqp_url(), &name).await.unwrap();
+    client.enqueue(after_reconnect, 1).await.unwrap();
+
+    let pid = connection_pid(&name).expect("the client's connection is listed");
+    close_connection(&pid);
+    wait_until("the broker dropped the connection", WAIT, || async {
+        connection_pid(&name).is_none()
+    })
+    .await;
+    client
+        .enqueue(after_reconnect, 2)
+        .await
+        .expect("the next enqueue reconnects");
+    assert!(
+        connection_pid(&name).is_some_and(|new_pid| new_pid != pid),
+        "a new connection"
+    );
+    assert_eq!(broker.ready(CLIENT_RECONNECT_QUEUE).await, 2);
+
+    client.close().await.unwrap();
+    broker.cleanup(CLIENT_RECONNECT_QUEUE).await;
+}
