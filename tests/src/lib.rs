@@ -177,14 +177,23 @@ pub fn worker_config() -> WorkerConfig {
     WorkerConfig::new(amqp_url()).shutdown_timeout(Duration::from_secs(10))
 }
 
-/// The RabbitMQ process id of the connection named `name`.
-pub fn connection_pid(name: &str) -> Option<String> {
+/// Runs `rabbitmqctl` with `args`, asserting it succeeds, and returns its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
     let output = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
+        .args(args)
         .output()
         .expect("rabbitmqctl runs");
-    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
-    listing
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The RabbitMQ process id of the connection named `name`.
+pub fn connection_pid(name: &str) -> Option<String> {
+    rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])
         .lines()
         .find(|line| line.contains(&format!("\"{name}\"")))
         .and_then(|line| line.split_whitespace().next())
@@ -194,13 +203,5 @@ pub fn connection_pid(name: &str) -> Option<String> {
 /// Has RabbitMQ close the connection whose process id is `pid`, as a broker
 /// restart or a network cut would.
 pub fn close_connection(pid: &str) {
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "test: dropping the connection"])
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        closed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&closed.stderr)
-    );
+    rabbitmqctl(&["close_connection", pid, "test: dropping the connection"]);
 }

@@ -4,7 +4,9 @@
 use eda_worker::wire::{self, HEADER_ATTEMPT};
 use eda_worker::{Client, EnqueueOptions, Error};
 use eda_worker_tests::jobs::{CONFIRMS_QUEUE, ROUNDTRIP_QUEUE, Signup, confirmed, roundtrip, runs};
-use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
+use eda_worker_tests::{
+    Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, wait_until, worker_config,
+};
 
 fn signup() -> Signup {
     Signup {
@@ -169,19 +171,6 @@ async fn refused_credentials_fail_at_once_without_the_password() {
     );
 }
 
-/// Runs `rabbitmqctl` with `args`, asserting it succeeds.
-fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_publish_the_broker_nacks_is_an_error() {
     use eda_worker_tests::jobs::{NACK_QUEUE, refused};
@@ -210,11 +199,7 @@ async fn a_publish_the_broker_nacks_is_an_error() {
         "queues",
     ]);
     wait_until("the policy applies to the queue", WAIT, || async {
-        let output = std::process::Command::new("rabbitmqctl")
-            .args(["list_queues", "-q", "name", "policy"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
+        rabbitmqctl(&["list_queues", "-q", "name", "policy"])
             .lines()
             .any(|line| line.starts_with(NACK_QUEUE) && line.contains(&policy))
     })
