@@ -13,10 +13,19 @@ mod kw {
     syn::custom_keyword!(retries);
     syn::custom_keyword!(name);
     syn::custom_keyword!(timeout);
+    syn::custom_keyword!(backoff);
+    syn::custom_keyword!(queue_type);
 }
 
 /// The options `#[job(...)]` accepts, for messages.
-const OPTIONS: [&str; 4] = ["queue", "retries", "name", "timeout"];
+const OPTIONS: [&str; 6] = [
+    "queue",
+    "retries",
+    "name",
+    "timeout",
+    "backoff",
+    "queue_type",
+];
 
 /// The longest queue name: AMQP allows 255 bytes, and `.dlq` is appended.
 const MAX_QUEUE_NAME: usize = 255 - ".dlq".len();
@@ -57,6 +66,10 @@ pub(crate) struct JobAttr {
     pub(crate) retries: Option<u32>,
     pub(crate) name: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    /// `(min, max)` of the retry delays.
+    pub(crate) backoff: Option<(Duration, Duration)>,
+    /// `true` for a quorum queue.
+    pub(crate) quorum: Option<bool>,
     /// The options written, valid or not: a repeated one is an error, and an
     /// invalid `queue` is not also reported missing.
     given: Vec<&'static str>,
@@ -110,6 +123,22 @@ impl JobAttr {
                     string_value(&value, "timeout", "\"30s\"").and_then(|lit| timeout(&lit));
                 if let Some(value) = self.accept("timeout", key.span, parsed, errors) {
                     self.timeout = Some(value);
+                }
+            } else if lookahead.peek(kw::backoff) {
+                let key = input.parse::<kw::backoff>()?;
+                let value = parse_value(input)?;
+                let parsed =
+                    string_value(&value, "backoff", "\"1s..10m\"").and_then(|lit| backoff(&lit));
+                if let Some(value) = self.accept("backoff", key.span, parsed, errors) {
+                    self.backoff = Some(value);
+                }
+            } else if lookahead.peek(kw::queue_type) {
+                let key = input.parse::<kw::queue_type>()?;
+                let value = parse_value(input)?;
+                let parsed = string_value(&value, "queue_type", "\"quorum\"")
+                    .and_then(|lit| queue_type(&lit));
+                if let Some(value) = self.accept("queue_type", key.span, parsed, errors) {
+                    self.quorum = Some(value);
                 }
             } else if input.peek(Ident::peek_any) {
                 let key = input.call(Ident::parse_any)?;
@@ -167,7 +196,8 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
 
 fn unknown_option(key: &Ident) -> syn::Error {
     let written = key.unraw().to_string();
-    let expected = "expected one of `queue`, `retries`, `name`, `timeout`";
+    let expected =
+        "expected one of `queue`, `retries`, `name`, `timeout`, `backoff`, `queue_type`";
     let message = match OPTIONS.iter().find(|option| looks_like(&written, option)) {
         Some(option) => {
             format!("unknown option `{written}`: did you mean `{option}`? ({expected})")
@@ -288,19 +318,59 @@ fn wire_name(lit: &LitStr) -> syn::Result<String> {
 }
 
 fn timeout(lit: &LitStr) -> syn::Result<Duration> {
+    duration(lit, &lit.value(), "timeout")
+}
+
+/// A humantime duration above zero; `what` names it in messages.
+fn duration(lit: &LitStr, text: &str, what: &str) -> syn::Result<Duration> {
     const EXAMPLES: &str = "e.g. \"30s\", \"5m\" or \"1h 30m\"";
-    let text = lit.value();
-    let message = match humantime::parse_duration(&text) {
-        Ok(duration) if duration.is_zero() => "timeout must be longer than zero".to_owned(),
+    let message = match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => format!("{what} must be longer than zero"),
         Ok(duration) => return Ok(duration),
         Err(humantime::DurationError::Empty) => {
-            format!("timeout must not be empty; write {EXAMPLES}")
+            format!("{what} must not be empty; write {EXAMPLES}")
         }
         Err(humantime::DurationError::UnknownUnit { unit, .. }) => {
-            format!("unknown unit {unit:?} in timeout {text:?}; use ms, s, m, h or d, {EXAMPLES}")
+            format!("unknown unit {unit:?} in {what} {text:?}; use ms, s, m, h or d, {EXAMPLES}")
         }
-        Err(humantime::DurationError::NumberOverflow) => format!("timeout {text:?} is too long"),
-        Err(_) => format!("invalid timeout {text:?}: write a number and a unit, {EXAMPLES}"),
+        Err(humantime::DurationError::NumberOverflow) => format!("{what} {text:?} is too long"),
+        Err(_) => format!("invalid {what} {text:?}: write a number and a unit, {EXAMPLES}"),
     };
     Err(syn::Error::new(lit.span(), message))
+}
+
+/// `"MIN..MAX"`, e.g. `"1s..10m"`.
+fn backoff(lit: &LitStr) -> syn::Result<(Duration, Duration)> {
+    let text = lit.value();
+    let Some((min, max)) = text.split_once("..") else {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`backoff` takes the shortest and longest delay as \"MIN..MAX\", e.g. backoff = \"1s..10m\"; found {text:?}"),
+        ));
+    };
+    let min = duration(lit, min.trim(), "backoff minimum")?;
+    let max = duration(lit, max.trim(), "backoff maximum")?;
+    if min > max {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "backoff minimum ({}) is longer than its maximum ({})",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok((min, max))
+}
+
+/// `"classic"` or `"quorum"`: true for quorum.
+fn queue_type(lit: &LitStr) -> syn::Result<bool> {
+    match lit.value().as_str() {
+        "classic" => Ok(false),
+        "quorum" => Ok(true),
+        other => Err(syn::Error::new(
+            lit.span(),
+            format!("unknown queue type {other:?}: `queue_type` is \"classic\" or \"quorum\""),
+        )),
+    }
 }

@@ -1,6 +1,8 @@
 //! Generating the job handle: a unit struct named after the function, one
 //! `Job` impl that holds the body, and one registration item.
 
+use std::time::Duration;
+
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -69,12 +71,31 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
     let retries = attr
         .retries
         .map(|retries| quote! { const RETRIES: u32 = #retries; });
-    let timeout = attr.timeout.map(|timeout| {
-        let (secs, nanos) = (timeout.as_secs(), timeout.subsec_nanos());
+    let duration = |value: Duration| {
+        let (secs, nanos) = (value.as_secs(), value.subsec_nanos());
+        quote! { ::eda_worker::__private::Duration::new(#secs, #nanos) }
+    };
+    let backoff = attr.backoff.map(|(min, max)| {
+        let (min, max) = (duration(min), duration(max));
         quote! {
-            const TIMEOUT: ::eda_worker::__private::Duration =
-                ::eda_worker::__private::Duration::new(#secs, #nanos);
+            const BACKOFF: ::eda_worker::__private::Backoff =
+                ::eda_worker::__private::Backoff::new(#min, #max);
         }
+    });
+    let queue_type = attr.quorum.map(|quorum| {
+        let variant = if quorum {
+            quote! { Quorum }
+        } else {
+            quote! { Classic }
+        };
+        quote! {
+            const QUEUE_TYPE: ::eda_worker::__private::QueueType =
+                ::eda_worker::__private::QueueType::#variant;
+        }
+    });
+    let timeout = attr.timeout.map(|timeout| {
+        let timeout = duration(timeout);
+        quote! { const TIMEOUT: ::eda_worker::__private::Duration = #timeout; }
     });
     let (ctx_pat, ctx_ty) = (&ctx.pat, &ctx.ty);
     let args_pat = &args.pat;
@@ -91,6 +112,8 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
             const QUEUE: &'static str = #queue;
             #retries
             #timeout
+            #backoff
+            #queue_type
 
             #(#other_attrs)*
             async fn call(&self, #ctx_pat: #ctx_ty, #args_pat: #args_ty) -> #output #block

@@ -17,8 +17,11 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS};
-use crate::{Registry, Worker, WorkerConfig};
+use crate::config::{
+    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE,
+};
+use crate::delay::{DEFAULT_DELAY_BUCKETS, DEFAULT_DELAY_PREFIX};
+use crate::{DelayQueues, Registry, Worker, WorkerConfig};
 
 /// Exit status when a second signal cuts the graceful stop short.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -62,10 +65,28 @@ struct RunArgs {
     /// Connection attempts before giving up.
     #[arg(long, env = "EDA_CONNECT_ATTEMPTS", default_value_t = DEFAULT_CONNECT_ATTEMPTS)]
     connect_attempts: usize,
+    /// Larger messages (in bytes) are dead-lettered without running.
+    #[arg(long, env = "EDA_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
+    /// The broker's consumer_timeout (rabbitmq.conf), to warn about longer jobs.
+    #[arg(long, env = "EDA_CONSUMER_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    consumer_timeout: Duration,
+    /// Name prefix of the delay queues used for retries and scheduled jobs.
+    #[arg(long, env = "EDA_DELAY_PREFIX", default_value = DEFAULT_DELAY_PREFIX)]
+    delay_prefix: String,
+    /// TTLs of the delay queues, comma-separated (default: 100ms,250ms,500ms,1s,2s,5s,10s,30s,1m,5m,15m,1h).
+    #[arg(long, env = "EDA_DELAY_BUCKETS", value_delimiter = ',', value_parser = humantime::parse_duration)]
+    delay_buckets: Vec<Duration>,
 }
 
 impl RunArgs {
-    fn into_config(self) -> WorkerConfig {
+    fn into_config(self) -> Result<WorkerConfig, crate::Error> {
+        let buckets = if self.delay_buckets.is_empty() {
+            DEFAULT_DELAY_BUCKETS.to_vec()
+        } else {
+            self.delay_buckets
+        };
+        let delays = DelayQueues::new(self.delay_prefix, buckets)?;
         let mut config = WorkerConfig::new(self.amqp_url)
             .queues(
                 self.queues
@@ -74,9 +95,12 @@ impl RunArgs {
             )
             .concurrency(self.concurrency)
             .shutdown_timeout(self.shutdown_timeout)
-            .connect_attempts(self.connect_attempts);
+            .connect_attempts(self.connect_attempts)
+            .max_message_size(self.max_message_size)
+            .consumer_timeout(self.consumer_timeout)
+            .delay_queues(delays);
         config.prefetch = self.prefetch;
-        config
+        Ok(config)
     }
 }
 
@@ -107,7 +131,7 @@ fn init_tracing() {
 }
 
 async fn run(args: RunArgs) -> Result<(), crate::Error> {
-    let worker = Worker::new(args.into_config())?;
+    let worker = Worker::new(args.into_config()?)?;
     let token = CancellationToken::new();
     // Installed before anything else runs, so that an early SIGTERM is a graceful
     // stop and not the default action.
@@ -188,14 +212,23 @@ fn list_jobs() -> Result<(), crate::Error> {
 }
 
 fn jobs_table(registry: &Registry) -> String {
-    let header = ["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"].map(String::from);
-    let rows: Vec<[String; 5]> = registry
+    let header = [
+        "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 7]> = registry
         .jobs()
         .map(|job| {
             [
                 job.name.to_owned(),
                 job.queue.to_owned(),
+                job.queue_type.to_string(),
                 job.retries.to_string(),
+                format!(
+                    "{}..{}",
+                    humantime::format_duration(job.backoff.min),
+                    humantime::format_duration(job.backoff.max)
+                ),
                 humantime::format_duration(job.timeout).to_string(),
                 job.function_path.to_owned(),
             ]

@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::Connection;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
-use crate::config::amqp_url_from_env;
-use crate::wire::Envelope;
-use crate::{Error, Job};
+use crate::config::{DEFAULT_MAX_MESSAGE_SIZE, amqp_url_from_env};
+use crate::wire::{Envelope, now_millis};
+use crate::{DelayQueues, Error, Job, QueueType};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
 /// connection and one confirm-mode channel, on which the confirms of all
@@ -35,8 +36,7 @@ pub struct Client {
 
 struct Inner {
     url: String,
-    /// The connection's name, kept for reconnects.
-    name: String,
+    options: ClientOptions,
     policy: ConnectPolicy,
     session: RwLock<Arc<Session>>,
     /// Serializes reconnects so that a burst of callers opens one connection, not many.
@@ -45,6 +45,8 @@ struct Inner {
     reconnect: tokio::sync::Mutex<()>,
     /// Queues declared by this client, so each is declared once, not per publish.
     declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
+    /// The delay queues, declared on the first scheduled enqueue.
+    delays_declared: Mutex<Arc<OnceCell<()>>>,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
     /// Reconnects that failed, so that callers who waited on one give up with it.
@@ -70,6 +72,57 @@ impl Session {
     }
 }
 
+/// How a [`Client`] connects and publishes.
+///
+/// ```
+/// use eda_worker::ClientOptions;
+///
+/// let options = ClientOptions::default()
+///     .connection_name("checkout-web")
+///     .max_message_size(512 * 1024);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The connection's name, as RabbitMQ's management tools show it.
+    pub connection_name: String,
+    /// The delay queues scheduled jobs go through (the workers' set).
+    pub delay_queues: DelayQueues,
+    /// Larger arguments are refused with [`Error::MessageTooLarge`].
+    pub max_message_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connection_name: "eda-worker client".to_owned(),
+            delay_queues: DelayQueues::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Names the connection (e.g. after the app: `"checkout-web"`).
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// The delay queues scheduled jobs go through.
+    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
+        self.delay_queues = delays;
+        self
+    }
+
+    /// The largest arguments (as JSON bytes) this client enqueues.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+}
+
 /// Options of one enqueue.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -79,6 +132,8 @@ pub struct EnqueueOptions {
     pub correlation_id: Option<String>,
     /// The message id to use instead of a fresh UUID (e.g. for idempotent producers).
     pub message_id: Option<Uuid>,
+    /// When the job is due; `None` (or a time past) runs it as soon as a worker can.
+    pub due: Option<SystemTime>,
 }
 
 impl EnqueueOptions {
@@ -93,6 +148,18 @@ impl EnqueueOptions {
         self.message_id = Some(message_id);
         self
     }
+
+    /// Runs the job no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.due = Some(SystemTime::now() + delay);
+        self
+    }
+
+    /// Runs the job no earlier than `time`.
+    pub fn at(mut self, time: SystemTime) -> Self {
+        self.due = Some(time);
+        self
+    }
 }
 
 impl Client {
@@ -104,7 +171,13 @@ impl Client {
     /// [`Client::connect`], naming the connection as RabbitMQ's management
     /// tools show it (e.g. after the app: `"checkout-web"`).
     pub async fn connect_named(url: &str, connection_name: &str) -> Result<Self, Error> {
-        Self::connect_with(url, connection_name, ConnectPolicy::default()).await
+        Self::connect_with_options(url, ClientOptions::default().connection_name(connection_name))
+            .await
+    }
+
+    /// [`Client::connect`] with options (connection name, delay queues, size limit).
+    pub async fn connect_with_options(url: &str, options: ClientOptions) -> Result<Self, Error> {
+        Self::connect_with(url, options, ConnectPolicy::default()).await
     }
 
     /// Connects to `AMQP_URL`, or `amqp://guest:guest@127.0.0.1:5672/%2f` when unset.
@@ -114,18 +187,19 @@ impl Client {
 
     pub(crate) async fn connect_with(
         url: &str,
-        name: &str,
+        options: ClientOptions,
         policy: ConnectPolicy,
     ) -> Result<Self, Error> {
-        let session = Session::open(url, name, policy).await?;
+        let session = Session::open(url, &options.connection_name, policy).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
-                name: name.to_owned(),
+                options,
                 policy,
                 session: RwLock::new(Arc::new(session)),
                 reconnect: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashMap::new()),
+                delays_declared: Mutex::default(),
                 closed: AtomicBool::new(false),
                 failed_reconnects: AtomicUsize::new(0),
             }),
@@ -141,7 +215,42 @@ impl Client {
             .await
     }
 
-    /// [`Client::enqueue`] with options (correlation id, message id).
+    /// Enqueues `job` to run no earlier than `delay` from now, through the
+    /// delay queues (see [`crate::delay`]). Returns once the broker has
+    /// confirmed the message in its delay queue.
+    ///
+    /// ```no_run
+    /// # use eda_worker::prelude::*;
+    /// # use std::time::Duration;
+    /// # #[job(queue = "email")]
+    /// # pub async fn remind(_ctx: JobContext, _args: i64) -> Result<(), JobError> { Ok(()) }
+    /// # async fn demo(client: Client) -> Result<(), eda_worker::Error> {
+    /// client.enqueue_in(remind, 42, Duration::from_secs(3600)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        job: J,
+        args: J::Args,
+        delay: Duration,
+    ) -> Result<Uuid, Error> {
+        self.enqueue_with(job, args, EnqueueOptions::default().delay(delay))
+            .await
+    }
+
+    /// Enqueues `job` to run no earlier than `time` (a time in the past runs it
+    /// as soon as a worker can).
+    pub async fn enqueue_at<J: Job>(
+        &self,
+        job: J,
+        args: J::Args,
+        time: SystemTime,
+    ) -> Result<Uuid, Error> {
+        self.enqueue_with(job, args, EnqueueOptions::default().at(time))
+            .await
+    }
+
+    /// [`Client::enqueue`] with options (correlation id, message id, due time).
     pub async fn enqueue_with<J: Job>(
         &self,
         _job: J,
@@ -152,6 +261,23 @@ impl Client {
             job: J::NAME,
             source,
         })?;
+        let limit = self.inner.options.max_message_size;
+        if body.len() > limit {
+            return Err(Error::MessageTooLarge {
+                job: J::NAME,
+                size: body.len(),
+                limit,
+            });
+        }
+        // A due time in the past (or now) needs no delay queue.
+        let eta = options
+            .due
+            .map(|due| {
+                due.duration_since(UNIX_EPOCH).map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                })
+            })
+            .filter(|eta| *eta > now_millis());
         let message_id = options.message_id.unwrap_or_else(Uuid::new_v4);
         let envelope = Envelope {
             message_id: message_id.to_string(),
@@ -162,27 +288,52 @@ impl Client {
             ),
             job: Some(J::NAME.to_owned()),
             attempt: 0,
+            eta,
         };
-        self.publish_to_queue(J::QUEUE, &body, envelope).await?;
+        self.publish_to_queue(J::QUEUE, J::QUEUE_TYPE, &body, envelope)
+            .await?;
         Ok(message_id)
     }
 
-    /// Publishes a job message to `queue` through the default exchange.
+    /// Publishes a job message to `queue`: through the default exchange, or
+    /// through a delay queue when it carries a due time.
     pub(crate) async fn publish_to_queue(
         &self,
         queue: &'static str,
+        queue_type: QueueType,
         body: &[u8],
         envelope: Envelope,
     ) -> Result<(), Error> {
         let message_id = envelope.message_id.clone();
+        let eta = envelope.eta;
         let properties = envelope.into_properties()?;
         let session = self.session().await?;
-        self.ensure_declared(&session.connection, queue).await?;
-        let published = session
-            .publisher
-            .publish("", queue, &message_id, body, properties)
-            .await;
-        if let Err(Error::Unroutable { .. }) = &published {
+        // Declared before a delayed publish too: an expired message is routed to it.
+        self.ensure_declared(&session.connection, queue, queue_type)
+            .await?;
+        let published = match eta {
+            None => {
+                session
+                    .publisher
+                    .publish("", queue, &message_id, body, properties)
+                    .await
+            }
+            Some(eta) => {
+                let delays = &self.inner.options.delay_queues;
+                self.ensure_delays_declared(&session.connection).await?;
+                let published = delays
+                    .publish(&session.publisher, queue, &message_id, body, properties, eta)
+                    .await;
+                if let Err(Error::Unroutable { .. }) = &published {
+                    // A delay queue was deleted: declare them again next time.
+                    self.forget_delays_declared();
+                }
+                published.map(|_| ())
+            }
+        };
+        if eta.is_none()
+            && let Err(Error::Unroutable { .. }) = &published
+        {
             // The queue was deleted under us: declare it again on the next enqueue
             // rather than keep publishing into nothing.
             self.forget_declared(queue);
@@ -235,8 +386,13 @@ impl Client {
             return Err(Error::NotConnected { url: redacted });
         }
         tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
-        let fresh = match Session::open(&self.inner.url, &self.inner.name, self.inner.policy).await
-        {
+        let opened = Session::open(
+            &self.inner.url,
+            &self.inner.options.connection_name,
+            self.inner.policy,
+        )
+        .await;
+        let fresh = match opened {
             Ok(session) => Arc::new(session),
             Err(error) => {
                 self.inner.failed_reconnects.fetch_add(1, Ordering::SeqCst);
@@ -265,6 +421,7 @@ impl Client {
         &self,
         connection: &Connection,
         queue: &'static str,
+        queue_type: QueueType,
     ) -> Result<(), Error> {
         let cell = {
             let mut declared = self
@@ -275,10 +432,30 @@ impl Client {
             declared.entry(queue).or_default().clone()
         };
         cell.get_or_try_init(|| async {
-            broker::declare_queue(connection, &QueueSpec::durable(queue)).await
+            broker::declare_queue(connection, &QueueSpec::job(queue, queue_type)).await
         })
         .await
         .map(|_| ())
+    }
+
+    async fn ensure_delays_declared(&self, connection: &Connection) -> Result<(), Error> {
+        let cell = self
+            .inner
+            .delays_declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        cell.get_or_try_init(|| self.inner.options.delay_queues.declare(connection))
+            .await
+            .map(|_| ())
+    }
+
+    fn forget_delays_declared(&self) {
+        *self
+            .inner
+            .delays_declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::default();
     }
 
     fn forget_declared(&self, queue: &'static str) {

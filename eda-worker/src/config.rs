@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::DelayQueues;
+
 /// The broker URL used when `AMQP_URL` is not set.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -13,6 +15,15 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connection attempts before giving up when not configured.
 pub const DEFAULT_CONNECT_ATTEMPTS: usize = 5;
+
+/// The largest message body a worker handles and a client enqueues when not
+/// configured: 4 MiB. Bigger messages slow the broker for every queue; pass a
+/// reference (an id, a URL) instead of the data.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// RabbitMQ's default `consumer_timeout`: a delivery unacked for this long
+/// makes the broker close the consumer's channel.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// `AMQP_URL`, or [`DEFAULT_AMQP_URL`].
 pub fn amqp_url_from_env() -> String {
@@ -52,6 +63,12 @@ pub struct WorkerConfig {
     pub connect_attempts: usize,
     /// The connection's name, as RabbitMQ's management tools show it.
     pub connection_name: String,
+    /// The delay queues for retries and not-yet-due messages.
+    pub delay_queues: DelayQueues,
+    /// Larger messages are dead-lettered unrun.
+    pub max_message_size: usize,
+    /// The broker's `consumer_timeout`, to warn about jobs that may outlive it.
+    pub consumer_timeout: Duration,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -65,6 +82,9 @@ impl std::fmt::Debug for WorkerConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("connect_attempts", &self.connect_attempts)
             .field("connection_name", &self.connection_name)
+            .field("delay_queues", &self.delay_queues)
+            .field("max_message_size", &self.max_message_size)
+            .field("consumer_timeout", &self.consumer_timeout)
             .finish()
     }
 }
@@ -80,6 +100,9 @@ impl WorkerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
             connection_name: "eda-worker".to_owned(),
+            delay_queues: DelayQueues::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
         }
     }
 
@@ -125,6 +148,25 @@ impl WorkerConfig {
     /// Names the worker's connection (shown by `rabbitmqctl list_connections`).
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
+        self
+    }
+
+    /// The delay queues (their prefix and TTLs) for retries.
+    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
+        self.delay_queues = delays;
+        self
+    }
+
+    /// The largest message body handled; larger ones are dead-lettered unrun.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The broker's `consumer_timeout` (as set in rabbitmq.conf), so that the
+    /// worker warns at start about jobs whose timeout exceeds it.
+    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
+        self.consumer_timeout = timeout;
         self
     }
 

@@ -254,6 +254,23 @@ pub enum Error {
         second: &'static str,
     },
 
+    /// Two `#[job]`s on one queue declare different queue types.
+    #[error(
+        "jobs `{first}` ({first_type}) and `{second}` ({second_type}) share queue `{queue}` but declare different queue types; give them the same `queue_type`"
+    )]
+    QueueTypeConflict {
+        /// The shared queue.
+        queue: &'static str,
+        /// One function.
+        first: &'static str,
+        /// Its queue type.
+        first_type: crate::QueueType,
+        /// The other function.
+        second: &'static str,
+        /// Its queue type.
+        second_type: crate::QueueType,
+    },
+
     /// The worker was asked to consume a queue no job uses.
     #[error("no registered job uses queue `{queue}` (known queues: {known})")]
     UnknownQueue {
@@ -270,13 +287,38 @@ pub enum Error {
         queue: String,
     },
 
-    /// A failed message could not be published to its dead-letter queue.
+    /// A message could not be moved to its delay queue (a retry, a scheduled
+    /// job) or to its dead-letter queue.
     #[error(
-        "could not dead-letter a message of queue `{queue}`; it went back to the queue, and the worker reconnects to declare `{queue}.dlq` again"
+        "could not move a message of queue `{queue}` to its delay or dead-letter queue; it went back to the queue, and the worker reconnects to declare those queues again"
     )]
-    DeadLetterUnavailable {
+    RepublishFailed {
         /// The job queue.
         queue: String,
+    },
+
+    /// An exchange exists on the broker with another type or other arguments.
+    #[error(
+        "exchange `{exchange}` exists with other settings than eda-worker declares ({detail}); delete the exchange or rename eda-worker's"
+    )]
+    ExchangeMismatch {
+        /// The exchange.
+        exchange: String,
+        /// The broker's words on the difference.
+        detail: String,
+    },
+
+    /// A message body is larger than the configured maximum.
+    #[error(
+        "the arguments of job `{job}` are {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
+    )]
+    MessageTooLarge {
+        /// The job's wire name.
+        job: &'static str,
+        /// The body's size in bytes.
+        size: usize,
+        /// The configured maximum.
+        limit: usize,
     },
 
     /// An ack could not be sent because the channel had closed.

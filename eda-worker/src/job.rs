@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{JobContext, JobError};
+use crate::retry::{Backoff, DEFAULT_BACKOFF};
+use crate::{JobContext, JobError, QueueType};
 
 /// Retries after the first attempt when `#[job]` does not say.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -52,6 +53,10 @@ pub trait Job: Default + Copy + Send + Sync + 'static {
     const RETRIES: u32 = DEFAULT_RETRIES;
     /// How long one attempt may run.
     const TIMEOUT: Duration = DEFAULT_TIMEOUT;
+    /// The bounds of the delays between attempts.
+    const BACKOFF: Backoff = DEFAULT_BACKOFF;
+    /// The type of the job's queue.
+    const QUEUE_TYPE: QueueType = QueueType::Classic;
 
     /// Runs the handler body.
     fn call(
@@ -79,6 +84,10 @@ pub struct JobDefinition {
     pub retries: u32,
     /// How long one attempt may run.
     pub timeout: Duration,
+    /// The bounds of the delays between attempts.
+    pub backoff: Backoff,
+    /// The type of the job's queue.
+    pub queue_type: QueueType,
     /// The function's path, e.g. `my_app::jobs::send_welcome`, for messages.
     pub function_path: &'static str,
     start: Start,
@@ -92,6 +101,8 @@ impl JobDefinition {
             queue: J::QUEUE,
             retries: J::RETRIES,
             timeout: J::TIMEOUT,
+            backoff: J::BACKOFF,
+            queue_type: J::QUEUE_TYPE,
             function_path,
             start: start_job::<J>,
         }
@@ -110,6 +121,8 @@ impl std::fmt::Debug for JobDefinition {
             .field("queue", &self.queue)
             .field("retries", &self.retries)
             .field("timeout", &self.timeout)
+            .field("backoff", &self.backoff)
+            .field("queue_type", &self.queue_type)
             .field("function_path", &self.function_path)
             .finish_non_exhaustive()
     }

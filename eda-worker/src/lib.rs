@@ -37,23 +37,27 @@ mod client;
 mod config;
 mod context;
 mod dead_letter;
+pub mod delay;
 mod error;
 mod job;
 mod registry;
+mod retry;
 pub mod wire;
 mod worker;
 
-pub use broker::redact_url;
-pub use client::{Client, EnqueueOptions};
+pub use broker::{QueueType, redact_url};
+pub use client::{Client, ClientOptions, EnqueueOptions};
 pub use config::{
-    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_SHUTDOWN_TIMEOUT,
-    WorkerConfig, amqp_url_from_env,
+    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig, amqp_url_from_env,
 };
 pub use context::JobContext;
+pub use delay::DelayQueues;
 pub use eda_worker_macros::job;
 pub use error::{Error, JobError, JobErrorKind, MAX_ERROR_TEXT, error_chain_text};
 pub use job::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobDefinition};
 pub use registry::Registry;
+pub use retry::{Backoff, DEFAULT_BACKOFF};
 pub use worker::Worker;
 
 /// What a job module needs: `use eda_worker::prelude::*;`.
@@ -67,6 +71,8 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::job::{Job, JobDefinition};
+    pub use crate::retry::Backoff;
+    pub use crate::QueueType;
     pub use inventory;
     pub use std::time::Duration;
 }

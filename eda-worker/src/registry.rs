@@ -26,6 +26,20 @@ impl Registry {
         definitions: impl IntoIterator<Item = JobDefinition>,
     ) -> Result<Self, Error> {
         let mut jobs = BTreeMap::new();
+        let mut queue_types: BTreeMap<&'static str, &JobDefinition> = BTreeMap::new();
+        let definitions: Vec<JobDefinition> = definitions.into_iter().collect();
+        for definition in &definitions {
+            let first = queue_types.entry(definition.queue).or_insert(definition);
+            if first.queue_type != definition.queue_type {
+                return Err(Error::QueueTypeConflict {
+                    queue: definition.queue,
+                    first: first.function_path,
+                    first_type: first.queue_type,
+                    second: definition.function_path,
+                    second_type: definition.queue_type,
+                });
+            }
+        }
         for definition in definitions {
             match jobs.entry(definition.name) {
                 Entry::Vacant(slot) => {
@@ -63,6 +77,15 @@ impl Registry {
         queues
     }
 
+    /// The queue type the jobs of `queue` declare (classic when none does).
+    pub fn queue_type(&self, queue: &str) -> crate::QueueType {
+        self.jobs
+            .values()
+            .find(|job| job.queue == queue)
+            .map(|job| job.queue_type)
+            .unwrap_or_default()
+    }
+
     /// True when no job is registered.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
@@ -82,7 +105,7 @@ mod tests {
     }
 
     /// A job used by the registry's own tests.
-    #[job(queue = "registry-test", retries = 5, timeout = "90s")]
+    #[job(queue = "registry-test", retries = 5, timeout = "90s", backoff = "2s..1m")]
     async fn greet(ctx: JobContext, args: Greeting) -> Result<(), JobError> {
         if args.name.is_empty() {
             return Err(JobError::permanent("no name"));
@@ -104,10 +127,55 @@ mod tests {
         assert_eq!(greeting.retries, 5);
         assert_eq!(greeting.timeout, Duration::from_secs(90));
         assert_eq!(greeting.function_path, "eda_worker::registry::tests::greet");
+        assert_eq!(
+            greeting.backoff,
+            crate::Backoff::new(Duration::from_secs(2), Duration::from_secs(60))
+        );
         let other = registry.get("renamed.wire").expect("wire name from `name`");
         assert_eq!(other.retries, crate::DEFAULT_RETRIES);
         assert_eq!(other.timeout, crate::DEFAULT_TIMEOUT);
-        assert_eq!(registry.queues(), vec!["registry-test"]);
+        assert_eq!(other.backoff, crate::DEFAULT_BACKOFF);
+        assert_eq!(other.queue_type, crate::QueueType::Classic);
+        // Other modules' tests link jobs of their own.
+        assert!(registry.queues().contains(&"registry-test"));
+    }
+
+    /// Jobs implemented by hand, so that they stay out of the linked registry.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct OnClassic;
+    #[derive(Debug, Default, Clone, Copy)]
+    struct OnQuorum;
+
+    impl Job for OnClassic {
+        type Args = ();
+        const NAME: &'static str = "on_classic";
+        const QUEUE: &'static str = "shared";
+        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    impl Job for OnQuorum {
+        type Args = ();
+        const NAME: &'static str = "on_quorum";
+        const QUEUE: &'static str = "shared";
+        const QUEUE_TYPE: crate::QueueType = crate::QueueType::Quorum;
+        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn jobs_of_one_queue_must_agree_on_its_type() {
+        let error = Registry::from_definitions([
+            JobDefinition::of::<OnClassic>("app::on_classic"),
+            JobDefinition::of::<OnQuorum>("app::on_quorum"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "jobs `app::on_classic` (classic) and `app::on_quorum` (quorum) share queue `shared` but declare different queue types; give them the same `queue_type`"
+        );
     }
 
     #[tokio::test]

@@ -66,6 +66,8 @@ pub struct Envelope {
     pub job: Option<String>,
     /// 0 on the first delivery.
     pub attempt: u32,
+    /// When the job is due (ms since the epoch), for delayed messages.
+    pub eta: Option<u64>,
 }
 
 impl Envelope {
@@ -76,6 +78,9 @@ impl Envelope {
             HEADER_ATTEMPT.into(),
             AMQPValue::LongLongInt(i64::from(self.attempt)),
         );
+        if let Some(eta) = self.eta {
+            headers.insert(HEADER_ETA.into(), AMQPValue::LongLongInt(millis_i64(eta)));
+        }
         let mut properties = BasicProperties::default()
             .with_content_type(CONTENT_TYPE_JSON.into())
             .with_delivery_mode(PERSISTENT)
@@ -112,6 +117,7 @@ impl Envelope {
             attempt: header_u64(properties, HEADER_ATTEMPT)
                 .and_then(|attempt| u32::try_from(attempt).ok())
                 .unwrap_or(0),
+            eta: header_u64(properties, HEADER_ETA),
         }
     }
 }
@@ -157,48 +163,47 @@ pub struct DeadLetterReason<'a> {
     pub failed_at: u64,
 }
 
-/// The properties of a dead letter: the original ones (so the id, type and
-/// correlation survive), persistent, plus the error headers.
-pub fn dead_letter_properties(
+/// Headers the broker adds when it dead-letters a message (from a delay
+/// queue, say). They grow with every hop and say nothing eda-worker needs, so
+/// a message eda-worker publishes again leaves them behind.
+fn is_broker_death_header(name: &str) -> bool {
+    name == "x-death" || name.starts_with("x-first-death-") || name.starts_with("x-last-death-")
+}
+
+/// The properties of a copy of `original` that eda-worker publishes again (a
+/// retry, a hop, a dead letter): the same id, type, correlation and headers,
+/// persistent, with `headers` set on top.
+///
+/// Left out: `expiration` (a per-message TTL would cut a delay short or let a
+/// dead letter expire), `user_id` (the broker refuses a publish whose user_id
+/// is not the publishing connection's user), `CC`/`BCC` (they would route the
+/// copy into other queues, the source one too), and the broker's `x-death`
+/// headers.
+pub fn republished_properties(
     original: &BasicProperties,
-    reason: &DeadLetterReason<'_>,
+    headers: impl IntoIterator<Item = (&'static str, AMQPValue)>,
 ) -> BasicProperties {
-    // CC and BCC would route the copy into other queues (the source one too).
-    let mut headers: FieldTable = original
+    let mut table: FieldTable = original
         .headers()
         .as_ref()
         .map(|table| {
             table
                 .inner()
                 .iter()
-                .filter(|(name, _)| !matches!(name.as_str(), "CC" | "BCC"))
+                .filter(|(name, _)| {
+                    !matches!(name.as_str(), "CC" | "BCC") && !is_broker_death_header(name.as_str())
+                })
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect::<std::collections::BTreeMap<_, _>>()
                 .into()
         })
         .unwrap_or_default();
-    headers.insert(
-        HEADER_ERROR.into(),
-        AMQPValue::LongString(LongString::from(reason.error)),
-    );
-    headers.insert(
-        HEADER_FAILED_AT.into(),
-        AMQPValue::LongLongInt(millis_i64(reason.failed_at)),
-    );
-    headers.insert(
-        HEADER_QUEUE.into(),
-        AMQPValue::LongString(LongString::from(reason.queue)),
-    );
-    headers.insert(
-        HEADER_ATTEMPT.into(),
-        AMQPValue::LongLongInt(i64::from(reason.attempt)),
-    );
-    // Copied field by field to leave out `expiration` (a per-message TTL would
-    // let the dead letter expire) and `user_id` (the broker refuses a publish
-    // whose user_id is not the publishing connection's user).
+    for (name, value) in headers {
+        table.insert(name.into(), value);
+    }
     let mut copy = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
-        .with_headers(headers);
+        .with_headers(table);
     let text = |value: &Option<ShortString>| value.clone();
     if let Some(value) = text(original.content_type()) {
         copy = copy.with_content_type(value);
@@ -230,6 +235,41 @@ pub fn dead_letter_properties(
     copy
 }
 
+/// The properties of a dead letter: the original ones (so the id, type and
+/// correlation survive) plus the error headers. See [`republished_properties`].
+pub fn dead_letter_properties(
+    original: &BasicProperties,
+    reason: &DeadLetterReason<'_>,
+) -> BasicProperties {
+    republished_properties(
+        original,
+        [
+            (HEADER_ERROR, AMQPValue::LongString(LongString::from(reason.error))),
+            (HEADER_FAILED_AT, AMQPValue::LongLongInt(millis_i64(reason.failed_at))),
+            (HEADER_QUEUE, AMQPValue::LongString(LongString::from(reason.queue))),
+            (HEADER_ATTEMPT, AMQPValue::LongLongInt(i64::from(reason.attempt))),
+        ],
+    )
+}
+
+/// The properties of the retry of a failed attempt: attempt `attempt`, due at
+/// `eta` (ms since the epoch), with the last error in `x-eda-error`.
+pub fn retry_properties(
+    original: &BasicProperties,
+    attempt: u32,
+    eta: u64,
+    error: &str,
+) -> BasicProperties {
+    republished_properties(
+        original,
+        [
+            (HEADER_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
+            (HEADER_ETA, AMQPValue::LongLongInt(millis_i64(eta))),
+            (HEADER_ERROR, AMQPValue::LongString(LongString::from(error))),
+        ],
+    )
+}
+
 fn millis_i64(millis: u64) -> i64 {
     i64::try_from(millis).unwrap_or(i64::MAX)
 }
@@ -244,6 +284,7 @@ mod tests {
             correlation_id: Some("req-1".into()),
             job: Some("send_welcome".into()),
             attempt: 2,
+            eta: Some(1_700_000_000_123),
         }
     }
 
@@ -258,6 +299,7 @@ mod tests {
         assert_eq!(properties.kind().as_ref().unwrap().as_str(), "send_welcome");
         assert!(properties.timestamp().is_some());
         assert_eq!(header_u64(&properties, HEADER_ATTEMPT), Some(2));
+        assert_eq!(header_u64(&properties, HEADER_ETA), Some(1_700_000_000_123));
     }
 
     #[test]
@@ -297,6 +339,11 @@ mod tests {
         let mut headers = FieldTable::default();
         headers.insert("CC".into(), AMQPValue::LongString("other-queue".into()));
         headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        headers.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("eda.delay.1s".into()),
+        );
         let original = BasicProperties::default()
             .with_expiration("1000".into())
             .with_user_id("someone-else".into())
@@ -316,6 +363,8 @@ mod tests {
             Some("m-1")
         );
         assert_eq!(header_text(&dead, "CC"), None);
+        assert_eq!(header_text(&dead, "x-first-death-queue"), None);
+        assert!(dead.headers().as_ref().unwrap().inner().get("x-death").is_none());
         assert_eq!(header_text(&dead, "x-custom").as_deref(), Some("kept"));
     }
 
@@ -335,5 +384,30 @@ mod tests {
         assert_eq!(header_text(&dead, HEADER_QUEUE).as_deref(), Some("email"));
         assert_eq!(header_u64(&dead, HEADER_FAILED_AT), Some(1_700_000_000_000));
         assert_eq!(header_u64(&dead, HEADER_ATTEMPT), Some(3));
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn retries_count_up_carry_the_due_time_and_the_error() {
+        let mut original = Envelope {
+            message_id: "m".into(),
+            correlation_id: Some("c".into()),
+            job: Some("j".into()),
+            attempt: 0,
+            eta: None,
+        }
+        .into_properties()
+        .unwrap();
+        original = original.with_expiration("5000".into());
+        let retry = retry_properties(&original, 1, 42_000, "boom");
+        let read = Envelope::from_properties(&retry);
+        assert_eq!((read.attempt, read.eta), (1, Some(42_000)));
+        assert_eq!(read.message_id, "m", "the id is stable across retries");
+        assert_eq!(header_text(&retry, HEADER_ERROR).as_deref(), Some("boom"));
+        assert_eq!(*retry.expiration(), None);
     }
 }

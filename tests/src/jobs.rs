@@ -21,6 +21,8 @@ pub struct Run {
     pub attempt: u32,
     /// The arguments, re-serialized.
     pub args: serde_json::Value,
+    /// When it ran, ms since the epoch.
+    pub at_ms: u64,
 }
 
 static RUNS: Mutex<Option<HashMap<&'static str, Vec<Run>>>> = Mutex::new(None);
@@ -31,6 +33,7 @@ fn record(ctx: &JobContext, args: &impl Serialize) {
         correlation_id: ctx.correlation_id().map(str::to_owned),
         attempt: ctx.attempt(),
         args: serde_json::to_value(args).expect("args serialize"),
+        at_ms: eda_worker::wire::now_millis(),
     };
     RUNS.lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -109,13 +112,13 @@ pub async fn dead_letter_fails(_ctx: JobContext, args: Numbered) -> Result<(), J
 }
 
 /// Always panics.
-#[job(queue = "eda-test.dead-letters")]
+#[job(queue = "eda-test.dead-letters", retries = 0)]
 pub async fn dead_letter_panics(_ctx: JobContext, args: Numbered) -> Result<(), JobError> {
     panic!("handler exploded on {}", args.n);
 }
 
 /// Runs past its timeout.
-#[job(queue = "eda-test.dead-letters", timeout = "200ms")]
+#[job(queue = "eda-test.dead-letters", timeout = "200ms", retries = 0)]
 pub async fn dead_letter_sleeps(_ctx: JobContext, _args: Numbered) -> Result<(), JobError> {
     tokio::time::sleep(Duration::from_secs(60)).await;
     Ok(())
@@ -268,5 +271,110 @@ pub const CLIENT_RECONNECT_QUEUE: &str = "eda-test.client-reconnect";
 /// Only ever enqueued, never run.
 #[job(queue = "eda-test.client-reconnect")]
 pub async fn after_reconnect(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Fails with a retryable error on attempts before `args`, then records and succeeds.
+async fn fail_until(ctx: &JobContext, succeed_on: u32) -> Result<(), JobError> {
+    record(ctx, &succeed_on);
+    if ctx.attempt() < succeed_on {
+        return Err(std::io::Error::other(format!(
+            "attempt {} failed on purpose",
+            ctx.attempt()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Queue of the retry-schedule test.
+pub const RETRY_QUEUE: &str = "eda-test.retries";
+
+/// Fails until attempt `args`, retrying 200 ms, 400 ms, ... apart.
+#[job(queue = "eda-test.retries", retries = 3, backoff = "200ms..10s")]
+pub async fn flaky(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    fail_until(&ctx, args).await
+}
+
+/// Queue of the head-of-line test.
+pub const HOL_QUEUE: &str = "eda-test.head-of-line";
+
+/// Fails until attempt `args`, retrying after exactly 1 s.
+#[job(queue = "eda-test.head-of-line", backoff = "1s..1s")]
+pub async fn flaky_each_second(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    fail_until(&ctx, args).await
+}
+
+/// Queue of the scheduled-job tests.
+pub const SCHEDULED_QUEUE: &str = "eda-test.scheduled";
+
+/// Records its run.
+#[job(queue = "eda-test.scheduled")]
+pub async fn scheduled(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Ok(())
+}
+
+/// Queue of the spent-retries and permanent-error tests.
+pub const EXHAUSTED_QUEUE: &str = "eda-test.exhausted";
+
+/// Always fails with a retryable error; 2 retries 100 ms apart.
+#[job(queue = "eda-test.exhausted", retries = 2, backoff = "100ms..100ms")]
+pub async fn never_succeeds(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Err(std::io::Error::other(format!("upstream 503 for {args}")))?;
+    Ok(())
+}
+
+/// Fails permanently at once.
+#[job(queue = "eda-test.exhausted", retries = 5, backoff = "100ms..100ms")]
+pub async fn rejects(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Err(JobError::permanent(format!("order {args} does not exist")))
+}
+
+/// Queue of the panic and timeout retry tests.
+pub const CRASH_QUEUE: &str = "eda-test.crash-retries";
+
+/// Panics on its first attempt.
+#[job(queue = "eda-test.crash-retries", backoff = "100ms..100ms")]
+pub async fn panics_once(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    assert!(ctx.attempt() > 0, "first attempt of {args} panics");
+    Ok(())
+}
+
+/// Runs past its timeout on its first attempt.
+#[job(queue = "eda-test.crash-retries", timeout = "300ms", backoff = "100ms..100ms")]
+pub async fn hangs_once(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    if ctx.attempt() == 0 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    Ok(())
+}
+
+/// Queue subscribed to the fanout exchange of the event-retry test.
+pub const SUBSCRIBER_QUEUE: &str = "eda-test.subscriber";
+
+/// Fails on its first attempt.
+#[job(queue = "eda-test.subscriber", backoff = "100ms..100ms")]
+pub async fn subscriber_flaky(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    fail_until(&ctx, args).await
+}
+
+/// Quorum queue of the quorum tests.
+pub const QUORUM_QUEUE: &str = "eda-test.quorum";
+
+/// Fails until attempt `args`, on a quorum queue.
+#[job(queue = "eda-test.quorum", queue_type = "quorum", retries = 2, backoff = "100ms..200ms")]
+pub async fn quorum_flaky(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    fail_until(&ctx, args).await
+}
+
+/// Records its run, on a quorum queue.
+#[job(queue = "eda-test.quorum", queue_type = "quorum")]
+pub async fn quorum_echo(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
     Ok(())
 }

@@ -11,7 +11,7 @@ use eda_worker_tests::jobs::{
     DEADLINE_QUEUE, Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, deadline_effect, long_effect,
     slow_effect,
 };
-use eda_worker_tests::{Broker, WAIT, amqp_url, wait_until};
+use eda_worker_tests::{Broker, WAIT, amqp_url, test_delay_env, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -30,6 +30,7 @@ impl WorkerProcess {
             .args(["run", "--queues", queue])
             .args(extra)
             .env("AMQP_URL", amqp_url())
+            .envs(test_delay_env(queue))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
@@ -290,7 +291,10 @@ async fn worker_jobs_lists_every_linked_job() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"]);
+    assert_eq!(
+        header,
+        ["JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION"]
+    );
     let row = lines
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .find(|row| row.first() == Some(&"dead_letter_sleeps"))
@@ -300,7 +304,9 @@ async fn worker_jobs_lists_every_linked_job() {
         [
             "dead_letter_sleeps",
             "eda-test.dead-letters",
-            "3",
+            "classic",
+            "0",
+            "5s..10m",
             "200ms",
             "eda_worker_tests::jobs::dead_letter_sleeps"
         ]

@@ -8,4 +8,5 @@ mod topology;
 pub use connect::redact_url;
 pub(crate) use connect::{ConnectPolicy, connect};
 pub(crate) use publisher::Publisher;
-pub(crate) use topology::{QueueSpec, declare_queue};
+pub use topology::QueueType;
+pub(crate) use topology::{QueueSpec, declare_exchange, declare_queue};

@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckTracker, Settlement};
 use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
 use crate::Error;
-use crate::broker::Publisher;
 
 /// How one queue is consumed.
 #[derive(Debug, Clone, Copy)]
@@ -59,11 +58,11 @@ struct QueueConsumer {
 /// then drains: see [`QueueConsumer::drain`].
 pub(crate) async fn consume_queue(
     connection: &Connection,
-    jobs: Arc<QueueJobs>,
-    dead_letters: Arc<Publisher>,
+    dispatch: Arc<Dispatch>,
     settings: ConsumerSettings,
     token: CancellationToken,
 ) -> ConsumerEnd {
+    let jobs = dispatch.jobs.clone();
     let queue = jobs.queue;
     let broker_error = |operation: &str, source| Error::Broker {
         operation: format!("{operation} on queue `{queue}`"),
@@ -102,10 +101,7 @@ pub(crate) async fn consume_queue(
     );
     let mut state = QueueConsumer {
         channel,
-        dispatch: Arc::new(Dispatch {
-            jobs: jobs.clone(),
-            dead_letters,
-        }),
+        dispatch,
         jobs,
         settings,
         tracker: AckTracker::new(),
@@ -133,7 +129,7 @@ impl QueueConsumer {
                     if self.record(joined) == Some(Settlement::Requeue) {
                         // The dead-letter queue is gone or refusing: rebuild the session
                         // (which declares it again) instead of looping on the message.
-                        break ConsumerEnd::Lost(Error::DeadLetterUnavailable { queue: queue.to_owned() });
+                        break ConsumerEnd::Lost(Error::RepublishFailed { queue: queue.to_owned() });
                     }
                     if self.tracker.finished_count() >= self.settings.ack_batch
                         && let Err(error) = self.flush(false).await {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::JobError;
 use crate::error::{MAX_ERROR_TEXT, cap_text};
+use crate::{Backoff, JobError};
 
 /// Why a delivery did not succeed.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub(crate) enum Failure {
     Panicked(String),
     /// The handler ran past its timeout.
     TimedOut(Duration),
+    /// The message is larger than the worker accepts.
+    TooLarge { size: usize, limit: usize },
 }
 
 impl Failure {
@@ -43,22 +45,75 @@ impl Failure {
             Failure::Failed(error) => error.chain_text(),
             Failure::Panicked(message) => format!("handler panicked: {message}"),
             Failure::TimedOut(timeout) => format!("handler timed out after {timeout:?}"),
+            Failure::TooLarge { size, limit } => format!(
+                "message is {size} bytes, more than the maximum message size of {limit} bytes (--max-message-size)"
+            ),
         };
         cap_text(text, MAX_ERROR_TEXT).into_owned()
     }
+
+    /// Whether another attempt could succeed. A panic or a timeout may be
+    /// transient; a message that cannot be decoded or routed never changes.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Failed(error) => !error.is_permanent(),
+            Failure::Panicked(_) | Failure::TimedOut(_) => true,
+            Failure::MissingType
+            | Failure::UnknownJob { .. }
+            | Failure::BadArguments { .. }
+            | Failure::TooLarge { .. } => false,
+        }
+    }
+}
+
+/// How a job retries: `retries` attempts after the first, `backoff` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
 }
 
 /// The worker's answer to a failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Decision {
+    /// Publish attempt `attempt` to a delay queue, due after `delay`, then ack.
+    Retry { attempt: u32, delay: Duration },
     /// Publish to `<queue>.dlq` with the reason, then ack.
-    DeadLetter,
+    DeadLetter { why: DeadLetterWhy },
 }
 
-/// Until delayed retries exist, every failure is dead-lettered at once, so
-/// that nothing is dropped and nothing loops on a requeue.
-pub(crate) fn decide(_failure: &Failure) -> Decision {
-    Decision::DeadLetter
+/// Why a failure is not retried, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadLetterWhy {
+    /// Retrying cannot help: a permanent error or an undecodable message.
+    NotRetryable,
+    /// The job's retries are spent.
+    RetriesSpent,
+}
+
+/// Retry or dead-letter? `attempt` is the attempt that failed (0 for the
+/// first run); `policy` is the job's, or `None` when the message matched no
+/// job; `random` (in `0.0..=1.0`) drives the jitter.
+pub(crate) fn decide(
+    failure: &Failure,
+    attempt: u32,
+    policy: Option<RetryPolicy>,
+    random: f64,
+) -> Decision {
+    let Some(policy) = policy.filter(|_| failure.is_retryable()) else {
+        return Decision::DeadLetter {
+            why: DeadLetterWhy::NotRetryable,
+        };
+    };
+    if attempt >= policy.retries {
+        return Decision::DeadLetter {
+            why: DeadLetterWhy::RetriesSpent,
+        };
+    }
+    Decision::Retry {
+        attempt: attempt + 1,
+        delay: policy.backoff.delay(attempt, random),
+    }
 }
 
 /// The text of a panic payload.
@@ -101,12 +156,83 @@ mod tests {
         );
     }
 
+    fn policy(retries: u32) -> Option<RetryPolicy> {
+        Some(RetryPolicy {
+            retries,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        })
+    }
+
     #[test]
-    fn every_failure_is_dead_lettered_for_now() {
-        assert_eq!(decide(&Failure::Panicked("x".into())), Decision::DeadLetter);
+    fn transient_failures_retry_with_growing_delays_until_retries_are_spent() {
+        let failure = Failure::Failed(JobError::msg("db down"));
         assert_eq!(
-            decide(&Failure::Failed(JobError::msg("x"))),
-            Decision::DeadLetter
+            decide(&failure, 0, policy(3), 0.5),
+            Decision::Retry {
+                attempt: 1,
+                delay: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(
+            decide(&failure, 2, policy(3), 0.5),
+            Decision::Retry {
+                attempt: 3,
+                delay: Duration::from_secs(4)
+            }
+        );
+        assert_eq!(
+            decide(&failure, 3, policy(3), 0.5),
+            Decision::DeadLetter {
+                why: DeadLetterWhy::RetriesSpent
+            }
+        );
+        assert_eq!(
+            decide(&failure, 0, policy(0), 0.5),
+            Decision::DeadLetter {
+                why: DeadLetterWhy::RetriesSpent
+            },
+            "retries = 0 runs once"
+        );
+    }
+
+    #[test]
+    fn panics_and_timeouts_are_failed_attempts_that_retry() {
+        for failure in [
+            Failure::Panicked("boom".into()),
+            Failure::TimedOut(Duration::from_secs(1)),
+        ] {
+            assert!(matches!(
+                decide(&failure, 0, policy(1), 0.5),
+                Decision::Retry { attempt: 1, .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn permanent_errors_and_bad_messages_are_dead_lettered_at_once() {
+        let not_retryable = Decision::DeadLetter {
+            why: DeadLetterWhy::NotRetryable,
+        };
+        let failures = [
+            Failure::Failed(JobError::permanent("no such user")),
+            Failure::MissingType,
+            Failure::UnknownJob {
+                job: "x".into(),
+                queue: "q",
+            },
+            Failure::BadArguments {
+                job: "j",
+                error: serde_json::from_slice::<u8>(b"{").unwrap_err(),
+            },
+            Failure::TooLarge { size: 2, limit: 1 },
+        ];
+        for failure in &failures {
+            assert_eq!(decide(failure, 0, policy(5), 0.5), not_retryable, "{failure:?}");
+        }
+        assert_eq!(
+            decide(&Failure::Panicked("x".into()), 0, None, 0.5),
+            not_retryable,
+            "no job, no retry policy"
         );
     }
 

@@ -11,17 +11,18 @@ use lapin::message::Delivery;
 use tracing::Instrument;
 
 use super::ack::Settlement;
-use super::decision::{Decision, Failure, decide, panic_message};
-use crate::JobContext;
+use super::decision::{DeadLetterWhy, Decision, Failure, RetryPolicy, decide, panic_message};
 use crate::broker::Publisher;
 use crate::dead_letter::publish_dead_letter;
 use crate::job::JobDefinition;
-use crate::wire::Envelope;
+use crate::wire::{Envelope, now_millis, republished_properties, retry_properties};
+use crate::{DelayQueues, JobContext, QueueType};
 
 /// The jobs consumed from one queue, by wire name.
 #[derive(Debug)]
 pub(crate) struct QueueJobs {
     pub(crate) queue: &'static str,
+    pub(crate) queue_type: QueueType,
     jobs: HashMap<&'static str, JobDefinition>,
 }
 
@@ -30,12 +31,27 @@ impl QueueJobs {
         queue: &'static str,
         definitions: impl IntoIterator<Item = JobDefinition>,
     ) -> Self {
-        let jobs = definitions
+        let jobs: HashMap<_, _> = definitions
             .into_iter()
             .filter(|job| job.queue == queue)
             .map(|job| (job.name, job))
             .collect();
-        QueueJobs { queue, jobs }
+        // The registry has checked that the jobs of one queue agree on its type.
+        let queue_type = jobs
+            .values()
+            .next()
+            .map(|job| job.queue_type)
+            .unwrap_or_default();
+        QueueJobs {
+            queue,
+            queue_type,
+            jobs,
+        }
+    }
+
+    /// The jobs consumed from this queue.
+    pub(crate) fn definitions(&self) -> impl Iterator<Item = &JobDefinition> {
+        self.jobs.values()
     }
 
     fn resolve(&self, envelope: &Envelope) -> Result<&JobDefinition, Failure> {
@@ -50,30 +66,53 @@ impl QueueJobs {
 /// What every delivery of one queue needs, shared by its handler tasks.
 pub(crate) struct Dispatch {
     pub(crate) jobs: Arc<QueueJobs>,
-    pub(crate) dead_letters: Arc<Publisher>,
+    /// Confirmed publishes of retries, hops and dead letters.
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) delays: Arc<DelayQueues>,
+    pub(crate) max_message_size: usize,
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
 /// because a handler did: the panic is this attempt's failure.
 pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> Settlement {
-    let Dispatch { jobs, dead_letters } = dispatch;
     let envelope = Envelope::from_properties(&delivery.properties);
     let span = tracing::info_span!(
         "job",
         job = envelope.job.as_deref().unwrap_or("?"),
-        queue = jobs.queue,
+        queue = dispatch.jobs.queue,
         message_id = %envelope.message_id,
         correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
         attempt = envelope.attempt,
     );
     async {
-        match run_attempt(&delivery, &envelope, jobs).await {
+        let size = delivery.data.len();
+        if size > dispatch.max_message_size {
+            let failure = Failure::TooLarge {
+                size,
+                limit: dispatch.max_message_size,
+            };
+            return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
+        }
+        if let Some(eta) = envelope.eta.filter(|eta| *eta > now_millis()) {
+            return hop(&delivery, &envelope, eta, dispatch).await;
+        }
+        let job = match dispatch.jobs.resolve(&envelope) {
+            Ok(job) => job,
+            Err(failure) => {
+                return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
+            }
+        };
+        match run_attempt(&delivery, &envelope, job).await {
             Ok(()) => {
                 tracing::debug!("job succeeded");
                 Settlement::Ack
             }
             Err(failure) => {
-                settle_failure(&delivery, &envelope, jobs.queue, failure, dead_letters).await
+                let policy = RetryPolicy {
+                    retries: job.retries,
+                    backoff: job.backoff,
+                };
+                settle_failure(&delivery, &envelope, failure, Some(policy), dispatch).await
             }
         }
     }
@@ -84,9 +123,8 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
 async fn run_attempt(
     delivery: &Delivery,
     envelope: &Envelope,
-    jobs: &QueueJobs,
+    job: &JobDefinition,
 ) -> Result<(), Failure> {
-    let job = jobs.resolve(envelope)?;
     let ctx = JobContext::new(
         envelope.message_id.clone(),
         envelope.correlation_id.clone(),
@@ -109,18 +147,81 @@ async fn run_attempt(
     }
 }
 
+/// A message that is not due yet goes on to its next delay queue, unrun.
+async fn hop(delivery: &Delivery, envelope: &Envelope, eta: u64, dispatch: &Dispatch) -> Settlement {
+    let properties = republished_properties(&delivery.properties, std::iter::empty());
+    let published = dispatch
+        .delays
+        .publish(
+            &dispatch.publisher,
+            dispatch.jobs.queue,
+            &envelope.message_id,
+            &delivery.data,
+            properties,
+            eta,
+        )
+        .await;
+    match published {
+        Ok(bucket) => {
+            tracing::debug!(
+                due_in_ms = eta.saturating_sub(now_millis()),
+                delay_queue = %dispatch.delays.name(bucket),
+                "not due yet; sent on to a delay queue"
+            );
+            Settlement::Ack
+        }
+        Err(error) => {
+            tracing::error!(
+                error = %crate::error::error_chain_text(&error),
+                "could not send a message that is not due yet to a delay queue; returning it to the queue"
+            );
+            Settlement::Requeue
+        }
+    }
+}
+
 async fn settle_failure(
     delivery: &Delivery,
     envelope: &Envelope,
-    queue: &'static str,
     failure: Failure,
-    dead_letters: &Publisher,
+    policy: Option<RetryPolicy>,
+    dispatch: &Dispatch,
 ) -> Settlement {
     let reason = failure.reason();
-    match decide(&failure) {
-        Decision::DeadLetter => {
+    let queue = dispatch.jobs.queue;
+    match decide(&failure, envelope.attempt, policy, fastrand::f64()) {
+        Decision::Retry { attempt, delay } => {
+            let eta = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            let properties = retry_properties(&delivery.properties, attempt, eta, &reason);
+            let published = dispatch
+                .delays
+                .publish(
+                    &dispatch.publisher,
+                    queue,
+                    &envelope.message_id,
+                    &delivery.data,
+                    properties,
+                    eta,
+                )
+                .await;
+            match published {
+                Ok(_) => {
+                    tracing::warn!(error = %reason, next_attempt = attempt, retry_in = ?delay, "job failed; retrying");
+                    Settlement::Ack
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = %reason,
+                        retry_error = %crate::error::error_chain_text(&error),
+                        "job failed and its retry could not be scheduled; returning it to the queue"
+                    );
+                    Settlement::Requeue
+                }
+            }
+        }
+        Decision::DeadLetter { why } => {
             let published = publish_dead_letter(
-                dead_letters,
+                &dispatch.publisher,
                 queue,
                 &delivery.data,
                 &delivery.properties,
@@ -130,7 +231,16 @@ async fn settle_failure(
             .await;
             match published {
                 Ok(()) => {
-                    tracing::warn!(error = %reason, "job failed, moved to the dead-letter queue");
+                    match why {
+                        DeadLetterWhy::RetriesSpent => tracing::warn!(
+                            error = %reason,
+                            "job failed and its retries are spent; moved to the dead-letter queue"
+                        ),
+                        DeadLetterWhy::NotRetryable => tracing::warn!(
+                            error = %reason,
+                            "job failed and cannot be retried; moved to the dead-letter queue"
+                        ),
+                    }
                     Settlement::Ack
                 }
                 Err(error) => {

@@ -17,10 +17,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
-use self::dispatch::QueueJobs;
+use self::dispatch::{Dispatch, QueueJobs};
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
-use crate::wire::dead_letter_queue;
-use crate::{Error, Registry, WorkerConfig};
+use crate::{Error, JobDefinition, Registry, WorkerConfig};
 
 /// How often acks are flushed when a batch has not filled.
 const ACK_INTERVAL: Duration = Duration::from_millis(10);
@@ -35,8 +34,31 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 fn is_fatal(error: &Error) -> bool {
     matches!(
         error,
-        Error::QueueMismatch { .. } | Error::Connect { .. } | Error::InvalidUrl { .. }
+        Error::QueueMismatch { .. }
+            | Error::ExchangeMismatch { .. }
+            | Error::Connect { .. }
+            | Error::InvalidUrl { .. }
     )
+}
+
+/// Jobs whose timeout reaches the broker's consumer timeout: the broker would
+/// close the channel under such a job while it still runs, and the message
+/// would run again elsewhere.
+fn long_job_warnings<'a>(
+    jobs: impl IntoIterator<Item = &'a JobDefinition>,
+    consumer_timeout: Duration,
+) -> Vec<String> {
+    jobs.into_iter()
+        .filter(|job| job.timeout >= consumer_timeout)
+        .map(|job| {
+            format!(
+                "job `{}` may run for up to {} (its timeout), but the broker's consumer_timeout is {}: RabbitMQ would close the channel under it and the job would run again; raise consumer_timeout in rabbitmq.conf above the job's timeout (plus the time a prefetched message waits) and pass the new value with --consumer-timeout, or lower the job's timeout",
+                job.name,
+                humantime::format_duration(job.timeout),
+                humantime::format_duration(consumer_timeout),
+            )
+        })
+        .collect()
 }
 
 /// Sleeps for `pause`; true when `token` was cancelled meanwhile.
@@ -47,8 +69,9 @@ async fn sleep_or_cancel(pause: Duration, token: &CancellationToken) -> bool {
     }
 }
 
-/// Confirm channels for dead letters, shared by the queues of a worker.
-const DEAD_LETTER_CHANNELS: usize = 4;
+/// Confirm channels for retries, hops and dead letters, shared by the queues
+/// of a worker: one publish in flight per channel (see `broker::Publisher`).
+const REPUBLISH_CHANNELS: usize = 16;
 
 /// Pause before reconnecting after the broker went away mid-run.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
@@ -141,6 +164,12 @@ impl Worker {
     /// up to 30 s between attempts), and returns an error only for what
     /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        for warning in long_job_warnings(
+            self.queues.iter().flat_map(|jobs| jobs.definitions()),
+            self.config.consumer_timeout,
+        ) {
+            tracing::warn!("{warning}");
+        }
         let mut started = false;
         let mut pause = RECONNECT_PAUSE;
         loop {
@@ -218,13 +247,15 @@ impl Worker {
         let connection =
             broker::connect(&self.config.amqp_url, &self.config.connection_name, policy).await?;
         for jobs in &self.queues {
-            broker::declare_queue(&connection, &QueueSpec::durable(jobs.queue)).await?;
+            broker::declare_queue(&connection, &QueueSpec::job(jobs.queue, jobs.queue_type))
+                .await?;
             broker::declare_queue(
                 &connection,
-                &QueueSpec::durable(dead_letter_queue(jobs.queue)),
+                &QueueSpec::dead_letter(jobs.queue, jobs.queue_type),
             )
             .await?;
         }
+        self.config.delay_queues.declare(&connection).await?;
         Ok(connection)
     }
 
@@ -234,7 +265,8 @@ impl Worker {
         connection: &Arc<Connection>,
         token: &CancellationToken,
     ) -> Result<(), Error> {
-        let dead_letters = Arc::new(Publisher::new(connection.clone(), DEAD_LETTER_CHANNELS));
+        let publisher = Arc::new(Publisher::new(connection.clone(), REPUBLISH_CHANNELS));
+        let delays = Arc::new(self.config.delay_queues.clone());
         let settings = ConsumerSettings {
             concurrency: self.config.concurrency,
             prefetch: self.config.effective_prefetch(),
@@ -247,10 +279,15 @@ impl Worker {
         let mut consumers = JoinSet::new();
         for jobs in &self.queues {
             let connection = connection.clone();
-            let (jobs, dead_letters, session) =
-                (jobs.clone(), dead_letters.clone(), session.clone());
+            let dispatch = Arc::new(Dispatch {
+                jobs: jobs.clone(),
+                publisher: publisher.clone(),
+                delays: delays.clone(),
+                max_message_size: self.config.max_message_size,
+            });
+            let session = session.clone();
             consumers.spawn(async move {
-                consume_queue(&connection, jobs, dead_letters, settings, session).await
+                consume_queue(&connection, dispatch, settings, session).await
             });
         }
         let mut first_error = None;
@@ -265,14 +302,44 @@ impl Worker {
                 first_error.get_or_insert(error);
             }
         }
-        if tokio::time::timeout(BROKER_CALL_TIMEOUT, dead_letters.close())
+        if tokio::time::timeout(BROKER_CALL_TIMEOUT, publisher.close())
             .await
             .is_err()
         {
             tracing::warn!(
-                "the broker did not answer the close of the dead-letter channels in time"
+                "the broker did not answer the close of the republishing channels in time"
             );
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    #[job(queue = "long-jobs-test", timeout = "45m")]
+    async fn long_report(_ctx: JobContext, _args: ()) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    #[job(queue = "long-jobs-test", timeout = "1m")]
+    async fn short_report(_ctx: JobContext, _args: ()) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    #[test]
+    fn jobs_outliving_the_consumer_timeout_are_named_with_the_setting_to_change() {
+        let jobs = [
+            JobDefinition::of::<long_report>("t::long_report"),
+            JobDefinition::of::<short_report>("t::short_report"),
+        ];
+        let warnings = long_job_warnings(&jobs, crate::DEFAULT_CONSUMER_TIMEOUT);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("job `long_report` may run for up to 45m"));
+        assert!(warnings[0].contains("consumer_timeout is 30m"));
+        assert!(warnings[0].contains("rabbitmq.conf"));
+        assert!(long_job_warnings(&jobs, Duration::from_secs(3600)).is_empty());
     }
 }
