@@ -37,6 +37,7 @@ mod client;
 mod config;
 mod context;
 mod dead_letter;
+pub mod dlq;
 mod error;
 mod job;
 mod registry;
