@@ -175,7 +175,7 @@ impl DeadLetters {
                 .map_err(|source| Error::ReplayNotAcked {
                     queue: queue.to_owned(),
                     message_id: message_id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             replayed += 1;
             tracing::info!(

@@ -319,9 +319,9 @@ pub enum Error {
         queue: String,
         /// The replayed message.
         message_id: String,
-        /// Why the ack failed.
+        /// Why the ack failed (boxed: the other variants stay small).
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
 
     /// The worker was configured with nothing to do or impossible settings.

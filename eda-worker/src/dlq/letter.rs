@@ -356,7 +356,12 @@ mod tests {
             .collect();
         assert_eq!(names, [HEADER_ATTEMPT, "x-tenant"]);
         assert_eq!(
-            replay.headers().as_ref().unwrap().inner().get(HEADER_ATTEMPT),
+            replay
+                .headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .get(HEADER_ATTEMPT),
             Some(&AMQPValue::LongLongInt(0))
         );
         assert_eq!(*replay.expiration(), None);
