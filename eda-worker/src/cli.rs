@@ -7,6 +7,9 @@
 //! }
 //! ```
 //!
+//! `worker dlq list|replay|purge QUEUE` works on a job queue's dead letters
+//! (the library side is [`crate::dlq`]).
+//!
 //! The CLI owns the signals: the first SIGTERM or SIGINT starts a graceful
 //! stop, a second one exits at once with status 130.
 
@@ -19,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS};
 use crate::{Registry, Worker, WorkerConfig};
+
+mod dlq;
 
 /// Exit status when a second signal cuts the graceful stop short.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -40,6 +45,31 @@ enum Command {
     Run(RunArgs),
     /// List the registered jobs.
     Jobs,
+    /// List, replay or purge the dead letters of a job queue (QUEUE.dlq).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// Why a command failed: the library's errors, and the CLI's own.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// The library failed.
+    #[error(transparent)]
+    Library(#[from] crate::Error),
+    /// `dlq purge` without `--yes`, with no terminal to ask on.
+    #[error(
+        "refusing to purge `{queue}` without confirmation: stdin is not a terminal; pass --yes to purge"
+    )]
+    PurgeNotConfirmed {
+        /// The dead-letter queue.
+        queue: String,
+    },
+    /// The purge question could not be asked or answered.
+    #[error("could not ask for confirmation on the terminal; pass --yes to purge without asking")]
+    Prompt(#[source] std::io::Error),
+    /// Dead letters could not be written as JSON.
+    #[error("could not write the dead letters as JSON")]
+    Json(#[source] serde_json::Error),
 }
 
 #[derive(Debug, Args)]
@@ -85,8 +115,9 @@ pub async fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Run(args) => run(args).await,
-        Command::Jobs => list_jobs(),
+        Command::Run(args) => run(args).await.map_err(CommandError::from),
+        Command::Jobs => list_jobs().map_err(CommandError::from),
+        Command::Dlq(command) => dlq::run(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -188,7 +219,6 @@ fn list_jobs() -> Result<(), crate::Error> {
 }
 
 fn jobs_table(registry: &Registry) -> String {
-    let header = ["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"].map(String::from);
     let rows: Vec<[String; 5]> = registry
         .jobs()
         .map(|job| {
@@ -201,14 +231,24 @@ fn jobs_table(registry: &Registry) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|cell| cell.len());
-    for row in &rows {
+    let mut table = render_table(["JOB", "QUEUE", "RETRIES", "TIMEOUT", "FUNCTION"], &rows);
+    if rows.is_empty() {
+        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
+    }
+    table
+}
+
+/// Left-aligned columns two spaces apart, a header line first.
+fn render_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
     let mut table = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = header.map(str::to_owned);
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -216,9 +256,6 @@ fn jobs_table(registry: &Registry) -> String {
             .collect();
         table.push_str(cells.join("  ").trim_end());
         table.push('\n');
-    }
-    if rows.is_empty() {
-        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
     }
     table
 }
