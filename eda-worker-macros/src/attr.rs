@@ -196,8 +196,7 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
 
 fn unknown_option(key: &Ident) -> syn::Error {
     let written = key.unraw().to_string();
-    let expected =
-        "expected one of `queue`, `retries`, `name`, `timeout`, `backoff`, `queue_type`";
+    let expected = "expected one of `queue`, `retries`, `name`, `timeout`, `backoff`, `queue_type`";
     let message = match OPTIONS.iter().find(|option| looks_like(&written, option)) {
         Some(option) => {
             format!("unknown option `{written}`: did you mean `{option}`? ({expected})")
@@ -345,7 +344,9 @@ fn backoff(lit: &LitStr) -> syn::Result<(Duration, Duration)> {
     let Some((min, max)) = text.split_once("..") else {
         return Err(syn::Error::new(
             lit.span(),
-            format!("`backoff` takes the shortest and longest delay as \"MIN..MAX\", e.g. backoff = \"1s..10m\"; found {text:?}"),
+            format!(
+                "`backoff` takes the shortest and longest delay as \"MIN..MAX\", e.g. backoff = \"1s..10m\"; found {text:?}"
+            ),
         ));
     };
     let min = duration(lit, min.trim(), "backoff minimum")?;

@@ -7,6 +7,9 @@
 //! }
 //! ```
 //!
+//! `worker dlq list|replay|purge QUEUE` works on a job queue's dead letters
+//! (the library side is [`crate::dlq`]).
+//!
 //! The CLI owns the signals: the first SIGTERM or SIGINT starts a graceful
 //! stop, a second one exits at once with status 130.
 
@@ -22,6 +25,8 @@ use crate::config::{
 };
 use crate::delay::{DEFAULT_DELAY_BUCKETS, DEFAULT_DELAY_PREFIX};
 use crate::{DelayQueues, Registry, Worker, WorkerConfig};
+
+mod dlq;
 
 /// Exit status when a second signal cuts the graceful stop short.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -43,6 +48,31 @@ enum Command {
     Run(RunArgs),
     /// List the registered jobs.
     Jobs,
+    /// List, replay or purge the dead letters of a job queue (QUEUE.dlq).
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+}
+
+/// Why a command failed: the library's errors, and the CLI's own.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// The library failed.
+    #[error(transparent)]
+    Library(#[from] crate::Error),
+    /// `dlq purge` without `--yes`, with no terminal to ask on.
+    #[error(
+        "refusing to purge `{queue}` without confirmation: stdin is not a terminal; pass --yes to purge"
+    )]
+    PurgeNotConfirmed {
+        /// The dead-letter queue.
+        queue: String,
+    },
+    /// The purge question could not be asked or answered.
+    #[error("could not ask for confirmation on the terminal; pass --yes to purge without asking")]
+    Prompt(#[source] std::io::Error),
+    /// Dead letters could not be written as JSON.
+    #[error("could not write the dead letters as JSON")]
+    Json(#[source] serde_json::Error),
 }
 
 #[derive(Debug, Args)]
@@ -109,8 +139,9 @@ pub async fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Run(args) => run(args).await,
-        Command::Jobs => list_jobs(),
+        Command::Run(args) => run(args).await.map_err(CommandError::from),
+        Command::Jobs => list_jobs().map_err(CommandError::from),
+        Command::Dlq(command) => dlq::run(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,10 +243,6 @@ fn list_jobs() -> Result<(), crate::Error> {
 }
 
 fn jobs_table(registry: &Registry) -> String {
-    let header = [
-        "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION",
-    ]
-    .map(String::from);
     let rows: Vec<[String; 7]> = registry
         .jobs()
         .map(|job| {
@@ -234,14 +261,29 @@ fn jobs_table(registry: &Registry) -> String {
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|cell| cell.len());
-    for row in &rows {
+    let mut table = render_table(
+        [
+            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION",
+        ],
+        &rows,
+    );
+    if rows.is_empty() {
+        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
+    }
+    table
+}
+
+/// Left-aligned columns two spaces apart, a header line first.
+fn render_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            *width = (*width).max(cell.chars().count());
         }
     }
     let mut table = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = header.map(str::to_owned);
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -249,9 +291,6 @@ fn jobs_table(registry: &Registry) -> String {
             .collect();
         table.push_str(cells.join("  ").trim_end());
         table.push('\n');
-    }
-    if rows.is_empty() {
-        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
     }
     table
 }

@@ -171,8 +171,11 @@ impl Client {
     /// [`Client::connect`], naming the connection as RabbitMQ's management
     /// tools show it (e.g. after the app: `"checkout-web"`).
     pub async fn connect_named(url: &str, connection_name: &str) -> Result<Self, Error> {
-        Self::connect_with_options(url, ClientOptions::default().connection_name(connection_name))
-            .await
+        Self::connect_with_options(
+            url,
+            ClientOptions::default().connection_name(connection_name),
+        )
+        .await
     }
 
     /// [`Client::connect`] with options (connection name, delay queues, size limit).
@@ -322,7 +325,14 @@ impl Client {
                 let delays = &self.inner.options.delay_queues;
                 self.ensure_delays_declared(&session.connection).await?;
                 let published = delays
-                    .publish(&session.publisher, queue, &message_id, body, properties, eta)
+                    .publish(
+                        &session.publisher,
+                        queue,
+                        &message_id,
+                        body,
+                        properties,
+                        eta,
+                    )
                     .await;
                 if let Err(Error::Unroutable { .. }) = &published {
                     // A delay queue was deleted: declare them again next time.

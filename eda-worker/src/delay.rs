@@ -203,9 +203,9 @@ fn label(bucket: Duration) -> String {
     let ms = bucket.as_millis();
     match ms {
         0 => "0ms".to_owned(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
     }
 }
@@ -256,7 +256,10 @@ mod tests {
     #[test]
     fn no_delay_arrives_early_or_more_than_the_smallest_bucket_late() {
         let delays = DelayQueues::default();
-        for delay_ms in (1..20_000).step_by(7).chain([3_599_999, 3_600_001, 86_400_000]) {
+        for delay_ms in (1..20_000)
+            .step_by(7)
+            .chain([3_599_999, 3_600_001, 86_400_000])
+        {
             let delay = ms(delay_ms);
             let total: Duration = hops(&delays, delay).iter().sum();
             assert!(total >= delay, "{delay:?} arrived early after {total:?}");
@@ -281,7 +284,10 @@ mod tests {
         let day = hops(&delays, Duration::from_secs(24 * 3600));
         assert_eq!(day, vec![Duration::from_secs(3600); 24]);
         let test_set = DelayQueues::new("t", [ms(200), ms(500)]).unwrap();
-        assert_eq!(hops(&test_set, ms(1700)), [ms(500), ms(500), ms(500), ms(200)]);
+        assert_eq!(
+            hops(&test_set, ms(1700)),
+            [ms(500), ms(500), ms(500), ms(200)]
+        );
     }
 
     #[test]

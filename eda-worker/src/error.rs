@@ -332,6 +332,40 @@ pub enum Error {
         tag: u64,
     },
 
+    /// A dead-letter queue asked for does not exist.
+    #[error(
+        "dead-letter queue `{queue}` does not exist; check the job queue's name (a worker declares its dead-letter queue when it starts)"
+    )]
+    DeadLetterQueueNotFound {
+        /// The dead-letter queue, `<queue>.dlq`.
+        queue: String,
+    },
+
+    /// No dead letter has the message id a replay asked for.
+    #[error(
+        "no dead letter with message id `{message_id}` in `{queue}`; `worker dlq list` shows the ids"
+    )]
+    DeadLetterNotFound {
+        /// The dead-letter queue, `<queue>.dlq`.
+        queue: String,
+        /// The message id asked for.
+        message_id: String,
+    },
+
+    /// A dead letter was replayed, but removing it from the dead-letter queue failed.
+    #[error(
+        "message {message_id} was replayed to `{queue}`, but could not be removed from `{queue}.dlq`, where it stays; do not replay it again (the job would run twice), purge or inspect it instead"
+    )]
+    ReplayNotAcked {
+        /// The job queue it was replayed to.
+        queue: String,
+        /// The replayed message.
+        message_id: String,
+        /// Why the ack failed (boxed: the other variants stay small).
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
     /// The worker was configured with nothing to do or impossible settings.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -38,6 +38,7 @@ mod config;
 mod context;
 mod dead_letter;
 pub mod delay;
+pub mod dlq;
 mod error;
 mod job;
 mod registry;
@@ -70,9 +71,9 @@ pub mod prelude {
 /// Used by the code `#[job]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::QueueType;
     pub use crate::job::{Job, JobDefinition};
     pub use crate::retry::Backoff;
-    pub use crate::QueueType;
     pub use inventory;
     pub use std::time::Duration;
 }

@@ -105,7 +105,12 @@ mod tests {
     }
 
     /// A job used by the registry's own tests.
-    #[job(queue = "registry-test", retries = 5, timeout = "90s", backoff = "2s..1m")]
+    #[job(
+        queue = "registry-test",
+        retries = 5,
+        timeout = "90s",
+        backoff = "2s..1m"
+    )]
     async fn greet(ctx: JobContext, args: Greeting) -> Result<(), JobError> {
         if args.name.is_empty() {
             return Err(JobError::permanent("no name"));

@@ -183,6 +183,23 @@ pub fn republished_properties(
     original: &BasicProperties,
     headers: impl IntoIterator<Item = (&'static str, AMQPValue)>,
 ) -> BasicProperties {
+    copy_properties(original, is_routing_or_broker_header, headers)
+}
+
+/// Headers a copy never carries: `CC`/`BCC` route to more queues, the rest
+/// is the broker's record of this copy's path (`x-death`, a quorum queue's
+/// `x-delivery-count`).
+pub(crate) fn is_routing_or_broker_header(name: &str) -> bool {
+    matches!(name, "CC" | "BCC" | "x-delivery-count") || is_broker_death_header(name)
+}
+
+/// A persistent copy of `original`'s properties without `expiration` and
+/// `user_id`, without the headers `drop` names, and with `set` on top.
+pub(crate) fn copy_properties(
+    original: &BasicProperties,
+    drop: impl Fn(&str) -> bool,
+    set: impl IntoIterator<Item = (&'static str, AMQPValue)>,
+) -> BasicProperties {
     let mut table: FieldTable = original
         .headers()
         .as_ref()
@@ -190,15 +207,13 @@ pub fn republished_properties(
             table
                 .inner()
                 .iter()
-                .filter(|(name, _)| {
-                    !matches!(name.as_str(), "CC" | "BCC") && !is_broker_death_header(name.as_str())
-                })
+                .filter(|(name, _)| !drop(name.as_str()))
                 .map(|(name, value)| (name.clone(), value.clone()))
                 .collect::<std::collections::BTreeMap<_, _>>()
                 .into()
         })
         .unwrap_or_default();
-    for (name, value) in headers {
+    for (name, value) in set {
         table.insert(name.into(), value);
     }
     let mut copy = BasicProperties::default()
@@ -244,10 +259,22 @@ pub fn dead_letter_properties(
     republished_properties(
         original,
         [
-            (HEADER_ERROR, AMQPValue::LongString(LongString::from(reason.error))),
-            (HEADER_FAILED_AT, AMQPValue::LongLongInt(millis_i64(reason.failed_at))),
-            (HEADER_QUEUE, AMQPValue::LongString(LongString::from(reason.queue))),
-            (HEADER_ATTEMPT, AMQPValue::LongLongInt(i64::from(reason.attempt))),
+            (
+                HEADER_ERROR,
+                AMQPValue::LongString(LongString::from(reason.error)),
+            ),
+            (
+                HEADER_FAILED_AT,
+                AMQPValue::LongLongInt(millis_i64(reason.failed_at)),
+            ),
+            (
+                HEADER_QUEUE,
+                AMQPValue::LongString(LongString::from(reason.queue)),
+            ),
+            (
+                HEADER_ATTEMPT,
+                AMQPValue::LongLongInt(i64::from(reason.attempt)),
+            ),
         ],
     )
 }
@@ -364,7 +391,14 @@ mod tests {
         );
         assert_eq!(header_text(&dead, "CC"), None);
         assert_eq!(header_text(&dead, "x-first-death-queue"), None);
-        assert!(dead.headers().as_ref().unwrap().inner().get("x-death").is_none());
+        assert!(
+            dead.headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .get("x-death")
+                .is_none()
+        );
         assert_eq!(header_text(&dead, "x-custom").as_deref(), Some("kept"));
     }
 

@@ -278,11 +278,9 @@ pub async fn after_reconnect(_ctx: JobContext, _args: u32) -> Result<(), JobErro
 async fn fail_until(ctx: &JobContext, succeed_on: u32) -> Result<(), JobError> {
     record(ctx, &succeed_on);
     if ctx.attempt() < succeed_on {
-        return Err(std::io::Error::other(format!(
-            "attempt {} failed on purpose",
-            ctx.attempt()
-        ))
-        .into());
+        return Err(
+            std::io::Error::other(format!("attempt {} failed on purpose", ctx.attempt())).into(),
+        );
     }
     Ok(())
 }
@@ -345,7 +343,11 @@ pub async fn panics_once(ctx: JobContext, args: u32) -> Result<(), JobError> {
 }
 
 /// Runs past its timeout on its first attempt.
-#[job(queue = "eda-test.crash-retries", timeout = "300ms", backoff = "100ms..100ms")]
+#[job(
+    queue = "eda-test.crash-retries",
+    timeout = "300ms",
+    backoff = "100ms..100ms"
+)]
 pub async fn hangs_once(ctx: JobContext, args: u32) -> Result<(), JobError> {
     record(&ctx, &args);
     if ctx.attempt() == 0 {
@@ -367,7 +369,12 @@ pub async fn subscriber_flaky(ctx: JobContext, args: u32) -> Result<(), JobError
 pub const QUORUM_QUEUE: &str = "eda-test.quorum";
 
 /// Fails until attempt `args`, on a quorum queue.
-#[job(queue = "eda-test.quorum", queue_type = "quorum", retries = 2, backoff = "100ms..200ms")]
+#[job(
+    queue = "eda-test.quorum",
+    queue_type = "quorum",
+    retries = 2,
+    backoff = "100ms..200ms"
+)]
 pub async fn quorum_flaky(ctx: JobContext, args: u32) -> Result<(), JobError> {
     fail_until(&ctx, args).await
 }
@@ -377,4 +384,105 @@ pub async fn quorum_flaky(ctx: JobContext, args: u32) -> Result<(), JobError> {
 pub async fn quorum_echo(ctx: JobContext, args: u32) -> Result<(), JobError> {
     record(&ctx, &args);
     Ok(())
+}
+
+/// Queues of the dead-letter tooling tests, one per test.
+pub const DLQ_TOOL_LIST_QUEUE: &str = "eda-test.dlq-tool-list";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_LIMIT_QUEUE: &str = "eda-test.dlq-tool-limit";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_REPLAY_ID_QUEUE: &str = "eda-test.dlq-tool-replay-id";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_REPLAY_ALL_QUEUE: &str = "eda-test.dlq-tool-replay-all";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_UNKNOWN_ID_QUEUE: &str = "eda-test.dlq-tool-unknown-id";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_PURGE_QUEUE: &str = "eda-test.dlq-tool-purge";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_CLI_LIST_QUEUE: &str = "eda-test.dlq-tool-cli-list";
+/// See [`DLQ_TOOL_LIST_QUEUE`].
+pub const DLQ_TOOL_CLI_PURGE_QUEUE: &str = "eda-test.dlq-tool-cli-purge";
+
+/// While set for a queue, that queue's dead-letter tooling job fails permanently.
+pub struct FailSwitches(Mutex<Option<HashMap<&'static str, bool>>>);
+
+impl FailSwitches {
+    /// Makes the job of `queue` fail (`true`) or succeed (`false`).
+    pub fn set(&self, queue: &'static str, fail: bool) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(HashMap::new)
+            .insert(queue, fail);
+    }
+
+    fn fails(&self, queue: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|switches| switches.get(queue).copied())
+            .unwrap_or(false)
+    }
+}
+
+/// The switches of the dead-letter tooling jobs (off unless a test sets them).
+pub static DLQ_TOOL_FAILS: FailSwitches = FailSwitches(Mutex::new(None));
+
+/// The body of every dead-letter tooling job: fail while the queue's switch
+/// says so, else record the run.
+fn fail_or_record(ctx: &JobContext, args: &Numbered) -> Result<(), JobError> {
+    if DLQ_TOOL_FAILS.fails(ctx.queue()) {
+        return Err(JobError::permanent(format!("record {} is broken", args.n)));
+    }
+    record(ctx, args);
+    Ok(())
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-list", retries = 0)]
+pub async fn dlq_tool_list(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-limit", retries = 0)]
+pub async fn dlq_tool_limit(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-replay-id", retries = 0)]
+pub async fn dlq_tool_replay_id(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-replay-all", retries = 0)]
+pub async fn dlq_tool_replay_all(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-unknown-id", retries = 0)]
+pub async fn dlq_tool_unknown_id(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-purge", retries = 0)]
+pub async fn dlq_tool_purge(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-cli-list", retries = 0)]
+pub async fn dlq_tool_cli_list(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
+}
+
+/// Fails permanently while switched to fail.
+#[job(queue = "eda-test.dlq-tool-cli-purge", retries = 0)]
+pub async fn dlq_tool_cli_purge(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    fail_or_record(&ctx, &args)
 }

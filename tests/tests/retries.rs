@@ -62,8 +62,18 @@ async fn a_job_failing_twice_runs_three_times_on_schedule_and_is_acked() {
     let attempts: Vec<u32> = ran.iter().map(|run| run.attempt).collect();
     assert_eq!(attempts, [0, 1, 2]);
     // backoff 200ms..10s with ±25 % jitter: 200..250 ms, then 300..500 ms.
-    assert_gap("first retry", ran[1].at_ms - ran[0].at_ms, 200, 250 + LATE_MS);
-    assert_gap("second retry", ran[2].at_ms - ran[1].at_ms, 300, 500 + LATE_MS);
+    assert_gap(
+        "first retry",
+        ran[1].at_ms - ran[0].at_ms,
+        200,
+        250 + LATE_MS,
+    );
+    assert_gap(
+        "second retry",
+        ran[2].at_ms - ran[1].at_ms,
+        300,
+        500 + LATE_MS,
+    );
 
     wait_until("the queue is empty", WAIT, || async {
         broker.ready(RETRY_QUEUE).await == 0
@@ -149,7 +159,11 @@ async fn scheduled_jobs_run_no_earlier_than_due_even_past_the_largest_bucket() {
         .to_string();
     let at = SystemTime::now() + Duration::from_millis(1200);
     let at_ms = now_millis() + 1200;
-    let timed = client.enqueue_at(scheduled, 2, at).await.unwrap().to_string();
+    let timed = client
+        .enqueue_at(scheduled, 2, at)
+        .await
+        .unwrap()
+        .to_string();
     let past = client
         .enqueue_at(scheduled, 3, SystemTime::now() - Duration::from_secs(3600))
         .await
@@ -215,11 +229,7 @@ async fn spent_retries_and_permanent_errors_land_in_the_dlq_with_their_headers()
     let client = test_client(EXHAUSTED_QUEUE).await;
     let worker = RunningWorker::start(&broker, EXHAUSTED_QUEUE, worker_config()).await;
 
-    let spent = client
-        .enqueue(never_succeeds, 7)
-        .await
-        .unwrap()
-        .to_string();
+    let spent = client.enqueue(never_succeeds, 7).await.unwrap().to_string();
     let permanent = client.enqueue(rejects, 8).await.unwrap().to_string();
     wait_until("two dead letters", WAIT, || async {
         broker.ready(&dlq).await == 2
@@ -282,7 +292,10 @@ async fn a_panic_and_a_timeout_are_failed_attempts_that_retry() {
     let hung = client.enqueue(hangs_once, 2).await.unwrap().to_string();
     for id in [&panicked, &hung] {
         let ran = wait_for_runs(CRASH_QUEUE, id, 2).await;
-        assert_eq!(ran.iter().map(|run| run.attempt).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            ran.iter().map(|run| run.attempt).collect::<Vec<_>>(),
+            [0, 1]
+        );
     }
     wait_until("the queue is empty", WAIT, || async {
         broker.ready(CRASH_QUEUE).await == 0
@@ -316,7 +329,11 @@ async fn an_event_handlers_retry_reaches_only_its_own_queue() {
         .await
         .unwrap();
     channel
-        .queue_declare(spy.as_str().into(), Default::default(), FieldTable::default())
+        .queue_declare(
+            spy.as_str().into(),
+            Default::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for queue in [SUBSCRIBER_QUEUE, spy.as_str()] {

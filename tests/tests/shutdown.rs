@@ -293,7 +293,9 @@ async fn worker_jobs_lists_every_linked_job() {
         .collect();
     assert_eq!(
         header,
-        ["JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION"]
+        [
+            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION"
+        ]
     );
     let row = lines
         .map(|line| line.split_whitespace().collect::<Vec<_>>())

@@ -227,7 +227,11 @@ mod tests {
             Failure::TooLarge { size: 2, limit: 1 },
         ];
         for failure in &failures {
-            assert_eq!(decide(failure, 0, policy(5), 0.5), not_retryable, "{failure:?}");
+            assert_eq!(
+                decide(failure, 0, policy(5), 0.5),
+                not_retryable,
+                "{failure:?}"
+            );
         }
         assert_eq!(
             decide(&Failure::Panicked("x".into()), 0, None, 0.5),

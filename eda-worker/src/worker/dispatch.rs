@@ -148,7 +148,12 @@ async fn run_attempt(
 }
 
 /// A message that is not due yet goes on to its next delay queue, unrun.
-async fn hop(delivery: &Delivery, envelope: &Envelope, eta: u64, dispatch: &Dispatch) -> Settlement {
+async fn hop(
+    delivery: &Delivery,
+    envelope: &Envelope,
+    eta: u64,
+    dispatch: &Dispatch,
+) -> Settlement {
     let properties = republished_properties(&delivery.properties, std::iter::empty());
     let published = dispatch
         .delays
@@ -191,7 +196,8 @@ async fn settle_failure(
     let queue = dispatch.jobs.queue;
     match decide(&failure, envelope.attempt, policy, fastrand::f64()) {
         Decision::Retry { attempt, delay } => {
-            let eta = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            let eta =
+                now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             let properties = retry_properties(&delivery.properties, attempt, eta, &reason);
             let published = dispatch
                 .delays
