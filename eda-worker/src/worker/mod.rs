@@ -71,7 +71,7 @@ async fn sleep_or_cancel(pause: Duration, token: &CancellationToken) -> bool {
 
 /// Confirm channels for retries, hops and dead letters, shared by the queues
 /// of a worker: one publish in flight per channel (see `broker::Publisher`).
-const REPUBLISH_CHANNELS: usize = 16;
+const REPUBLISH_CHANNELS: usize = 64;
 
 /// Pause before reconnecting after the broker went away mid-run.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);

@@ -1,7 +1,7 @@
 //! `bench`: eda-worker against raw lapin, on the same broker, in one run.
 //!
 //! ```text
-//! cargo run --release -p eda-worker-bench --bin bench -- [--messages 200000] [--prefetch 256] [--concurrency 64]
+//! cargo run --release -p eda-worker-bench --bin bench -- [--messages 200000] [--prefetch 256] [--concurrency 64] [--retry-messages 50000]
 //! ```
 //!
 //! Every eda-worker figure is printed beside its raw lapin baseline with the
@@ -10,6 +10,7 @@
 
 mod raw;
 mod report;
+mod retries;
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +73,15 @@ struct Settings {
     /// Multi-ack every this many messages in the raw lapin multi-ack drain.
     #[arg(long, default_value_t = 32, global = true)]
     ack_every: u64,
+    /// Fail-once jobs in the retry throughput figure.
+    #[arg(long, default_value_t = 50_000, global = true)]
+    retry_messages: u64,
+    /// Fail-once jobs per second in the retry lateness figure.
+    #[arg(long, default_value_t = 1_000, global = true)]
+    paced_rate: u64,
+    /// Seconds of steady fail-once traffic in the retry lateness figure.
+    #[arg(long, default_value_t = 10, global = true)]
+    paced_seconds: u64,
 }
 
 /// Child-process modes; the parent runs them and reads their last stdout line.
@@ -89,6 +99,18 @@ enum Mode {
     /// Drain the eda-worker queue with a worker running no-op jobs.
     #[command(hide = true)]
     EdaDrain,
+    /// The fail-once flow by hand with lapin, on the raw queue.
+    #[command(hide = true)]
+    RawFailOnce,
+    /// Drain a backlog of fail-once jobs until every retry succeeded.
+    #[command(hide = true)]
+    EdaFailOnce,
+    /// Run a worker while enqueueing fail-once jobs at a steady rate.
+    #[command(hide = true)]
+    EdaPacedRetries,
+    /// Enqueue `--retry-messages` fail-once jobs and stop.
+    #[command(hide = true)]
+    FillFailOnce,
     /// Enqueue `--messages` no-op jobs and stop (to profile a drain alone).
     #[command(hide = true)]
     Fill,
@@ -161,6 +183,44 @@ async fn main() -> anyhow::Result<()> {
         Some(Mode::EdaDrain) => {
             let (messages, seconds) = eda_drain(&settings).await?;
             println!("{}", serde_json::to_string(&finish(messages, seconds))?);
+            Ok(())
+        }
+        Some(Mode::RawFailOnce) => {
+            let delays = retries::bench_delays();
+            let exchange = delays.name(Duration::from_secs(1));
+            let (jobs, seconds) = raw::fail_once_drain(
+                RAW_QUEUE,
+                settings.retry_messages,
+                settings.prefetch,
+                &exchange,
+            )
+            .await?;
+            let result = retries::RetryResult {
+                jobs,
+                seconds,
+                lateness_ms: Vec::new(),
+            };
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Some(Mode::EdaFailOnce) => {
+            let result = retries::backlog(&settings).await?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Some(Mode::EdaPacedRetries) => {
+            let result =
+                retries::paced(&settings, settings.paced_rate, settings.paced_seconds).await?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Some(Mode::FillFailOnce) => {
+            let filled = retries::fill(settings.retry_messages, settings.publishers).await?;
+            println!(
+                "enqueued {} fail-once jobs at {:.0}/s",
+                settings.retry_messages,
+                filled.rate()
+            );
             Ok(())
         }
         Some(Mode::Fill) => {
@@ -370,10 +430,60 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         bare.rate(),
     ));
 
+    // The failure path: fail once, succeed on the retry 1 s later.
+    let delays = retries::bench_delays();
+    admin.reset(retries::FAIL_ONCE_QUEUE).await?;
+    admin.delete_delays(&delays).await?;
+    let retry_jobs = settings.retry_messages;
+    retries::fill(retry_jobs, settings.publishers).await?;
+    let backlog: retries::RetryResult = child_json(&settings, &["eda-fail-once"]).await?;
+    // The same flow by hand: the same messages, through the same delay queue.
+    admin.purge(RAW_QUEUE).await?;
+    raw::publish(
+        &url,
+        RAW_QUEUE,
+        retry_jobs,
+        settings.publishers,
+        payload,
+        same,
+    )
+    .await?;
+    let raw_backlog: retries::RetryResult = child_json(&settings, &["raw-fail-once"]).await?;
+    let paced: retries::RetryResult = child_json(&settings, &["eda-paced-retries"]).await?;
+    table.push(Row::throughput(
+        &format!("fail once, succeed 1 s later, {retry_jobs} jobs (jobs/s)"),
+        backlog.rate(),
+        raw_backlog.rate(),
+    ));
+    let paced_rate = settings.paced_rate;
+    for percentile in [50.0, 99.0] {
+        table.push(Row::eda_only(
+            &format!("  retry lateness at {paced_rate} jobs/s, p{percentile} (ms)"),
+            paced.lateness(percentile),
+        ));
+    }
+    table.push(Row::eda_only(
+        &format!("  retry lateness at {paced_rate} jobs/s, max (ms)"),
+        paced.lateness(100.0),
+    ));
+    table.push(Row::eda_only(
+        "  retry lateness in the backlog, p50 (ms)",
+        backlog.lateness(50.0),
+    ));
+
     client.close().await?;
     admin.reset(RAW_QUEUE).await?;
     admin.reset(EDA_QUEUE).await?;
+    admin.delete(retries::FAIL_ONCE_QUEUE).await?;
+    admin
+        .delete(&format!("{}.dlq", retries::FAIL_ONCE_QUEUE))
+        .await?;
+    admin.delete_delays(&delays).await?;
     println!("{table}");
+    println!(
+        "fail-once throughput relative to the no-op drain of this run: {:.2}x (target: at least 0.3x; each such job costs two deliveries and a confirmed delay publish)",
+        backlog.rate() / eda.rate()
+    );
     println!(
         "raw lapin publishes and drains the same messages as eda-worker (same properties and headers, set by hand); \
          'bare' rows carry only content_type and delivery_mode, to show what the wire format costs the broker"
@@ -436,6 +546,14 @@ async fn eda_drain(settings: &Settings) -> anyhow::Result<(u64, f64)> {
 
 /// Runs this binary in a drain mode and reads its result.
 async fn drain_child(settings: &Settings, mode: &[&str]) -> anyhow::Result<DrainResult> {
+    child_json(settings, mode).await
+}
+
+/// Runs this binary in a child `mode` and parses the JSON of its last stdout line.
+async fn child_json<T: serde::de::DeserializeOwned>(
+    settings: &Settings,
+    mode: &[&str],
+) -> anyhow::Result<T> {
     let exe = std::env::current_exe()?;
     let output = tokio::process::Command::new(exe)
         .args(mode)
@@ -443,17 +561,17 @@ async fn drain_child(settings: &Settings, mode: &[&str]) -> anyhow::Result<Drain
         .args(["--prefetch", &settings.prefetch.to_string()])
         .args(["--concurrency", &settings.concurrency.to_string()])
         .args(["--raw-consumers", &settings.raw_consumers.to_string()])
+        .args(["--retry-messages", &settings.retry_messages.to_string()])
+        .args(["--paced-rate", &settings.paced_rate.to_string()])
+        .args(["--paced-seconds", &settings.paced_seconds.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .await?;
     if !output.status.success() {
-        bail!("drain child {mode:?} failed with {}", output.status);
+        bail!("child {mode:?} failed with {}", output.status);
     }
     let stdout = String::from_utf8(output.stdout)?;
-    let last = stdout
-        .lines()
-        .last()
-        .context("drain child printed nothing")?;
+    let last = stdout.lines().last().context("child printed nothing")?;
     Ok(serde_json::from_str(last)?)
 }
 

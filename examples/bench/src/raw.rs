@@ -77,6 +77,31 @@ impl Admin {
         Ok(())
     }
 
+    /// Deletes `queue`.
+    pub(crate) async fn delete(&self, queue: &str) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the delay queues and exchanges of `delays`.
+    pub(crate) async fn delete_delays(
+        &self,
+        delays: &eda_worker::DelayQueues,
+    ) -> anyhow::Result<()> {
+        for bucket in delays.buckets() {
+            let name = delays.name(*bucket);
+            self.delete(&name).await?;
+            let channel = self.connection.create_channel().await?;
+            channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Empties `queue`.
     pub(crate) async fn purge(&self, queue: &str) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
@@ -204,4 +229,101 @@ pub(crate) async fn drain(
     let seconds = started.elapsed().as_secs_f64();
     connection.close(200, "done".into()).await?;
     Ok((done.load(Ordering::Relaxed), seconds))
+}
+
+/// The fail-once flow by hand: consumes `queue`; a first attempt is
+/// published (confirmed, pipelined on one channel) to `delay_exchange`, whose
+/// queue's TTL brings it back to `queue`, and acked once confirmed; a retry
+/// is acked (one ack per message) and counted. Returns when `count` retries
+/// were acked: the jobs and the seconds taken.
+pub(crate) async fn fail_once_drain(
+    queue: &str,
+    count: u64,
+    prefetch: u16,
+    delay_exchange: &str,
+) -> anyhow::Result<(u64, f64)> {
+    let url = eda_worker::amqp_url_from_env();
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "raw-fail-once".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut done = 0;
+    let mut republishes = tokio::task::JoinSet::new();
+    while done < count {
+        // Surface a failed republish at once.
+        while let Some(joined) = republishes.try_join_next() {
+            joined??;
+        }
+        let Some(delivery) = consumer.next().await else {
+            bail!("the consumer of {queue} was cancelled");
+        };
+        let delivery = delivery?;
+        let attempt = eda_worker::wire::header_u64(&delivery.properties, "x-eda-attempt");
+        if attempt.unwrap_or(0) > 0 {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            done += 1;
+            continue;
+        }
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-eda-attempt".into(), AMQPValue::LongLongInt(1));
+        headers.insert(
+            "x-eda-eta".into(),
+            AMQPValue::LongLongInt(
+                i64::try_from(eda_worker::wire::now_millis() + 1000).unwrap_or(i64::MAX),
+            ),
+        );
+        headers.insert(
+            "x-eda-error".into(),
+            AMQPValue::LongString("first attempts fail on purpose".into()),
+        );
+        let properties = delivery.properties.clone().with_headers(headers);
+        let (publisher, exchange, queue) = (
+            publisher.clone(),
+            delay_exchange.to_owned(),
+            queue.to_owned(),
+        );
+        republishes.spawn(async move {
+            let options = BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            };
+            let confirm = publisher
+                .basic_publish(
+                    exchange.as_str().into(),
+                    queue.as_str().into(),
+                    options,
+                    &delivery.data,
+                    properties,
+                )
+                .await?
+                .await?;
+            if confirm != Confirmation::Ack(None) {
+                bail!("raw republish not confirmed: {confirm:?}");
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            anyhow::Ok(())
+        });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    while let Some(joined) = republishes.join_next().await {
+        joined??;
+    }
+    publisher.close(200, "done".into()).await?;
+    channel.close(200, "done".into()).await?;
+    connection.close(200, "done".into()).await?;
+    Ok((done, seconds))
 }

@@ -124,6 +124,17 @@ impl Row {
         }
     }
 
+    /// An eda-worker figure with no raw lapin counterpart (lower is better).
+    pub(crate) fn eda_only(what: &str, eda: f64) -> Self {
+        Row {
+            what: what.into(),
+            eda: Some(eda),
+            raw: f64::NAN,
+            lower_is_better: true,
+            decimals: 1,
+        }
+    }
+
     /// A raw lapin figure with no eda-worker counterpart, for reference.
     pub(crate) fn baseline(what: &str, raw: f64) -> Self {
         Row {
@@ -137,6 +148,9 @@ impl Row {
 
     fn ratio(&self) -> Option<f64> {
         let eda = self.eda?;
+        if self.raw.is_nan() {
+            return None;
+        }
         Some(if self.lower_is_better {
             self.raw / eda
         } else {
@@ -186,10 +200,15 @@ impl fmt::Display for Table {
             let ratio = row
                 .ratio()
                 .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}x"));
+            let raw = if row.raw.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{:.d$}", row.raw)
+            };
             writeln!(
                 f,
-                "| {:<width$} | {eda:>12} | {:>12.d$} | {ratio:>6} |",
-                row.what, row.raw
+                "| {:<width$} | {eda:>12} | {raw:>12} | {ratio:>6} |",
+                row.what
             )?;
         }
         write!(
