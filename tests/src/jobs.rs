@@ -486,3 +486,12 @@ pub async fn dlq_tool_cli_list(ctx: JobContext, args: Numbered) -> Result<(), Jo
 pub async fn dlq_tool_cli_purge(ctx: JobContext, args: Numbered) -> Result<(), JobError> {
     fail_or_record(&ctx, &args)
 }
+
+/// Queue of the client's size-limit test.
+pub const OVERSIZE_QUEUE: &str = "eda-test.oversize";
+
+/// Only ever enqueued, never run.
+#[job(queue = "eda-test.oversize")]
+pub async fn oversized(_ctx: JobContext, _args: String) -> Result<(), JobError> {
+    Ok(())
+}

@@ -1,6 +1,6 @@
-//! Until delayed retries land, every message that cannot be handled goes to
-//! `<queue>.dlq` with its reason, the original is acked, and the worker
-//! keeps consuming.
+//! Every message that cannot be handled goes to `<queue>.dlq` with its
+//! reason, the original is acked, and the worker keeps consuming. (The jobs
+//! here have `retries = 0`; retries are in `retries.rs`.)
 
 use eda_worker::Client;
 use eda_worker::wire::{
@@ -44,8 +44,10 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
     let broker = Broker::connect().await;
     broker.reset(DEAD_LETTER_QUEUE).await;
     let client = Client::connect(&amqp_url()).await.unwrap();
-    let worker = RunningWorker::start(&broker, DEAD_LETTER_QUEUE, worker_config()).await;
+    let config = worker_config().max_message_size(4096);
+    let worker = RunningWorker::start(&broker, DEAD_LETTER_QUEUE, config).await;
     let started = now_millis();
+    let oversize = format!(r#"{{"n":1,"padding":"{}"}}"#, "x".repeat(5000));
 
     // (message id, body, expected words in x-eda-error)
     let poison: Vec<(&str, Option<&str>, &[u8], &str)> = vec![
@@ -72,6 +74,12 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
             Some("no_such_job"),
             br#"{"n":1}"#,
             "no job named `no_such_job` is consumed from queue `eda-test.dead-letters`",
+        ),
+        (
+            "oversize",
+            Some("dead_letter_echo"),
+            oversize.as_bytes(),
+            "message is 5020 bytes, more than the maximum message size of 4096 bytes",
         ),
     ];
     for (id, kind, body, _) in &poison {
@@ -104,8 +112,8 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
             .any(|run| run.message_id == good)
     })
     .await;
-    wait_until("7 dead letters arrived", WAIT, || async {
-        broker.ready(DLQ).await == 7
+    wait_until("8 dead letters arrived", WAIT, || async {
+        broker.ready(DLQ).await == 8
     })
     .await;
     assert!(worker.is_running(), "bad messages do not stop the worker");

@@ -3,7 +3,9 @@
 
 use eda_worker::wire::{self, HEADER_ATTEMPT};
 use eda_worker::{Client, EnqueueOptions, Error};
-use eda_worker_tests::jobs::{CONFIRMS_QUEUE, ROUNDTRIP_QUEUE, Signup, confirmed, roundtrip, runs};
+use eda_worker_tests::jobs::{
+    CONFIRMS_QUEUE, OVERSIZE_QUEUE, ROUNDTRIP_QUEUE, Signup, confirmed, oversized, roundtrip, runs,
+};
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, wait_until, worker_config,
 };
@@ -318,4 +320,39 @@ async fn the_client_reconnects_when_the_broker_drops_its_connection() {
 
     client.close().await.unwrap();
     broker.cleanup(CLIENT_RECONNECT_QUEUE).await;
+}
+
+#[tokio::test]
+async fn arguments_over_the_size_limit_are_refused_before_publishing() {
+    let broker = Broker::connect().await;
+    broker.reset(OVERSIZE_QUEUE).await;
+    let options = eda_worker::ClientOptions::default().max_message_size(64);
+    let client = Client::connect_with_options(&amqp_url(), options)
+        .await
+        .unwrap();
+    client.enqueue(oversized, "x".repeat(62)).await.unwrap();
+    let error = client.enqueue(oversized, "x".repeat(63)).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::MessageTooLarge {
+                job: "oversized",
+                size: 65,
+                limit: 64
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("are 65 bytes as JSON, more than the maximum message size of 64 bytes")
+    );
+    assert_eq!(
+        broker.ready(OVERSIZE_QUEUE).await,
+        1,
+        "only the first was published"
+    );
+    client.close().await.unwrap();
+    broker.cleanup(OVERSIZE_QUEUE).await;
 }
