@@ -1,7 +1,7 @@
 //! The quickstart app: one job, sending a welcome email (printed, here).
 //!
 //! `cargo run -p quickstart --bin demo` enqueues a batch, runs a worker until
-//! every job ran, and prints what ran. `cargo run -p quickstart --bin worker -- run`
+//! every job ran (some after a retry), and shows the dead letter. `cargo run -p quickstart --bin worker -- run`
 //! is the app's worker command.
 
 use std::collections::HashSet;
@@ -21,14 +21,30 @@ pub struct Welcome {
 /// Message ids of the welcome emails this process sent (the demo waits on it).
 pub static SENT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
-/// Sends the welcome email of a new user.
-#[job(queue = "quickstart.email", retries = 3, timeout = "30s")]
+/// Sends the welcome email of a new user. The pretend mail server refuses
+/// every fifth user's first try ("try again later"), so the demo shows
+/// retries; an address without `@` is a permanent failure.
+#[job(
+    queue = "quickstart.email",
+    retries = 3,
+    timeout = "30s",
+    backoff = "1s..30s"
+)]
 pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
     if !args.email.contains('@') {
         return Err(JobError::permanent(format!(
             "`{}` is not an email address",
             args.email
         )));
+    }
+    if args.user_id % 5 == 0 && ctx.attempt() == 0 {
+        println!(
+            "mail server busy for {} (attempt 0): retrying in about a second",
+            args.email
+        );
+        Err(std::io::Error::other(
+            "smtp 451: mailbox busy, try again later",
+        ))?;
     }
     println!(
         "sent welcome email to {} (user {}, message {}, attempt {})",
