@@ -15,8 +15,8 @@ use crate::wire::{Envelope, now_millis};
 use crate::{DelayQueues, Error, Job, QueueType};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
-/// connection and one confirm-mode channel, on which the confirms of all
-/// concurrent callers are pipelined.
+/// connection and a pool of confirm-mode channels, across which the confirms
+/// of concurrent callers are pipelined.
 ///
 /// ```no_run
 /// # use eda_worker::prelude::*;
