@@ -27,8 +27,9 @@ const OPTIONS: [&str; 6] = [
     "queue_type",
 ];
 
-/// The longest queue name: AMQP allows 255 bytes, and `.dlq` is appended.
-const MAX_QUEUE_NAME: usize = 255 - ".dlq".len();
+/// The longest queue name: AMQP allows 255 bytes, and the delay queues append
+/// `.delay.` and a TTL of up to 12 characters (`4294967295ms`).
+const MAX_QUEUE_NAME: usize = 255 - ".delay.4294967295ms".len();
 
 /// Several errors, reported together.
 #[derive(Default)]
@@ -287,7 +288,7 @@ fn queue_name(lit: &LitStr) -> syn::Result<String> {
         "queue name must not be empty".to_owned()
     } else if queue.len() > MAX_QUEUE_NAME {
         format!(
-            "queue name is {} bytes long; at most {MAX_QUEUE_NAME} fit (`.dlq` is appended)",
+            "queue name is {} bytes long; at most {MAX_QUEUE_NAME} fit (`.dlq` and `.delay.<ttl>` are appended)",
             queue.len()
         )
     } else if queue.starts_with("amq.") {

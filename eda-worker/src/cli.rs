@@ -23,7 +23,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE,
 };
-use crate::delay::{DEFAULT_DELAY_BUCKETS, DEFAULT_DELAY_PREFIX};
+use crate::delay::DEFAULT_DELAY_BUCKETS;
 use crate::{DelayQueues, Registry, Worker, WorkerConfig};
 
 mod dlq;
@@ -101,10 +101,7 @@ struct RunArgs {
     /// The broker's consumer_timeout (rabbitmq.conf), to warn about longer jobs.
     #[arg(long, env = "EDA_CONSUMER_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     consumer_timeout: Duration,
-    /// Name prefix of the delay queues used for retries and scheduled jobs.
-    #[arg(long, env = "EDA_DELAY_PREFIX", default_value = DEFAULT_DELAY_PREFIX)]
-    delay_prefix: String,
-    /// TTLs of the delay queues, comma-separated (default: 100ms,250ms,500ms,1s,2s,5s,10s,30s,1m,5m,15m,1h).
+    /// TTLs of each job queue's delay queues, comma-separated (default: 100ms,250ms,500ms,1s,2s,5s,10s,30s,1m,5m,15m,1h).
     #[arg(long, env = "EDA_DELAY_BUCKETS", value_delimiter = ',', value_parser = humantime::parse_duration)]
     delay_buckets: Vec<Duration>,
 }
@@ -116,7 +113,7 @@ impl RunArgs {
         } else {
             self.delay_buckets
         };
-        let delays = DelayQueues::new(self.delay_prefix, buckets)?;
+        let delays = DelayQueues::new(buckets)?;
         let mut config = WorkerConfig::new(self.amqp_url)
             .queues(
                 self.queues

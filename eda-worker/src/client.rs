@@ -45,8 +45,8 @@ struct Inner {
     reconnect: tokio::sync::Mutex<()>,
     /// Queues declared by this client, so each is declared once, not per publish.
     declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
-    /// The delay queues, declared on the first scheduled enqueue.
-    delays_declared: Mutex<Arc<OnceCell<()>>>,
+    /// Each job queue's delay queues, declared on its first scheduled enqueue.
+    delays_declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
     /// Reconnects that failed, so that callers who waited on one give up with it.
@@ -133,7 +133,26 @@ pub struct EnqueueOptions {
     /// The message id to use instead of a fresh UUID (e.g. for idempotent producers).
     pub message_id: Option<Uuid>,
     /// When the job is due; `None` (or a time past) runs it as soon as a worker can.
-    pub due: Option<SystemTime>,
+    due: Option<Due>,
+}
+
+/// When a scheduled job is due.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    In(Duration),
+    At(SystemTime),
+}
+
+impl Due {
+    /// Milliseconds since the epoch, saturating (a delay of centuries is
+    /// still a due time, not a panic).
+    fn eta_millis(self) -> u64 {
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        match self {
+            Due::In(delay) => now_millis().saturating_add(millis(delay)),
+            Due::At(time) => time.duration_since(UNIX_EPOCH).map_or(0, millis),
+        }
+    }
 }
 
 impl EnqueueOptions {
@@ -149,15 +168,15 @@ impl EnqueueOptions {
         self
     }
 
-    /// Runs the job no earlier than `delay` from now.
+    /// Runs the job no earlier than `delay` after it is enqueued.
     pub fn delay(mut self, delay: Duration) -> Self {
-        self.due = Some(SystemTime::now() + delay);
+        self.due = Some(Due::In(delay));
         self
     }
 
     /// Runs the job no earlier than `time`.
     pub fn at(mut self, time: SystemTime) -> Self {
-        self.due = Some(time);
+        self.due = Some(Due::At(time));
         self
     }
 }
@@ -202,7 +221,7 @@ impl Client {
                 session: RwLock::new(Arc::new(session)),
                 reconnect: tokio::sync::Mutex::new(()),
                 declared: Mutex::new(HashMap::new()),
-                delays_declared: Mutex::default(),
+                delays_declared: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 failed_reconnects: AtomicUsize::new(0),
             }),
@@ -275,11 +294,7 @@ impl Client {
         // A due time in the past (or now) needs no delay queue.
         let eta = options
             .due
-            .map(|due| {
-                due.duration_since(UNIX_EPOCH).map_or(0, |since| {
-                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                })
-            })
+            .map(Due::eta_millis)
             .filter(|eta| *eta > now_millis());
         let message_id = options.message_id.unwrap_or_else(Uuid::new_v4);
         let envelope = Envelope {
@@ -299,7 +314,7 @@ impl Client {
     }
 
     /// Publishes a job message to `queue`: through the default exchange, or
-    /// through a delay queue when it carries a due time.
+    /// through one of its delay queues when it carries a due time.
     pub(crate) async fn publish_to_queue(
         &self,
         queue: &'static str,
@@ -310,45 +325,69 @@ impl Client {
         let message_id = envelope.message_id.clone();
         let eta = envelope.eta;
         let properties = envelope.into_properties()?;
+        let published = self
+            .publish_once(
+                queue,
+                queue_type,
+                &message_id,
+                body,
+                properties.clone(),
+                eta,
+            )
+            .await;
+        match published {
+            // A queue was deleted under us: declare it again on the next enqueue
+            // rather than keep publishing into nothing. A direct enqueue reports
+            // it (the caller learns that the queue it published to was gone); a
+            // scheduled one declares its delay queues again and tries once more,
+            // since a missing delay queue is eda-worker's business, not the caller's.
+            Err(Error::Unroutable { .. }) => {
+                self.forget_declared(queue);
+                if eta.is_none() {
+                    return published;
+                }
+                tracing::warn!(
+                    queue,
+                    "a delay queue of this job was missing; declaring it again"
+                );
+                self.publish_once(queue, queue_type, &message_id, body, properties, eta)
+                    .await
+            }
+            published => published,
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        queue: &'static str,
+        queue_type: QueueType,
+        message_id: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+        eta: Option<u64>,
+    ) -> Result<(), Error> {
         let session = self.session().await?;
         // Declared before a delayed publish too: an expired message is routed to it.
         self.ensure_declared(&session.connection, queue, queue_type)
             .await?;
-        let published = match eta {
+        match eta {
             None => {
                 session
                     .publisher
-                    .publish("", queue, &message_id, body, properties)
+                    .publish("", queue, message_id, body, properties)
                     .await
             }
             Some(eta) => {
-                let delays = &self.inner.options.delay_queues;
-                self.ensure_delays_declared(&session.connection).await?;
-                let published = delays
-                    .publish(
-                        &session.publisher,
-                        queue,
-                        &message_id,
-                        body,
-                        properties,
-                        eta,
-                    )
-                    .await;
-                if let Err(Error::Unroutable { .. }) = &published {
-                    // A delay queue was deleted: declare them again next time.
-                    self.forget_delays_declared();
-                }
-                published.map(|_| ())
+                self.ensure_delays_declared(&session.connection, queue)
+                    .await?;
+                self.inner
+                    .options
+                    .delay_queues
+                    .publish(&session.publisher, queue, message_id, body, properties, eta)
+                    .await
+                    .map(|_bucket| ())
             }
-        };
-        if eta.is_none()
-            && let Err(Error::Unroutable { .. }) = &published
-        {
-            // The queue was deleted under us: declare it again on the next enqueue
-            // rather than keep publishing into nothing.
-            self.forget_declared(queue);
         }
-        published
     }
 
     /// Closes the connection; this client and its clones refuse to enqueue from now on.
@@ -448,29 +487,33 @@ impl Client {
         .map(|_| ())
     }
 
-    async fn ensure_delays_declared(&self, connection: &Connection) -> Result<(), Error> {
+    async fn ensure_delays_declared(
+        &self,
+        connection: &Connection,
+        queue: &'static str,
+    ) -> Result<(), Error> {
         let cell = self
             .inner
             .delays_declared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entry(queue)
+            .or_default()
             .clone();
-        cell.get_or_try_init(|| self.inner.options.delay_queues.declare(connection))
+        cell.get_or_try_init(|| self.inner.options.delay_queues.declare(connection, queue))
             .await
             .map(|_| ())
     }
 
-    fn forget_delays_declared(&self) {
-        *self
-            .inner
-            .delays_declared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::default();
-    }
-
+    /// Forgets that `queue` and its delay queues were declared.
     fn forget_declared(&self, queue: &'static str) {
         self.inner
             .declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(queue);
+        self.inner
+            .delays_declared
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(queue);

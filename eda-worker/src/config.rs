@@ -151,7 +151,7 @@ impl WorkerConfig {
         self
     }
 
-    /// The delay queues (their prefix and TTLs) for retries.
+    /// The TTLs of each job queue's delay queues, for retries.
     pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
         self.delay_queues = delays;
         self

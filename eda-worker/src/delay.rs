@@ -1,14 +1,15 @@
-//! Delays without a broker plugin: a small fixed set of delay queues, each
-//! with one queue-level TTL, used by retries and by
+//! Delays without a broker plugin: for each job queue, a small fixed set of
+//! delay queues, each with one queue-level TTL, used by retries and by
 //! [`Client::enqueue_in`](crate::Client::enqueue_in).
 //!
-//! A delayed message is published to the fanout exchange of a delay queue
-//! (`eda.delay.5s`, say) with the job queue as its routing key. It waits there
-//! for the queue's TTL; then the broker dead-letters it through the default
-//! exchange under that routing key, which delivers it to exactly the queue it
-//! came from (a retry of an event handler is not broadcast to the other
+//! A delayed message for job queue `email` is published to `email.delay.5s`,
+//! say. It waits there for the queue's TTL; then the broker dead-letters it
+//! to the queue's dead-letter routing key, `email`: exactly the queue it came
+//! from (a retry of an event handler is not broadcast to the other
 //! subscribers again). Every message in one delay queue waits the same time,
-//! so a short delay never queues behind a long one.
+//! so a short delay never queues behind a long one; and each job queue has
+//! its own delay queues, so nothing one queue does (or a queue deleted while
+//! its messages wait) holds up another queue's delays.
 //!
 //! The message carries its due time in `x-eda-eta`. A delay longer than the
 //! largest bucket, or one that falls between buckets, takes several hops: a
@@ -21,7 +22,7 @@
 //! use eda_worker::DelayQueues;
 //!
 //! let delays = DelayQueues::default();
-//! assert_eq!(delays.name(Duration::from_secs(5)), "eda.delay.5s");
+//! assert_eq!(delays.name("email", Duration::from_secs(5)), "email.delay.5s");
 //! // A 5 s delay takes the 5 s queue; a 7 s one hops: 5 s, then 2 s.
 //! assert_eq!(delays.plan(Duration::from_secs(5)), Duration::from_secs(5));
 //! assert_eq!(delays.plan(Duration::from_secs(7)), Duration::from_secs(5));
@@ -29,14 +30,14 @@
 
 use std::time::Duration;
 
-use lapin::{BasicProperties, Connection, ExchangeKind};
+use lapin::{BasicProperties, Connection};
 
 use crate::Error;
-use crate::broker::{Publisher, QueueSpec, declare_exchange, declare_queue};
+use crate::broker::{Publisher, QueueSpec, declare_queue};
 use crate::wire::now_millis;
 
-/// The name prefix of the delay queues when not configured.
-pub const DEFAULT_DELAY_PREFIX: &str = "eda.delay";
+/// What a delay queue's name adds to its job queue's: `.delay.` and the TTL.
+pub const DELAY_SUFFIX: &str = ".delay.";
 
 /// The delay queues when not configured, from 100 ms to 1 h.
 pub const DEFAULT_DELAY_BUCKETS: [Duration; 12] = [
@@ -57,47 +58,31 @@ pub const DEFAULT_DELAY_BUCKETS: [Duration; 12] = [
 /// The longest TTL RabbitMQ accepts on a queue (2^32 - 1 ms, about 49 days).
 const MAX_TTL_MS: u128 = u32::MAX as u128;
 
-/// The set of delay queues: their name prefix and their TTLs ("buckets").
+/// The TTLs ("buckets") of the delay queues each job queue gets.
 ///
 /// Clients and workers of one application should use the same set; any
 /// worker handles a message from any set, since the due time travels in the
 /// message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelayQueues {
-    prefix: String,
     buckets: Vec<Duration>,
 }
 
 impl Default for DelayQueues {
     fn default() -> Self {
         DelayQueues {
-            prefix: DEFAULT_DELAY_PREFIX.to_owned(),
             buckets: DEFAULT_DELAY_BUCKETS.to_vec(),
         }
     }
 }
 
 impl DelayQueues {
-    /// A set of delay queues named `<prefix>.<ttl>` (`eda.delay.1s`).
+    /// A set of delay queues with these TTLs, named `<queue>.delay.<ttl>`
+    /// (`email.delay.1s`).
     ///
-    /// Fails on an empty prefix or bucket list, a bucket under 1 ms or over
-    /// RabbitMQ's TTL limit (about 49 days), or names too long for AMQP.
-    pub fn new(
-        prefix: impl Into<String>,
-        buckets: impl IntoIterator<Item = Duration>,
-    ) -> Result<Self, Error> {
-        let prefix = prefix.into();
-        if prefix.trim().is_empty() {
-            return Err(Error::Config(
-                "the delay queue prefix must not be empty".into(),
-            ));
-        }
-        if prefix.len() > 200 {
-            return Err(Error::Config(format!(
-                "the delay queue prefix is {} bytes; at most 200 leave room for the bucket in a 255-byte queue name",
-                prefix.len()
-            )));
-        }
+    /// Fails on an empty bucket list, or a bucket under 1 ms or over
+    /// RabbitMQ's TTL limit (about 49 days).
+    pub fn new(buckets: impl IntoIterator<Item = Duration>) -> Result<Self, Error> {
         let mut buckets: Vec<Duration> = buckets.into_iter().collect();
         if buckets.is_empty() {
             return Err(Error::Config("at least one delay bucket is needed".into()));
@@ -117,12 +102,7 @@ impl DelayQueues {
         }
         buckets.sort();
         buckets.dedup();
-        Ok(DelayQueues { prefix, buckets })
-    }
-
-    /// The name prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+        Ok(DelayQueues { buckets })
     }
 
     /// The TTLs, shortest first.
@@ -139,9 +119,9 @@ impl DelayQueues {
         self.buckets.first().copied().unwrap_or_default()
     }
 
-    /// The name of the delay queue (and of its exchange) with TTL `bucket`.
-    pub fn name(&self, bucket: Duration) -> String {
-        format!("{}.{}", self.prefix, label(bucket))
+    /// The name of job queue `queue`'s delay queue with TTL `bucket`.
+    pub fn name(&self, queue: &str, bucket: Duration) -> String {
+        format!("{queue}{DELAY_SUFFIX}{}", label(bucket))
     }
 
     /// The bucket for the next hop of a message due in `remaining`.
@@ -167,12 +147,11 @@ impl DelayQueues {
             .unwrap_or(slack)
     }
 
-    /// Declares every delay queue, its fanout exchange and the binding.
-    pub(crate) async fn declare(&self, connection: &Connection) -> Result<(), Error> {
+    /// Declares every delay queue of job queue `queue`.
+    pub(crate) async fn declare(&self, connection: &Connection, queue: &str) -> Result<(), Error> {
         for bucket in &self.buckets {
-            let name = self.name(*bucket);
-            declare_queue(connection, &QueueSpec::delay(&name, *bucket)).await?;
-            declare_exchange(connection, &name, ExchangeKind::Fanout, Some((&name, ""))).await?;
+            let spec = QueueSpec::delay(&self.name(queue, *bucket), *bucket, queue);
+            declare_queue(connection, &spec).await?;
         }
         Ok(())
     }
@@ -192,7 +171,7 @@ impl DelayQueues {
         let remaining = Duration::from_millis(eta_ms.saturating_sub(now_millis()));
         let bucket = self.plan(remaining);
         publisher
-            .publish(&self.name(bucket), queue, message_id, body, properties)
+            .publish("", &self.name(queue, bucket), message_id, body, properties)
             .await?;
         Ok(bucket)
     }
@@ -236,12 +215,12 @@ mod tests {
         let names: Vec<_> = delays
             .buckets()
             .iter()
-            .map(|bucket| delays.name(*bucket))
+            .map(|bucket| delays.name("email", *bucket))
             .collect();
-        assert_eq!(names[0], "eda.delay.100ms");
-        assert_eq!(names[3], "eda.delay.1s");
-        assert_eq!(names[8], "eda.delay.1m");
-        assert_eq!(names[11], "eda.delay.1h");
+        assert_eq!(names[0], "email.delay.100ms");
+        assert_eq!(names[3], "email.delay.1s");
+        assert_eq!(names[8], "email.delay.1m");
+        assert_eq!(names[11], "email.delay.1h");
         assert_eq!(label(ms(1500)), "1500ms");
     }
 
@@ -283,7 +262,7 @@ mod tests {
         let delays = DelayQueues::default();
         let day = hops(&delays, Duration::from_secs(24 * 3600));
         assert_eq!(day, vec![Duration::from_secs(3600); 24]);
-        let test_set = DelayQueues::new("t", [ms(200), ms(500)]).unwrap();
+        let test_set = DelayQueues::new([ms(200), ms(500)]).unwrap();
         assert_eq!(
             hops(&test_set, ms(1700)),
             [ms(500), ms(500), ms(500), ms(200)]
@@ -300,14 +279,12 @@ mod tests {
     #[test]
     fn bad_sets_are_refused_with_the_reason() {
         let error = |result: Result<DelayQueues, Error>| result.unwrap_err().to_string();
-        assert!(error(DelayQueues::new("", [ms(1)])).contains("prefix"));
-        assert!(error(DelayQueues::new("p", [])).contains("at least one"));
-        assert!(error(DelayQueues::new("p", [Duration::from_micros(10)])).contains("out of range"));
+        assert!(error(DelayQueues::new([])).contains("at least one"));
+        assert!(error(DelayQueues::new([Duration::from_micros(10)])).contains("out of range"));
         assert!(
-            error(DelayQueues::new("p", [Duration::from_secs(60 * 86_400)]))
-                .contains("out of range")
+            error(DelayQueues::new([Duration::from_secs(60 * 86_400)])).contains("out of range")
         );
-        let sorted = DelayQueues::new("p", [ms(500), ms(100), ms(500)]).unwrap();
+        let sorted = DelayQueues::new([ms(500), ms(100), ms(500)]).unwrap();
         assert_eq!(sorted.buckets(), [ms(100), ms(500)]);
     }
 }

@@ -297,17 +297,6 @@ pub enum Error {
         queue: String,
     },
 
-    /// An exchange exists on the broker with another type or other arguments.
-    #[error(
-        "exchange `{exchange}` exists with other settings than eda-worker declares ({detail}); delete the exchange or rename eda-worker's"
-    )]
-    ExchangeMismatch {
-        /// The exchange.
-        exchange: String,
-        /// The broker's words on the difference.
-        detail: String,
-    },
-
     /// A message body is larger than the configured maximum.
     #[error(
         "the arguments of job `{job}` are {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
@@ -334,7 +323,7 @@ pub enum Error {
 
     /// A dead-letter queue asked for does not exist.
     #[error(
-        "dead-letter queue `{queue}` does not exist; check the job queue's name (a worker declares its dead-letter queue when it starts)"
+        "dead-letter queue `{queue}` does not exist; pass the job queue's name, without `.dlq`, and check it (a worker declares its dead-letter queue when it starts)"
     )]
     DeadLetterQueueNotFound {
         /// The dead-letter queue, `<queue>.dlq`.

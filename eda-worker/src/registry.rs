@@ -77,15 +77,6 @@ impl Registry {
         queues
     }
 
-    /// The queue type the jobs of `queue` declare (classic when none does).
-    pub fn queue_type(&self, queue: &str) -> crate::QueueType {
-        self.jobs
-            .values()
-            .find(|job| job.queue == queue)
-            .map(|job| job.queue_type)
-            .unwrap_or_default()
-    }
-
     /// True when no job is registered.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()

@@ -70,7 +70,9 @@ impl Backoff {
             0.5
         };
         let jittered = exponential * (1.0 - JITTER + 2.0 * JITTER * random);
-        let bounded = jittered.clamp(self.min.as_secs_f64(), self.max.as_secs_f64());
+        // `max` below `min` (fields set by hand, not through `new`) means `min`.
+        let max = self.max.max(self.min);
+        let bounded = jittered.clamp(self.min.as_secs_f64(), max.as_secs_f64());
         // Whole milliseconds: the broker's TTLs are in milliseconds anyway.
         Duration::from_millis((bounded * 1000.0).round() as u64)
     }

@@ -114,9 +114,9 @@ impl Envelope {
                 .kind()
                 .as_ref()
                 .map(|kind| kind.as_str().to_owned()),
+            // An attempt count past u32 saturates: it must not restart the retries.
             attempt: header_u64(properties, HEADER_ATTEMPT)
-                .and_then(|attempt| u32::try_from(attempt).ok())
-                .unwrap_or(0),
+                .map_or(0, |attempt| u32::try_from(attempt).unwrap_or(u32::MAX)),
             eta: header_u64(properties, HEADER_ETA),
         }
     }

@@ -495,3 +495,12 @@ pub const OVERSIZE_QUEUE: &str = "eda-test.oversize";
 pub async fn oversized(_ctx: JobContext, _args: String) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the test that deletes delay queues under the client and the worker.
+pub const DELAY_DELETED_QUEUE: &str = "eda-test.delay-deleted";
+
+/// Fails until attempt `args`, retrying after 100 ms.
+#[job(queue = "eda-test.delay-deleted", backoff = "100ms..100ms")]
+pub async fn flaky_after_delay(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    fail_until(&ctx, args).await
+}

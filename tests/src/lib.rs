@@ -10,10 +10,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use lapin::message::BasicGetMessage;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
-};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::task::JoinHandle;
@@ -47,13 +44,18 @@ impl Broker {
             .expect("open channel")
     }
 
-    /// Deletes `queue`, its dead-letter queue and its test delay queues
-    /// ([`test_delays`]), so a test starts clean.
+    /// Deletes `queue`, its dead-letter queue and its delay queues (the
+    /// default set, and the 200 ms one a test adds), so a test starts clean.
     pub async fn reset(&self, queue: &str) {
         for name in [queue.to_owned(), format!("{queue}.dlq")] {
             self.delete_queue(&name).await;
         }
-        self.delete_delays(&test_delays(queue)).await;
+        let extra = DelayQueues::new([Duration::from_millis(200)]).expect("valid delays");
+        for delays in [DelayQueues::default(), extra] {
+            for bucket in delays.buckets() {
+                self.delete_queue(&delays.name(queue, *bucket)).await;
+            }
+        }
     }
 
     /// Deletes `queue` (nothing happens when it does not exist).
@@ -63,19 +65,6 @@ impl Broker {
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await
             .expect("delete queue");
-    }
-
-    /// Deletes the delay queues and exchanges of `delays`.
-    pub async fn delete_delays(&self, delays: &DelayQueues) {
-        for bucket in delays.buckets() {
-            let name = delays.name(*bucket);
-            self.delete_queue(&name).await;
-            self.channel()
-                .await
-                .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-                .await
-                .expect("delete exchange");
-        }
     }
 
     /// Messages ready (not delivered to a consumer) in `queue`; 0 when it does not exist.
@@ -168,13 +157,8 @@ pub struct RunningWorker {
 }
 
 impl RunningWorker {
-    /// Starts a worker on `queue` with `config`'s settings, and waits until it
-    /// consumes. A config with the default delay queues gets the test's own
-    /// ([`test_delays`]) instead.
-    pub async fn start(broker: &Broker, queue: &str, mut config: WorkerConfig) -> Self {
-        if config.delay_queues == DelayQueues::default() {
-            config = config.delay_queues(test_delays(queue));
-        }
+    /// Starts a worker on `queue` with `config`'s settings, and waits until it consumes.
+    pub async fn start(broker: &Broker, queue: &str, config: WorkerConfig) -> Self {
         let token = CancellationToken::new();
         let worker = Worker::new(config.queues([queue])).expect("worker configuration");
         let task = tokio::spawn(worker.run(token.clone()));
@@ -198,36 +182,6 @@ impl RunningWorker {
             .expect("worker stops in time")
             .expect("worker task")
     }
-}
-
-/// The delay queues of the test of `queue`: named after it, so that tests
-/// running in parallel do not share them, from 100 ms to 2 s, and 1 h.
-pub fn test_delays(queue: &str) -> DelayQueues {
-    let buckets = [100, 250, 500, 1000, 2000, 3_600_000].map(Duration::from_millis);
-    DelayQueues::new(format!("{queue}.delay"), buckets).expect("valid test delay queues")
-}
-
-/// The environment that gives a `worker` subprocess the delay queues of the
-/// test of `queue` ([`test_delays`]).
-pub fn test_delay_env(queue: &str) -> [(String, String); 2] {
-    let delays = test_delays(queue);
-    let buckets: Vec<String> = delays
-        .buckets()
-        .iter()
-        .map(|bucket| format!("{}ms", bucket.as_millis()))
-        .collect();
-    [
-        ("EDA_DELAY_PREFIX".to_owned(), delays.prefix().to_owned()),
-        ("EDA_DELAY_BUCKETS".to_owned(), buckets.join(",")),
-    ]
-}
-
-/// A client of the test broker whose delay queues are the test's own.
-pub async fn test_client(queue: &str) -> eda_worker::Client {
-    let options = eda_worker::ClientOptions::default().delay_queues(test_delays(queue));
-    eda_worker::Client::connect_with_options(&amqp_url(), options)
-        .await
-        .expect("client connects")
 }
 
 /// Worker settings for tests: the test broker, short shutdown timeout.

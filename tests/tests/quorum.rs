@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use eda_worker::dlq::{DeadLetters, Replay};
 use eda_worker::wire::{HEADER_ATTEMPT, HEADER_ERROR, header_text, header_u64, now_millis};
+use eda_worker::{Client, DelayQueues};
 use eda_worker_tests::jobs::{QUORUM_QUEUE, Run, quorum_echo, quorum_flaky, runs};
 use eda_worker_tests::{
-    Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, test_client, wait_until, worker_config,
+    Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, wait_until, worker_config,
 };
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -35,10 +36,16 @@ async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
     let broker = Broker::connect().await;
     broker.reset(QUORUM_QUEUE).await;
     let dlq = format!("{QUORUM_QUEUE}.dlq");
-    let client = test_client(QUORUM_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, QUORUM_QUEUE, worker_config()).await;
     assert_eq!(queue_type(QUORUM_QUEUE).as_deref(), Some("quorum"));
-    assert_eq!(queue_type(&dlq).as_deref(), Some("quorum"));
+    assert_eq!(
+        queue_type(&dlq).as_deref(),
+        Some("classic"),
+        "a DLQ must not count the deliveries of `dlq list`"
+    );
+    let one_second = DelayQueues::default().name(QUORUM_QUEUE, Duration::from_secs(1));
+    assert_eq!(queue_type(&one_second).as_deref(), Some("quorum"));
 
     let recovers = client.enqueue(quorum_flaky, 1).await.unwrap().to_string();
     let spent = client.enqueue(quorum_flaky, 9).await.unwrap().to_string();

@@ -8,14 +8,13 @@ use std::time::{Duration, SystemTime};
 use eda_worker::wire::{
     HEADER_ATTEMPT, HEADER_ERROR, HEADER_ETA, HEADER_QUEUE, header_text, header_u64, now_millis,
 };
-use eda_worker::{ClientOptions, DelayQueues};
+use eda_worker::{Client, ClientOptions, DelayQueues};
 use eda_worker_tests::jobs::{
-    CRASH_QUEUE, EXHAUSTED_QUEUE, HOL_QUEUE, RETRY_QUEUE, Run, SCHEDULED_QUEUE, SUBSCRIBER_QUEUE,
-    flaky, flaky_each_second, hangs_once, never_succeeds, panics_once, rejects, runs, scheduled,
+    CRASH_QUEUE, DELAY_DELETED_QUEUE, EXHAUSTED_QUEUE, HOL_QUEUE, RETRY_QUEUE, Run,
+    SCHEDULED_QUEUE, SUBSCRIBER_QUEUE, flaky, flaky_after_delay, flaky_each_second, hangs_once,
+    never_succeeds, panics_once, rejects, runs, scheduled,
 };
-use eda_worker_tests::{
-    Broker, RunningWorker, WAIT, amqp_url, test_client, test_delays, wait_until, worker_config,
-};
+use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -54,7 +53,7 @@ const LATE_MS: u64 = 100 + 400;
 async fn a_job_failing_twice_runs_three_times_on_schedule_and_is_acked() {
     let broker = Broker::connect().await;
     broker.reset(RETRY_QUEUE).await;
-    let client = test_client(RETRY_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, RETRY_QUEUE, worker_config()).await;
 
     let id = client.enqueue(flaky, 2).await.unwrap().to_string();
@@ -83,9 +82,9 @@ async fn a_job_failing_twice_runs_three_times_on_schedule_and_is_acked() {
     assert_eq!(runs_of(RETRY_QUEUE, &id).len(), 3, "no fourth run");
     assert_eq!(broker.ready(RETRY_QUEUE).await, 0, "acked");
     assert_eq!(broker.ready(&format!("{RETRY_QUEUE}.dlq")).await, 0);
-    let delays = test_delays(RETRY_QUEUE);
+    let delays = DelayQueues::default();
     for bucket in delays.buckets() {
-        assert_eq!(broker.ready(&delays.name(*bucket)).await, 0);
+        assert_eq!(broker.ready(&delays.name(RETRY_QUEUE, *bucket)).await, 0);
     }
     client.close().await.unwrap();
     broker.cleanup(RETRY_QUEUE).await;
@@ -95,7 +94,7 @@ async fn a_job_failing_twice_runs_three_times_on_schedule_and_is_acked() {
 async fn a_one_second_retry_is_not_held_up_by_a_job_scheduled_in_an_hour() {
     let broker = Broker::connect().await;
     broker.reset(HOL_QUEUE).await;
-    let client = test_client(HOL_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, HOL_QUEUE, worker_config()).await;
 
     let later = client
@@ -116,7 +115,7 @@ async fn a_one_second_retry_is_not_held_up_by_a_job_scheduled_in_an_hour() {
         1000,
         1000 + LATE_MS,
     );
-    let hour_queue = test_delays(HOL_QUEUE).name(Duration::from_secs(3600));
+    let hour_queue = DelayQueues::default().name(HOL_QUEUE, Duration::from_secs(3600));
     assert_eq!(
         broker.ready(&hour_queue).await,
         1,
@@ -134,12 +133,8 @@ async fn scheduled_jobs_run_no_earlier_than_due_even_past_the_largest_bucket() {
     let broker = Broker::connect().await;
     broker.reset(SCHEDULED_QUEUE).await;
     // Buckets of 200 and 500 ms: 1.7 s takes four hops.
-    let delays = DelayQueues::new(
-        "eda-test.scheduled.hops",
-        [Duration::from_millis(200), Duration::from_millis(500)],
-    )
-    .unwrap();
-    broker.delete_delays(&delays).await;
+    let delays =
+        DelayQueues::new([Duration::from_millis(200), Duration::from_millis(500)]).unwrap();
     let options = ClientOptions::default().delay_queues(delays.clone());
     let client = eda_worker::Client::connect_with_options(&amqp_url(), options)
         .await
@@ -217,7 +212,6 @@ async fn scheduled_jobs_run_no_earlier_than_due_even_past_the_largest_bucket() {
 
     worker.stop().await.unwrap();
     client.close().await.unwrap();
-    broker.delete_delays(&delays).await;
     broker.cleanup(SCHEDULED_QUEUE).await;
 }
 
@@ -226,7 +220,7 @@ async fn spent_retries_and_permanent_errors_land_in_the_dlq_with_their_headers()
     let broker = Broker::connect().await;
     broker.reset(EXHAUSTED_QUEUE).await;
     let dlq = format!("{EXHAUSTED_QUEUE}.dlq");
-    let client = test_client(EXHAUSTED_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, EXHAUSTED_QUEUE, worker_config()).await;
 
     let spent = client.enqueue(never_succeeds, 7).await.unwrap().to_string();
@@ -285,7 +279,7 @@ async fn spent_retries_and_permanent_errors_land_in_the_dlq_with_their_headers()
 async fn a_panic_and_a_timeout_are_failed_attempts_that_retry() {
     let broker = Broker::connect().await;
     broker.reset(CRASH_QUEUE).await;
-    let client = test_client(CRASH_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, CRASH_QUEUE, worker_config()).await;
 
     let panicked = client.enqueue(panics_once, 1).await.unwrap().to_string();
@@ -378,4 +372,55 @@ async fn an_event_handlers_retry_reaches_only_its_own_queue() {
         .await
         .unwrap();
     broker.cleanup(SUBSCRIBER_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_deleted_delay_queue_is_declared_again_by_the_client_and_the_worker() {
+    let broker = Broker::connect().await;
+    broker.reset(DELAY_DELETED_QUEUE).await;
+    let shortest = DelayQueues::default().name(DELAY_DELETED_QUEUE, Duration::from_millis(100));
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(&broker, DELAY_DELETED_QUEUE, worker_config()).await;
+
+    // The client: its delayed publish comes back unroutable, it declares the
+    // delay queues again and publishes once more.
+    let first = client
+        .enqueue_in(flaky_after_delay, 0, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .to_string();
+    wait_for_runs(DELAY_DELETED_QUEUE, &first, 1).await;
+    broker.delete_queue(&shortest).await;
+    let second = client
+        .enqueue_in(flaky_after_delay, 0, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .to_string();
+    wait_for_runs(DELAY_DELETED_QUEUE, &second, 1).await;
+
+    // The worker: the retry cannot be published, so the failed delivery goes
+    // back to the queue, and the worker reconnects and declares the delay
+    // queues again; the retry then runs.
+    broker.delete_queue(&shortest).await;
+    let retried = client
+        .enqueue(flaky_after_delay, 1)
+        .await
+        .unwrap()
+        .to_string();
+    wait_until(
+        "the retry ran after the delay queue came back",
+        WAIT,
+        || async {
+            runs_of(DELAY_DELETED_QUEUE, &retried)
+                .iter()
+                .any(|run| run.attempt == 1)
+        },
+    )
+    .await;
+    assert!(worker.is_running());
+    worker.stop().await.unwrap();
+    assert_eq!(broker.ready(&format!("{DELAY_DELETED_QUEUE}.dlq")).await, 0);
+    assert_eq!(broker.ready(DELAY_DELETED_QUEUE).await, 0);
+    client.close().await.unwrap();
+    broker.cleanup(DELAY_DELETED_QUEUE).await;
 }

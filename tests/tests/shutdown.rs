@@ -11,7 +11,7 @@ use eda_worker_tests::jobs::{
     DEADLINE_QUEUE, Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, deadline_effect, long_effect,
     slow_effect,
 };
-use eda_worker_tests::{Broker, WAIT, amqp_url, test_delay_env, wait_until};
+use eda_worker_tests::{Broker, WAIT, amqp_url, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -30,7 +30,6 @@ impl WorkerProcess {
             .args(["run", "--queues", queue])
             .args(extra)
             .env("AMQP_URL", amqp_url())
-            .envs(test_delay_env(queue))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),

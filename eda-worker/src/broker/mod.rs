@@ -9,4 +9,4 @@ pub use connect::redact_url;
 pub(crate) use connect::{ConnectPolicy, connect};
 pub(crate) use publisher::Publisher;
 pub use topology::QueueType;
-pub(crate) use topology::{QueueSpec, declare_exchange, declare_queue};
+pub(crate) use topology::{QueueSpec, declare_queue};

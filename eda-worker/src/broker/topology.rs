@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, Connection, ErrorKind, ExchangeKind};
+use lapin::{Channel, Connection, ErrorKind};
 
 use crate::Error;
 use crate::wire::dead_letter_queue;
@@ -64,46 +64,47 @@ impl QueueSpec {
     }
 
     /// A job queue. A quorum one also names its dead-letter queue as the
-    /// broker's own dead-letter target, so that a message the broker gives up
-    /// on (its delivery limit, a length limit set by policy) lands in
-    /// `<queue>.dlq` instead of being dropped.
+    /// broker's own dead-letter target (at-least-once), so that a message the
+    /// broker gives up on (its delivery limit, a length limit set by policy)
+    /// lands in `<queue>.dlq` instead of being dropped.
     pub(crate) fn job(queue: &str, queue_type: QueueType) -> Self {
         let spec = QueueSpec::durable(queue);
         match queue_type {
             QueueType::Classic => spec,
             QueueType::Quorum => spec
                 .with("x-queue-type", Self::text("quorum"))
-                .with("x-dead-letter-exchange", Self::text(""))
-                .with(
-                    "x-dead-letter-routing-key",
-                    Self::text(&dead_letter_queue(queue)),
-                ),
+                .at_least_once_dead_letters_to(&dead_letter_queue(queue)),
         }
     }
 
-    /// The dead-letter queue of a job queue: the same type as the job queue.
-    pub(crate) fn dead_letter(queue: &str, queue_type: QueueType) -> Self {
-        let spec = QueueSpec::durable(dead_letter_queue(queue));
-        match queue_type {
-            QueueType::Classic => spec,
-            QueueType::Quorum => spec.with("x-queue-type", Self::text("quorum")),
-        }
+    /// The dead-letter queue of a job queue: always a classic queue, even for
+    /// a quorum job queue. A quorum queue counts every message handed back
+    /// (as `worker dlq list` does) as a delivery, and RabbitMQ 4 drops a
+    /// message after 20 of them by default: a DLQ must be safe to look at.
+    pub(crate) fn dead_letter(queue: &str) -> Self {
+        QueueSpec::durable(dead_letter_queue(queue))
     }
 
-    /// A delay queue: every message waits `ttl`, then the broker dead-letters
-    /// it through the default exchange under its own routing key, i.e. back to
-    /// the job queue it was published for.
+    /// A delay queue of job queue `target`: every message waits `ttl`, then
+    /// the broker dead-letters it to `target`.
     ///
     /// A quorum queue with at-least-once dead-lettering: the broker keeps an
     /// expired message until the job queue has confirmed it, so a missing job
     /// queue delays the message instead of dropping it (a classic queue would
     /// drop it), and a broker restart loses nothing.
-    pub(crate) fn delay(name: &str, ttl: Duration) -> Self {
+    pub(crate) fn delay(name: &str, ttl: Duration, target: &str) -> Self {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         QueueSpec::durable(name)
             .with("x-queue-type", Self::text("quorum"))
             .with("x-message-ttl", AMQPValue::LongLongInt(ttl_ms))
-            .with("x-dead-letter-exchange", Self::text(""))
+            .at_least_once_dead_letters_to(target)
+    }
+
+    /// Dead-letters to queue `target` through the default exchange, keeping
+    /// each message until `target` has confirmed it (quorum queues only).
+    fn at_least_once_dead_letters_to(self, target: &str) -> Self {
+        self.with("x-dead-letter-exchange", Self::text(""))
+            .with("x-dead-letter-routing-key", Self::text(target))
             .with("x-dead-letter-strategy", Self::text("at-least-once"))
             // Required by at-least-once dead-lettering; no length limit is set.
             .with("x-overflow", Self::text("reject-publish"))
@@ -119,54 +120,6 @@ async fn declaring_channel(connection: &Connection, what: &str) -> Result<Channe
             operation: format!("open a channel to declare {what}"),
             source,
         })
-}
-
-/// Declares a durable exchange of `kind` on a channel of its own, and binds
-/// `queue` to it with `routing_key` when given.
-pub(crate) async fn declare_exchange(
-    connection: &Connection,
-    exchange: &str,
-    kind: ExchangeKind,
-    bind: Option<(&str, &str)>,
-) -> Result<(), Error> {
-    let what = format!("exchange `{exchange}`");
-    let channel = declaring_channel(connection, &what).await?;
-    let options = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    if let Err(source) = channel
-        .exchange_declare(exchange.into(), kind, options, FieldTable::default())
-        .await
-    {
-        return Err(match precondition_detail(&source) {
-            Some(detail) => Error::ExchangeMismatch {
-                exchange: exchange.to_owned(),
-                detail,
-            },
-            None => Error::Broker {
-                operation: format!("declare of {what}"),
-                source,
-            },
-        });
-    }
-    if let Some((queue, routing_key)) = bind {
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| Error::Broker {
-                operation: format!("bind of queue `{queue}` to {what}"),
-                source,
-            })?;
-    }
-    let _ = channel.close(200, "declared".into()).await;
-    Ok(())
 }
 
 /// Declares `spec` (durable) on a short-lived channel of its own.

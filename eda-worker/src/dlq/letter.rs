@@ -55,8 +55,14 @@ impl DeadLetter {
                     .and_then(|death| death.time_secs)
                     .map(|secs| secs.saturating_mul(1000))
             }),
-            error: header_text(properties, HEADER_ERROR)
-                .or_else(|| death.as_ref().map(BrokerDeath::describe)),
+            // eda-worker's own dead letters carry x-eda-failed-at; without it, an
+            // x-eda-error is a retry's (the last failure before the broker itself
+            // dead-lettered the message, e.g. at a delivery limit), and the
+            // broker's reason is the one that explains the dead letter.
+            error: header_u64(properties, HEADER_FAILED_AT)
+                .and_then(|_| header_text(properties, HEADER_ERROR))
+                .or_else(|| death.as_ref().map(BrokerDeath::describe))
+                .or_else(|| header_text(properties, HEADER_ERROR)),
             source_queue: header_text(properties, HEADER_QUEUE)
                 .or_else(|| death.and_then(|death| death.queue)),
             correlation_id: envelope.correlation_id,

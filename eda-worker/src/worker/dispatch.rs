@@ -170,7 +170,7 @@ async fn hop(
         Ok(bucket) => {
             tracing::debug!(
                 due_in_ms = eta.saturating_sub(now_millis()),
-                delay_queue = %dispatch.delays.name(bucket),
+                delay_queue = %dispatch.delays.name(dispatch.jobs.queue, bucket),
                 "not due yet; sent on to a delay queue"
             );
             Settlement::Ack

@@ -34,30 +34,19 @@ const STABLE_SESSION: Duration = Duration::from_secs(10);
 fn is_fatal(error: &Error) -> bool {
     matches!(
         error,
-        Error::QueueMismatch { .. }
-            | Error::ExchangeMismatch { .. }
-            | Error::Connect { .. }
-            | Error::InvalidUrl { .. }
+        Error::QueueMismatch { .. } | Error::Connect { .. } | Error::InvalidUrl { .. }
     )
 }
 
 /// Jobs whose timeout reaches the broker's consumer timeout: the broker would
 /// close the channel under such a job while it still runs, and the message
 /// would run again elsewhere.
-fn long_job_warnings<'a>(
+fn jobs_outliving<'a>(
     jobs: impl IntoIterator<Item = &'a JobDefinition>,
     consumer_timeout: Duration,
-) -> Vec<String> {
+) -> Vec<&'a JobDefinition> {
     jobs.into_iter()
         .filter(|job| job.timeout >= consumer_timeout)
-        .map(|job| {
-            format!(
-                "job `{}` may run for up to {} (its timeout), but the broker's consumer_timeout is {}: RabbitMQ would close the channel under it and the job would run again; raise consumer_timeout in rabbitmq.conf above the job's timeout (plus the time a prefetched message waits) and pass the new value with --consumer-timeout, or lower the job's timeout",
-                job.name,
-                humantime::format_duration(job.timeout),
-                humantime::format_duration(consumer_timeout),
-            )
-        })
         .collect()
 }
 
@@ -164,11 +153,17 @@ impl Worker {
     /// up to 30 s between attempts), and returns an error only for what
     /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
-        for warning in long_job_warnings(
+        let consumer_timeout = self.config.consumer_timeout;
+        for job in jobs_outliving(
             self.queues.iter().flat_map(|jobs| jobs.definitions()),
-            self.config.consumer_timeout,
+            consumer_timeout,
         ) {
-            tracing::warn!("{warning}");
+            tracing::warn!(
+                job = job.name,
+                timeout = %humantime::format_duration(job.timeout),
+                consumer_timeout = %humantime::format_duration(consumer_timeout),
+                "this job may run longer than the broker's consumer_timeout: RabbitMQ would close the channel under it and the job would run again; raise consumer_timeout in rabbitmq.conf above the job's timeout (plus the time a prefetched message waits) and pass it with --consumer-timeout, or lower the job's timeout"
+            );
         }
         let mut started = false;
         let mut pause = RECONNECT_PAUSE;
@@ -249,13 +244,12 @@ impl Worker {
         for jobs in &self.queues {
             broker::declare_queue(&connection, &QueueSpec::job(jobs.queue, jobs.queue_type))
                 .await?;
-            broker::declare_queue(
-                &connection,
-                &QueueSpec::dead_letter(jobs.queue, jobs.queue_type),
-            )
-            .await?;
+            broker::declare_queue(&connection, &QueueSpec::dead_letter(jobs.queue)).await?;
+            self.config
+                .delay_queues
+                .declare(&connection, jobs.queue)
+                .await?;
         }
-        self.config.delay_queues.declare(&connection).await?;
         Ok(connection)
     }
 
@@ -330,16 +324,16 @@ mod tests {
     }
 
     #[test]
-    fn jobs_outliving_the_consumer_timeout_are_named_with_the_setting_to_change() {
+    fn jobs_outliving_the_consumer_timeout_are_found() {
         let jobs = [
             JobDefinition::of::<long_report>("t::long_report"),
             JobDefinition::of::<short_report>("t::short_report"),
         ];
-        let warnings = long_job_warnings(&jobs, crate::DEFAULT_CONSUMER_TIMEOUT);
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("job `long_report` may run for up to 45m"));
-        assert!(warnings[0].contains("consumer_timeout is 30m"));
-        assert!(warnings[0].contains("rabbitmq.conf"));
-        assert!(long_job_warnings(&jobs, Duration::from_secs(3600)).is_empty());
+        let named: Vec<_> = jobs_outliving(&jobs, crate::DEFAULT_CONSUMER_TIMEOUT)
+            .iter()
+            .map(|job| job.name)
+            .collect();
+        assert_eq!(named, ["long_report"]);
+        assert!(jobs_outliving(&jobs, Duration::from_secs(3600)).is_empty());
     }
 }

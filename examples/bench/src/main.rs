@@ -186,13 +186,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Mode::RawFailOnce) => {
-            let delays = retries::bench_delays();
-            let exchange = delays.name(Duration::from_secs(1));
+            let admin = raw::Admin::connect(&amqp_url_from_env()).await?;
+            let delay_queue = admin.declare_delay(RAW_QUEUE).await?;
             let (jobs, seconds) = raw::fail_once_drain(
                 RAW_QUEUE,
                 settings.retry_messages,
                 settings.prefetch,
-                &exchange,
+                &delay_queue,
             )
             .await?;
             let result = retries::RetryResult {
@@ -433,7 +433,10 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     // The failure path: fail once, succeed on the retry 1 s later.
     let delays = retries::bench_delays();
     admin.reset(retries::FAIL_ONCE_QUEUE).await?;
-    admin.delete_delays(&delays).await?;
+    admin
+        .delete_delays(retries::FAIL_ONCE_QUEUE, &delays)
+        .await?;
+    admin.delete_delays(RAW_QUEUE, &delays).await?;
     let retry_jobs = settings.retry_messages;
     retries::fill(retry_jobs, settings.publishers).await?;
     let backlog: retries::RetryResult = child_json(&settings, &["eda-fail-once"]).await?;
@@ -478,7 +481,10 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     admin
         .delete(&format!("{}.dlq", retries::FAIL_ONCE_QUEUE))
         .await?;
-    admin.delete_delays(&delays).await?;
+    admin
+        .delete_delays(retries::FAIL_ONCE_QUEUE, &delays)
+        .await?;
+    admin.delete_delays(RAW_QUEUE, &delays).await?;
     println!("{table}");
     println!(
         "fail-once throughput relative to the no-op drain of this run: {:.2}x (target: at least 0.3x; each such job costs two deliveries and a confirmed delay publish)",

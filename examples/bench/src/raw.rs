@@ -86,20 +86,42 @@ impl Admin {
         Ok(())
     }
 
-    /// Deletes the delay queues and exchanges of `delays`.
+    /// Deletes the delay queues of `queue`.
     pub(crate) async fn delete_delays(
         &self,
+        queue: &str,
         delays: &eda_worker::DelayQueues,
     ) -> anyhow::Result<()> {
         for bucket in delays.buckets() {
-            let name = delays.name(*bucket);
-            self.delete(&name).await?;
-            let channel = self.connection.create_channel().await?;
-            channel
-                .exchange_delete(name.as_str().into(), Default::default())
-                .await?;
+            self.delete(&delays.name(queue, *bucket)).await?;
         }
         Ok(())
+    }
+
+    /// Declares a 1 s delay queue for `queue` by hand, as eda-worker declares
+    /// its own: a quorum queue dead-lettering back to `queue`, at least once.
+    pub(crate) async fn declare_delay(&self, queue: &str) -> anyhow::Result<String> {
+        let name = format!("{queue}.delay.1s");
+        let mut arguments = FieldTable::default();
+        for (key, value) in [
+            ("x-queue-type", "quorum"),
+            ("x-dead-letter-exchange", ""),
+            ("x-dead-letter-routing-key", queue),
+            ("x-dead-letter-strategy", "at-least-once"),
+            ("x-overflow", "reject-publish"),
+        ] {
+            arguments.insert(key.into(), AMQPValue::LongString(value.into()));
+        }
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1000));
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.connection.create_channel().await?;
+        channel
+            .queue_declare(name.as_str().into(), durable, arguments)
+            .await?;
+        Ok(name)
     }
 
     /// Empties `queue`.
@@ -232,15 +254,15 @@ pub(crate) async fn drain(
 }
 
 /// The fail-once flow by hand: consumes `queue`; a first attempt is
-/// published (confirmed, pipelined on one channel) to `delay_exchange`, whose
-/// queue's TTL brings it back to `queue`, and acked once confirmed; a retry
+/// published (confirmed, pipelined on one channel) to `delay_queue`, whose
+/// TTL brings it back to `queue`, and acked once confirmed; a retry
 /// is acked (one ack per message) and counted. Returns when `count` retries
 /// were acked: the jobs and the seconds taken.
 pub(crate) async fn fail_once_drain(
     queue: &str,
     count: u64,
     prefetch: u16,
-    delay_exchange: &str,
+    delay_queue: &str,
 ) -> anyhow::Result<(u64, f64)> {
     let url = eda_worker::amqp_url_from_env();
     let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
@@ -291,11 +313,7 @@ pub(crate) async fn fail_once_drain(
             AMQPValue::LongString("first attempts fail on purpose".into()),
         );
         let properties = delivery.properties.clone().with_headers(headers);
-        let (publisher, exchange, queue) = (
-            publisher.clone(),
-            delay_exchange.to_owned(),
-            queue.to_owned(),
-        );
+        let (publisher, delay_queue) = (publisher.clone(), delay_queue.to_owned());
         republishes.spawn(async move {
             let options = BasicPublishOptions {
                 mandatory: true,
@@ -303,8 +321,8 @@ pub(crate) async fn fail_once_drain(
             };
             let confirm = publisher
                 .basic_publish(
-                    exchange.as_str().into(),
-                    queue.as_str().into(),
+                    "".into(),
+                    delay_queue.as_str().into(),
                     options,
                     &delivery.data,
                     properties,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use eda_worker::prelude::*;
 use eda_worker::wire::now_millis;
-use eda_worker::{ClientOptions, DelayQueues, Worker, WorkerConfig, amqp_url_from_env};
+use eda_worker::{DelayQueues, Worker, WorkerConfig, amqp_url_from_env};
 use serde::{Deserialize as De, Serialize as Ser};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -25,17 +25,13 @@ use crate::Settings;
 /// Queue of the fail-once jobs.
 pub(crate) const FAIL_ONCE_QUEUE: &str = "eda-bench.fail-once";
 
-/// The benchmark's own delay queues (the default buckets), so that it never
-/// touches an application's.
+/// The delay queues of the benchmark's queues: the default buckets.
 pub(crate) fn bench_delays() -> DelayQueues {
-    DelayQueues::new("eda-bench.delay", eda_worker::delay::DEFAULT_DELAY_BUCKETS)
-        .expect("the default buckets are valid")
+    DelayQueues::default()
 }
 
-/// A client whose scheduled jobs use the benchmark's delay queues.
-pub(crate) async fn bench_client() -> anyhow::Result<Client> {
-    let options = ClientOptions::default().delay_queues(bench_delays());
-    Ok(Client::connect_with_options(&amqp_url_from_env(), options).await?)
+async fn bench_client() -> anyhow::Result<Client> {
+    Ok(Client::connect(&amqp_url_from_env()).await?)
 }
 
 /// When attempt 0 of job `n` failed (ms since the epoch).
