@@ -51,6 +51,32 @@ enum Command {
     /// List, replay or purge the dead letters of a job queue (QUEUE.dlq).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Create or update eda-worker's tables in PostgreSQL.
+    Migrate(DatabaseArgs),
+}
+
+/// Where eda-worker's tables are.
+#[derive(Debug, Args)]
+struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Schema of eda-worker's tables (kept apart from the app's).
+    #[arg(long, env = "EDA_DB_SCHEMA", default_value = crate::postgres::DEFAULT_SCHEMA)]
+    db_schema: String,
+}
+
+impl DatabaseArgs {
+    /// Connects, when a URL is configured.
+    async fn connect(self) -> Result<Option<crate::postgres::Database>, crate::Error> {
+        let schema = crate::postgres::Schema::new(self.db_schema)?;
+        match self.database_url {
+            Some(url) => Ok(Some(
+                crate::postgres::Database::connect(&url, schema).await?,
+            )),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Why a command failed: the library's errors, and the CLI's own.
@@ -139,6 +165,7 @@ pub async fn main() -> ExitCode {
         Command::Run(args) => run(args).await.map_err(CommandError::from),
         Command::Jobs => list_jobs().map_err(CommandError::from),
         Command::Dlq(command) => dlq::run(command).await,
+        Command::Migrate(args) => migrate(args).await.map_err(CommandError::from),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -231,6 +258,23 @@ impl StopSignals {
             std::future::pending::<()>().await;
         }
     }
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<(), crate::Error> {
+    let Some(database) = args.connect().await? else {
+        return Err(crate::Error::Config(
+            "worker migrate needs a database: set DATABASE_URL or pass --database-url".into(),
+        ));
+    };
+    let migrated = database.migrate().await;
+    database.close().await;
+    migrated?;
+    println!(
+        "schema `{}` is at migration {}",
+        database.schema(),
+        crate::postgres::latest_version()
+    );
+    Ok(())
 }
 
 fn list_jobs() -> Result<(), crate::Error> {

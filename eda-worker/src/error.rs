@@ -355,6 +355,38 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// The database could not be reached.
+    #[error(
+        "could not connect to PostgreSQL at {url}; check that it runs and DATABASE_URL is right"
+    )]
+    DatabaseConnect {
+        /// The URL with its password redacted.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A database operation failed.
+    #[error("PostgreSQL {operation} failed")]
+    Database {
+        /// What was being done.
+        operation: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Applying the migrations failed.
+    #[error("migrating eda-worker's tables in schema `{schema}` failed")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// The migrator's error.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
     /// The worker was configured with nothing to do or impossible settings.
     #[error("invalid configuration: {0}")]
     Config(String),

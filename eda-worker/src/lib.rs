@@ -41,6 +41,7 @@ pub mod delay;
 pub mod dlq;
 mod error;
 mod job;
+pub mod postgres;
 mod registry;
 mod retry;
 pub mod wire;

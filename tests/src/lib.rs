@@ -217,3 +217,29 @@ pub fn connection_pid(name: &str) -> Option<String> {
 pub fn close_connection(pid: &str) {
     rabbitmqctl(&["close_connection", pid, "test: dropping the connection"]);
 }
+
+/// `DATABASE_URL`, or the test database on this machine.
+pub fn database_url() -> String {
+    eda_worker::postgres::database_url_from_env()
+        .unwrap_or_else(|| eda_worker::postgres::DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// A connection to the test database whose eda-worker schema is `schema`,
+/// dropped first so that the test starts clean (and not yet migrated).
+pub async fn fresh_database(schema: &str) -> eda_worker::postgres::Database {
+    let schema = eda_worker::postgres::Schema::new(schema).expect("valid schema name");
+    let database = eda_worker::postgres::Database::connect(&database_url(), schema)
+        .await
+        .expect("PostgreSQL must run for the integration tests (see .ci/run)");
+    drop_schema(&database).await;
+    database
+}
+
+/// Drops the database's eda-worker schema and everything in it.
+pub async fn drop_schema(database: &eda_worker::postgres::Database) {
+    let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", database.schema());
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(database.pool())
+        .await
+        .expect("drop schema");
+}

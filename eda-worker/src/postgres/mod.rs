@@ -1,0 +1,147 @@
+//! PostgreSQL: eda-worker's own tables (the inbox and the outbox) in a schema
+//! of their own, and the migrations that create them.
+//!
+//! ```no_run
+//! use eda_worker::postgres::{Database, Schema};
+//!
+//! # async fn demo() -> Result<(), eda_worker::Error> {
+//! let database = Database::connect("postgres://app@db/app", Schema::default()).await?;
+//! database.migrate().await?; // what `worker migrate` does
+//! # Ok(()) }
+//! ```
+
+mod migrate;
+
+pub use migrate::latest_version;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::Error;
+use crate::broker::redact_url;
+
+/// The schema of eda-worker's tables when not configured.
+pub const DEFAULT_SCHEMA: &str = "eda_worker";
+
+/// The database URL used when `DATABASE_URL` is not set (by the tests and the demo).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// How long a checkout from the pool may wait for a connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of eda-worker's schema: a plain lower-case SQL identifier, so
+/// that it can be written into statements without quoting surprises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema(String);
+
+impl Default for Schema {
+    fn default() -> Self {
+        Schema(DEFAULT_SCHEMA.to_owned())
+    }
+}
+
+impl Schema {
+    /// A schema name: 1 to 63 of `a-z`, `0-9` and `_`, not starting with a
+    /// digit, and not `pg_`-prefixed (reserved by PostgreSQL).
+    pub fn new(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && !name.starts_with("pg_")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(Schema(name))
+        } else {
+            Err(Error::Config(format!(
+                "invalid database schema name `{name}`: use 1 to 63 of a-z, 0-9 and _, not starting with a digit or pg_"
+            )))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<schema>.<table>`, for statements.
+    pub(crate) fn table(&self, table: &str) -> String {
+        format!("{}.{table}", self.0)
+    }
+}
+
+impl std::fmt::Display for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `DATABASE_URL`, if set and not empty.
+pub fn database_url_from_env() -> Option<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+/// A connection pool and the schema of eda-worker's tables.
+#[derive(Clone)]
+pub struct Database {
+    pool: PgPool,
+    schema: Schema,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Connects a pool to `url`. The first connection is made now, so a wrong
+    /// URL or an unreachable server is an error here (its password redacted).
+    pub async fn connect(url: &str, schema: Schema) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(32)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(|source| Error::DatabaseConnect {
+                url: redact_url(url),
+                source,
+            })?;
+        Ok(Database { pool, schema })
+    }
+
+    /// Uses the app's own pool (its size bounds the jobs that run at once
+    /// with a transaction).
+    pub fn from_pool(pool: PgPool, schema: Schema) -> Self {
+        Database { pool, schema }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema of eda-worker's tables.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Creates or updates eda-worker's tables. Running it again is a no-op;
+    /// a database migrated by a newer eda-worker is an error.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        migrate::run(&self.pool, &self.schema).await
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
