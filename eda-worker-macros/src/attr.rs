@@ -15,16 +15,18 @@ mod kw {
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(backoff);
     syn::custom_keyword!(queue_type);
+    syn::custom_keyword!(dedup);
 }
 
 /// The options `#[job(...)]` accepts, for messages.
-const OPTIONS: [&str; 6] = [
+const OPTIONS: [&str; 7] = [
     "queue",
     "retries",
     "name",
     "timeout",
     "backoff",
     "queue_type",
+    "dedup",
 ];
 
 /// The longest queue name: AMQP allows 255 bytes, and the delay queues append
@@ -71,6 +73,8 @@ pub(crate) struct JobAttr {
     pub(crate) backoff: Option<(Duration, Duration)>,
     /// `true` for a quorum queue.
     pub(crate) quorum: Option<bool>,
+    /// Inbox dedup, when written.
+    pub(crate) dedup: Option<bool>,
     /// The options written, valid or not: a repeated one is an error, and an
     /// invalid `queue` is not also reported missing.
     given: Vec<&'static str>,
@@ -141,6 +145,13 @@ impl JobAttr {
                 if let Some(value) = self.accept("queue_type", key.span, parsed, errors) {
                     self.quorum = Some(value);
                 }
+            } else if lookahead.peek(kw::dedup) {
+                let key = input.parse::<kw::dedup>()?;
+                let value = parse_value(input)?;
+                let parsed = bool_value(&value, "dedup");
+                if let Some(value) = self.accept("dedup", key.span, parsed, errors) {
+                    self.dedup = Some(value);
+                }
             } else if input.peek(Ident::peek_any) {
                 let key = input.call(Ident::parse_any)?;
                 errors.push(unknown_option(&key));
@@ -197,7 +208,8 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
 
 fn unknown_option(key: &Ident) -> syn::Error {
     let written = key.unraw().to_string();
-    let expected = "expected one of `queue`, `retries`, `name`, `timeout`, `backoff`, `queue_type`";
+    let expected =
+        "expected one of `queue`, `retries`, `name`, `timeout`, `backoff`, `queue_type`, `dedup`";
     let message = match OPTIONS.iter().find(|option| looks_like(&written, option)) {
         Some(option) => {
             format!("unknown option `{written}`: did you mean `{option}`? ({expected})")
@@ -239,6 +251,19 @@ fn string_value(value: &Expr, option: &str, example: &str) -> syn::Result<LitStr
         other => Err(syn::Error::new_spanned(
             other,
             format!("`{option}` takes a string literal, e.g. {option} = {example}"),
+        )),
+    }
+}
+
+fn bool_value(value: &Expr, option: &str) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(lit),
+            ..
+        }) => Ok(lit.value),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("`{option}` takes `true` or `false`, e.g. {option} = false"),
         )),
     }
 }

@@ -97,6 +97,11 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
         let timeout = duration(timeout);
         quote! { const TIMEOUT: ::eda_worker::__private::Duration = #timeout; }
     });
+    let dedup = attr.dedup.map(|dedup| {
+        quote! {
+            const DEDUP: ::core::option::Option<bool> = ::core::option::Option::Some(#dedup);
+        }
+    });
     let (ctx_pat, ctx_ty) = (&ctx.pat, &ctx.ty);
     let args_pat = &args.pat;
 
@@ -114,6 +119,7 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
             #timeout
             #backoff
             #queue_type
+            #dedup
 
             #(#other_attrs)*
             async fn call(&self, #ctx_pat: #ctx_ty, #args_pat: #args_ty) -> #output #block

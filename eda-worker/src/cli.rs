@@ -103,6 +103,11 @@ enum CommandError {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Apply eda-worker's migrations at start (needs a database).
+    #[arg(long, env = "EDA_MIGRATE")]
+    migrate: bool,
     /// RabbitMQ URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
@@ -133,7 +138,8 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn into_config(self) -> Result<WorkerConfig, crate::Error> {
+    /// The worker's settings, and where its database is (connected by the caller).
+    fn into_config(self) -> Result<(WorkerConfig, DatabaseArgs), crate::Error> {
         let buckets = if self.delay_buckets.is_empty() {
             DEFAULT_DELAY_BUCKETS.to_vec()
         } else {
@@ -153,7 +159,7 @@ impl RunArgs {
             .consumer_timeout(self.consumer_timeout)
             .delay_queues(delays);
         config.prefetch = self.prefetch;
-        Ok(config)
+        Ok((config, self.database))
     }
 }
 
@@ -186,7 +192,18 @@ fn init_tracing() {
 }
 
 async fn run(args: RunArgs) -> Result<(), crate::Error> {
-    let worker = Worker::new(args.into_config()?)?;
+    let migrate = args.migrate;
+    let (mut config, database) = args.into_config()?;
+    match database.connect().await? {
+        Some(database) => config = config.database(database).migrate_on_start(migrate),
+        None if migrate => {
+            return Err(crate::Error::Config(
+                "--migrate needs a database: set DATABASE_URL or pass --database-url".into(),
+            ));
+        }
+        None => tracing::info!("no DATABASE_URL: jobs run without dedup, and ctx.tx() is an error"),
+    }
+    let worker = Worker::new(config)?;
     let token = CancellationToken::new();
     // Installed before anything else runs, so that an early SIGTERM is a graceful
     // stop and not the default action.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::DelayQueues;
+use crate::postgres::Database;
 
 /// The broker URL used when `AMQP_URL` is not set.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -69,6 +70,11 @@ pub struct WorkerConfig {
     pub max_message_size: usize,
     /// The broker's `consumer_timeout`, to warn about jobs that may outlive it.
     pub consumer_timeout: Duration,
+    /// PostgreSQL for handlers' transactions and the inbox; `None`: jobs run
+    /// without dedup and `ctx.tx()` is an error.
+    pub database: Option<Database>,
+    /// Apply eda-worker's migrations when the worker starts.
+    pub migrate: bool,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -85,6 +91,8 @@ impl std::fmt::Debug for WorkerConfig {
             .field("delay_queues", &self.delay_queues)
             .field("max_message_size", &self.max_message_size)
             .field("consumer_timeout", &self.consumer_timeout)
+            .field("database", &self.database)
+            .field("migrate", &self.migrate)
             .finish()
     }
 }
@@ -103,6 +111,8 @@ impl WorkerConfig {
             delay_queues: DelayQueues::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
+            database: None,
+            migrate: false,
         }
     }
 
@@ -167,6 +177,18 @@ impl WorkerConfig {
     /// worker warns at start about jobs whose timeout exceeds it.
     pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
         self.consumer_timeout = timeout;
+        self
+    }
+
+    /// PostgreSQL for handlers' transactions and the inbox (dedup).
+    pub fn database(mut self, database: Database) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// Apply eda-worker's migrations when the worker starts.
+    pub fn migrate_on_start(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
         self
     }
 

@@ -355,6 +355,15 @@ pub enum Error {
         source: Box<lapin::Error>,
     },
 
+    /// `ctx.tx()` was called where there is no transaction.
+    #[error("job `{job}` has no database transaction: {reason}")]
+    NoTransaction {
+        /// The job.
+        job: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// The database could not be reached.
     #[error(
         "could not connect to PostgreSQL at {url}; check that it runs and DATABASE_URL is right"

@@ -57,6 +57,9 @@ pub trait Job: Default + Copy + Send + Sync + 'static {
     const BACKOFF: Backoff = DEFAULT_BACKOFF;
     /// The type of the job's queue.
     const QUEUE_TYPE: QueueType = QueueType::Classic;
+    /// Inbox dedup: `None` (the default) dedups when a database is
+    /// configured; `Some(true)` requires one; `Some(false)` opts out.
+    const DEDUP: Option<bool> = None;
 
     /// Runs the handler body.
     fn call(
@@ -88,6 +91,8 @@ pub struct JobDefinition {
     pub backoff: Backoff,
     /// The type of the job's queue.
     pub queue_type: QueueType,
+    /// Inbox dedup, as declared (see [`Job::DEDUP`]).
+    pub dedup: Option<bool>,
     /// The function's path, e.g. `my_app::jobs::send_welcome`, for messages.
     pub function_path: &'static str,
     start: Start,
@@ -103,6 +108,7 @@ impl JobDefinition {
             timeout: J::TIMEOUT,
             backoff: J::BACKOFF,
             queue_type: J::QUEUE_TYPE,
+            dedup: J::DEDUP,
             function_path,
             start: start_job::<J>,
         }
@@ -123,6 +129,7 @@ impl std::fmt::Debug for JobDefinition {
             .field("timeout", &self.timeout)
             .field("backoff", &self.backoff)
             .field("queue_type", &self.queue_type)
+            .field("dedup", &self.dedup)
             .field("function_path", &self.function_path)
             .finish_non_exhaustive()
     }

@@ -53,7 +53,7 @@ pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig, amqp_url_from_env,
 };
-pub use context::JobContext;
+pub use context::{JobContext, JobTx};
 pub use delay::DelayQueues;
 pub use eda_worker_macros::job;
 pub use error::{Error, JobError, JobErrorKind, MAX_ERROR_TEXT, error_chain_text};

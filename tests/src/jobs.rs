@@ -504,3 +504,84 @@ pub const DELAY_DELETED_QUEUE: &str = "eda-test.delay-deleted";
 pub async fn flaky_after_delay(ctx: JobContext, args: u32) -> Result<(), JobError> {
     fail_until(&ctx, args).await
 }
+
+/// Arguments of the inbox tests' jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DbWrite {
+    /// The app table the job writes its effect into (schema-qualified).
+    pub table: String,
+    /// A value to write.
+    pub n: u32,
+    /// How long to hold the transaction open after writing, ms.
+    pub hold_ms: u64,
+    /// Fail (permanently) after writing.
+    pub fail: bool,
+}
+
+/// Records the run, writes `(message_id, n)` into `args.table` in the job's
+/// transaction, holds it, and fails if asked.
+async fn write_effect(ctx: &JobContext, args: &DbWrite) -> Result<(), JobError> {
+    record(ctx, args);
+    let mut tx = ctx.tx().await?;
+    let statement = format!("INSERT INTO {} (message_id, n) VALUES ($1, $2)", args.table);
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(ctx.message_id())
+        .bind(i64::from(args.n))
+        .execute(&mut *tx)
+        .await?;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(args.hold_ms)).await;
+    if args.fail {
+        return Err(JobError::permanent(format!(
+            "failing after writing {}",
+            args.n
+        )));
+    }
+    Ok(())
+}
+
+/// Queue of the redelivery dedup test.
+pub const INBOX_DEDUP_QUEUE: &str = "eda-test.inbox-dedup";
+
+/// Writes its effect in the job's transaction.
+#[job(queue = "eda-test.inbox-dedup", retries = 0)]
+pub async fn inbox_dedup(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}
+
+/// Queue of the concurrent-redelivery race test.
+pub const INBOX_RACE_QUEUE: &str = "eda-test.inbox-race";
+
+/// Writes its effect in the job's transaction.
+#[job(queue = "eda-test.inbox-race", retries = 0)]
+pub async fn inbox_race(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}
+
+/// Queue of the rollback test.
+pub const INBOX_ROLLBACK_QUEUE: &str = "eda-test.inbox-rollback";
+
+/// Writes its effect in the job's transaction.
+#[job(queue = "eda-test.inbox-rollback", retries = 0)]
+pub async fn inbox_rollback(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}
+
+/// Queue of the test without a database.
+pub const INBOX_NO_DATABASE_QUEUE: &str = "eda-test.inbox-no-database";
+
+/// Asks for a transaction the worker does not have.
+#[job(queue = "eda-test.inbox-no-database", retries = 0)]
+pub async fn needs_a_transaction(ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    ctx.tx().await?;
+    Ok(())
+}
+
+/// Queue of the job that requires dedup (its worker never starts without a database).
+pub const DEDUP_REQUIRED_QUEUE: &str = "eda-test.dedup-required";
+
+/// Never runs.
+#[job(queue = "eda-test.dedup-required", dedup = true)]
+pub async fn dedup_required(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! Applying `migrations/` (embedded at build time) to eda-worker's schema.
 
+use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::postgres::PgPoolOptions;
 
 use super::Schema;
 use crate::Error;
@@ -9,40 +10,28 @@ use crate::Error;
 /// The migrations of this eda-worker, from the repository's `migrations/`.
 static MIGRATIONS: Migrator = sqlx::migrate!("../migrations");
 
-/// Applies every migration not applied yet, on one connection whose
-/// `search_path` is the schema (the SQL files name no schema), with the
-/// bookkeeping in `<schema>._sqlx_migrations`.
+/// Applies every migration not applied yet, over a one-connection pool of
+/// its own whose `search_path` is the schema (the SQL files name no schema),
+/// with the bookkeeping in `<schema>._sqlx_migrations`. (A pool rather than a
+/// borrowed connection: sqlx's migrator on `&mut PgConnection` makes futures
+/// that are not `Send` for every lifetime, which `tokio::spawn` refuses.)
 pub(super) async fn run(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
-    let database_error = |operation: &str, source| Error::Database {
-        operation: format!("{operation} (schema `{schema}`)"),
-        source,
-    };
-    let mut connection = pool
-        .acquire()
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("search_path", schema.as_str())]);
+    let migration_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
         .await
-        .map_err(|source| database_error("connect for migrations", source))?;
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}"
-    )))
-    .execute(&mut *connection)
-    .await
-    .map_err(|source| database_error("create schema", source))?;
-    sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
-        .execute(&mut *connection)
-        .await
-        .map_err(|source| database_error("set search_path", source))?;
-    // A copy through the public API, to name the bookkeeping table.
+        .map_err(|source| Error::Database {
+            operation: format!("connect for migrations (schema `{schema}`)"),
+            source,
+        })?;
     let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
+    migrator.create_schema(schema.as_str().to_owned());
     migrator.dangerous_set_table_name(schema.table("_sqlx_migrations"));
-    let migrated = migrator.run(&mut *connection).await;
-    // The connection goes back to the pool: it must not keep our search_path.
-    let reset = sqlx::query("RESET search_path")
-        .execute(&mut *connection)
-        .await;
-    if reset.is_err() {
-        // A connection in an unknown state is not handed to anyone else.
-        connection.detach();
-    }
+    let migrated = migrator.run(&migration_pool).await;
+    migration_pool.close().await;
     migrated.map_err(|source| migrate_error(schema, source))?;
     tracing::info!(schema = %schema, latest = latest_version(), "database migrated");
     Ok(())

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod inbox;
 mod migrate;
 
 pub use migrate::latest_version;

@@ -26,6 +26,11 @@ pub(crate) enum Failure {
     TimedOut(Duration),
     /// The message is larger than the worker accepts.
     TooLarge { size: usize, limit: usize },
+    /// The job's transaction could not begin or commit.
+    Database {
+        operation: &'static str,
+        error: sqlx::Error,
+    },
 }
 
 impl Failure {
@@ -45,6 +50,9 @@ impl Failure {
             Failure::Failed(error) => error.chain_text(),
             Failure::Panicked(message) => format!("handler panicked: {message}"),
             Failure::TimedOut(timeout) => format!("handler timed out after {timeout:?}"),
+            Failure::Database { operation, error } => {
+                format!("PostgreSQL {operation} failed: {error}")
+            }
             Failure::TooLarge { size, limit } => format!(
                 "message is {size} bytes, more than the maximum message size of {limit} bytes (--max-message-size)"
             ),
@@ -57,7 +65,9 @@ impl Failure {
     fn is_retryable(&self) -> bool {
         match self {
             Failure::Failed(error) => !error.is_permanent(),
-            Failure::Panicked(_) | Failure::TimedOut(_) => true,
+            // A database outage passes; a commit that failed rolled back, and the
+            // inbox makes a commit that did happen safe to retry.
+            Failure::Panicked(_) | Failure::TimedOut(_) | Failure::Database { .. } => true,
             Failure::MissingType
             | Failure::UnknownJob { .. }
             | Failure::BadArguments { .. }

@@ -13,8 +13,11 @@ use tracing::Instrument;
 use super::ack::Settlement;
 use super::decision::{DeadLetterWhy, Decision, Failure, RetryPolicy, decide, panic_message};
 use crate::broker::Publisher;
+use crate::context::SharedTx;
 use crate::dead_letter::publish_dead_letter;
 use crate::job::JobDefinition;
+use crate::postgres::Database;
+use crate::postgres::inbox::{self, Begun};
 use crate::wire::{Envelope, now_millis, republished_properties, retry_properties};
 use crate::{DelayQueues, JobContext, QueueType};
 
@@ -70,6 +73,8 @@ pub(crate) struct Dispatch {
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) delays: Arc<DelayQueues>,
     pub(crate) max_message_size: usize,
+    /// Where handlers' transactions and the inbox live, when configured.
+    pub(crate) database: Option<Database>,
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
@@ -102,36 +107,87 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
                 return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
             }
         };
-        match run_attempt(&delivery, &envelope, job).await {
+        let policy = Some(RetryPolicy {
+            retries: job.retries,
+            backoff: job.backoff,
+        });
+        let tx = match begin_transaction(&envelope, job, dispatch).await {
+            Ok(Some(Begun::Open(tx))) => Some(Arc::new(tokio::sync::Mutex::new(Some(tx)))),
+            Ok(Some(Begun::AlreadyProcessed)) => {
+                tracing::info!("already processed (its inbox row exists); acked without running");
+                return Settlement::Ack;
+            }
+            Ok(None) => None,
+            Err(failure) => {
+                return settle_failure(&delivery, &envelope, failure, policy, dispatch).await;
+            }
+        };
+        let ran = run_attempt(&delivery, &envelope, job, tx.clone()).await;
+        let outcome = match (ran, tx) {
+            (Ok(()), Some(tx)) => commit(&tx).await,
+            (ran, _) => ran,
+        };
+        match outcome {
             Ok(()) => {
                 tracing::debug!("job succeeded");
                 Settlement::Ack
             }
-            Err(failure) => {
-                let policy = RetryPolicy {
-                    retries: job.retries,
-                    backoff: job.backoff,
-                };
-                settle_failure(&delivery, &envelope, failure, Some(policy), dispatch).await
-            }
+            Err(failure) => settle_failure(&delivery, &envelope, failure, policy, dispatch).await,
         }
     }
     .instrument(span)
     .await
 }
 
+/// Begins the handler's transaction when a database is configured, claiming
+/// the message in the inbox unless the job opted out of dedup.
+async fn begin_transaction(
+    envelope: &Envelope,
+    job: &JobDefinition,
+    dispatch: &Dispatch,
+) -> Result<Option<Begun>, Failure> {
+    let Some(database) = &dispatch.database else {
+        return Ok(None);
+    };
+    // A message without an id (from a foreign producer) cannot be deduplicated.
+    let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
+    inbox::begin(database, &envelope.message_id, job.name, job.queue, dedup)
+        .await
+        .map(Some)
+        .map_err(|error| Failure::Database {
+            operation: "begin of the job's transaction",
+            error,
+        })
+}
+
+/// Commits the handler's transaction (its writes and the inbox row).
+async fn commit(tx: &SharedTx) -> Result<(), Failure> {
+    // Taken out: a task the handler spawned can no longer use it.
+    let Some(tx) = tx.lock().await.take() else {
+        return Ok(());
+    };
+    tx.commit().await.map_err(|error| Failure::Database {
+        operation: "commit of the job's transaction",
+        error,
+    })
+}
+
 async fn run_attempt(
     delivery: &Delivery,
     envelope: &Envelope,
     job: &JobDefinition,
+    tx: Option<SharedTx>,
 ) -> Result<(), Failure> {
-    let ctx = JobContext::new(
+    let mut ctx = JobContext::new(
         envelope.message_id.clone(),
         envelope.correlation_id.clone(),
         envelope.attempt,
         job.name,
         job.queue,
     );
+    if let Some(tx) = tx {
+        ctx = ctx.with_tx(tx);
+    }
     // The user's Deserialize runs here: a panic in it fails the attempt too.
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| job.start(ctx, &delivery.data)))
         .map_err(|payload| Failure::Panicked(panic_message(payload.as_ref())))?;

@@ -131,6 +131,16 @@ impl Worker {
                 "no job is registered: put #[job(queue = \"...\")] on an async fn linked into this binary".into(),
             ));
         }
+        if config.database.is_none()
+            && let Some(job) = registry
+                .jobs()
+                .find(|job| job.dedup == Some(true) && selected.contains(&job.queue))
+        {
+            return Err(Error::Config(format!(
+                "job `{}` declares dedup = true, but no database is configured: set DATABASE_URL (or WorkerConfig::database), or remove `dedup = true`",
+                job.function_path
+            )));
+        }
         let queues = selected
             .into_iter()
             .map(|queue| Arc::new(QueueJobs::new(queue, registry.jobs().copied())))
@@ -153,6 +163,11 @@ impl Worker {
     /// up to 30 s between attempts), and returns an error only for what
     /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        if self.config.migrate
+            && let Some(database) = &self.config.database
+        {
+            database.migrate().await?;
+        }
         let consumer_timeout = self.config.consumer_timeout;
         for job in jobs_outliving(
             self.queues.iter().flat_map(|jobs| jobs.definitions()),
@@ -278,6 +293,7 @@ impl Worker {
                 publisher: publisher.clone(),
                 delays: delays.clone(),
                 max_message_size: self.config.max_message_size,
+                database: self.config.database.clone(),
             });
             let session = session.clone();
             consumers.spawn(async move {

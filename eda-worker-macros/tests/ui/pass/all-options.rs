@@ -14,7 +14,8 @@ pub struct Welcome {
     name = "welcome:v2",
     timeout = "1m 30s",
     backoff = "2s..5m",
-    queue_type = "quorum"
+    queue_type = "quorum",
+    dedup = false
 )]
 pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
     let _ = (ctx.attempt(), args.user_id);
@@ -43,6 +44,7 @@ fn main() {
         eda_worker::Backoff::new(Duration::from_secs(2), Duration::from_secs(300))
     );
     assert_eq!(<send_welcome as Job>::QUEUE_TYPE, eda_worker::QueueType::Quorum);
+    assert_eq!(<send_welcome as Job>::DEDUP, Some(false));
 
     assert_eq!(<send_goodbye as Job>::NAME, "send_goodbye");
     assert_eq!(<send_goodbye as Job>::QUEUE, "email");
@@ -50,6 +52,7 @@ fn main() {
     assert_eq!(<send_goodbye as Job>::TIMEOUT, eda_worker::DEFAULT_TIMEOUT);
     assert_eq!(<send_goodbye as Job>::BACKOFF, eda_worker::DEFAULT_BACKOFF);
     assert_eq!(<send_goodbye as Job>::QUEUE_TYPE, eda_worker::QueueType::Classic);
+    assert_eq!(<send_goodbye as Job>::DEDUP, None);
 
     assert_eq!(<send_ping as Job>::TIMEOUT, Duration::from_micros(1500));
 }

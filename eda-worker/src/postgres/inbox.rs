@@ -1,0 +1,50 @@
+//! The inbox: a message id claimed in the handler's transaction, so that a
+//! message whose effects committed is never run again.
+
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
+
+use super::Database;
+
+/// What beginning a job's transaction found.
+pub(crate) enum Begun {
+    /// A transaction for the handler, holding the message's inbox row when
+    /// the job dedups (committed with the handler's writes).
+    Open(Transaction<'static, Postgres>),
+    /// The message's effects committed before: ack it without running.
+    AlreadyProcessed,
+}
+
+/// Begins the handler's transaction and, when `dedup`, claims `message_id`.
+///
+/// The claim is an `INSERT ... ON CONFLICT DO NOTHING`: while another
+/// transaction holds an uncommitted row for the same id (the same message
+/// delivered twice, running on two workers), this one waits for it; if that
+/// one commits, this one finds the row and reports `AlreadyProcessed`; if it
+/// rolls back, this one claims the id and runs.
+pub(crate) async fn begin(
+    database: &Database,
+    message_id: &str,
+    job: &str,
+    queue: &str,
+    dedup: bool,
+) -> Result<Begun, sqlx::Error> {
+    let mut tx = database.pool().begin().await?;
+    if dedup {
+        let claim = format!(
+            "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING",
+            database.schema().table("inbox")
+        );
+        let claimed = sqlx::query(AssertSqlSafe(claim))
+            .bind(message_id)
+            .bind(job)
+            .bind(queue)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            return Ok(Begun::AlreadyProcessed);
+        }
+    }
+    Ok(Begun::Open(tx))
+}

@@ -1,0 +1,242 @@
+//! The inbox: a job's writes and its message's inbox row commit together in
+//! the handler's transaction, so a redelivered message is acked without
+//! running, two copies racing on two workers run once, and a failed handler
+//! leaves neither its writes nor the inbox row.
+
+use eda_worker::postgres::Database;
+use eda_worker::wire::{HEADER_ERROR, header_text};
+use eda_worker::{Client, EnqueueOptions, Worker};
+use eda_worker_tests::jobs::{
+    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_DEDUP_QUEUE, INBOX_NO_DATABASE_QUEUE, INBOX_RACE_QUEUE,
+    INBOX_ROLLBACK_QUEUE, inbox_dedup, inbox_race, inbox_rollback, needs_a_transaction, runs,
+};
+use eda_worker_tests::{
+    Broker, RunningWorker, WAIT, amqp_url, drop_schema, fresh_database, wait_until, worker_config,
+};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+/// A migrated schema with an app table `<schema>.effects`.
+async fn database(schema: &str) -> (Database, String) {
+    let database = fresh_database(schema).await;
+    database.migrate().await.unwrap();
+    let table = format!("{schema}.effects");
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (message_id text NOT NULL, n bigint NOT NULL)"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    (database, table)
+}
+
+async fn count(database: &Database, statement: String, id: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(statement))
+        .bind(id)
+        .fetch_one(database.pool())
+        .await
+        .unwrap()
+}
+
+async fn effects(database: &Database, table: &str, id: &str) -> i64 {
+    count(
+        database,
+        format!("SELECT count(*) FROM {table} WHERE message_id = $1"),
+        id,
+    )
+    .await
+}
+
+async fn inbox_rows(database: &Database, id: &str) -> i64 {
+    let table = format!("{}.inbox", database.schema());
+    count(
+        database,
+        format!("SELECT count(*) FROM {table} WHERE message_id = $1"),
+        id,
+    )
+    .await
+}
+
+fn runs_of(queue: &str, id: &str) -> usize {
+    runs(queue)
+        .iter()
+        .filter(|run| run.message_id == id)
+        .count()
+}
+
+#[tokio::test]
+async fn a_redelivered_message_whose_effects_committed_is_acked_without_running() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_DEDUP_QUEUE).await;
+    let (database, table) = database("eda_test_inbox_dedup").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(
+        &broker,
+        INBOX_DEDUP_QUEUE,
+        worker_config().database(database.clone()),
+    )
+    .await;
+
+    let id = Uuid::new_v4();
+    let args = DbWrite {
+        table: table.clone(),
+        n: 1,
+        hold_ms: 0,
+        fail: false,
+    };
+    let options = EnqueueOptions::default().message_id(id);
+    client
+        .enqueue_with(inbox_dedup, args.clone(), options.clone())
+        .await
+        .unwrap();
+    let id = id.to_string();
+    wait_until("the job ran", WAIT, || async {
+        inbox_rows(&database, &id).await == 1
+    })
+    .await;
+    // The same message again, as RabbitMQ redelivers it when a worker died
+    // after the commit and before the ack.
+    client
+        .enqueue_with(inbox_dedup, args, options)
+        .await
+        .unwrap();
+    wait_until("both deliveries are acked", WAIT, || async {
+        broker.ready(INBOX_DEDUP_QUEUE).await == 0
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(runs_of(INBOX_DEDUP_QUEUE, &id), 1, "the handler ran once");
+    assert_eq!(effects(&database, &table, &id).await, 1);
+    assert_eq!(inbox_rows(&database, &id).await, 1);
+    assert_eq!(broker.ready(&format!("{INBOX_DEDUP_QUEUE}.dlq")).await, 0);
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(INBOX_DEDUP_QUEUE).await;
+}
+
+#[tokio::test]
+async fn two_copies_racing_on_two_workers_run_the_handler_once() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_RACE_QUEUE).await;
+    let (database, table) = database("eda_test_inbox_race").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    // One message at a time per worker, so that the broker hands one copy to each.
+    let config = || {
+        worker_config()
+            .database(database.clone())
+            .concurrency(1)
+            .prefetch(1)
+    };
+    let first = RunningWorker::start(&broker, INBOX_RACE_QUEUE, config()).await;
+    let second = RunningWorker::start(&broker, INBOX_RACE_QUEUE, config()).await;
+    wait_until("both workers consume", WAIT, || async {
+        broker.consumers(INBOX_RACE_QUEUE).await == 2
+    })
+    .await;
+
+    let id = Uuid::new_v4();
+    let args = DbWrite {
+        table: table.clone(),
+        n: 2,
+        hold_ms: 500,
+        fail: false,
+    };
+    let options = EnqueueOptions::default().message_id(id);
+    let (a, b) = tokio::join!(
+        client.enqueue_with(inbox_race, args.clone(), options.clone()),
+        client.enqueue_with(inbox_race, args, options),
+    );
+    a.unwrap();
+    b.unwrap();
+    let id = id.to_string();
+    wait_until("both copies are acked", WAIT, || async {
+        broker.ready(INBOX_RACE_QUEUE).await == 0 && inbox_rows(&database, &id).await == 1
+    })
+    .await;
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+
+    assert_eq!(runs_of(INBOX_RACE_QUEUE, &id), 1, "the handler ran once");
+    assert_eq!(effects(&database, &table, &id).await, 1);
+    assert_eq!(broker.ready(INBOX_RACE_QUEUE).await, 0);
+    assert_eq!(broker.ready(&format!("{INBOX_RACE_QUEUE}.dlq")).await, 0);
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(INBOX_RACE_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_ROLLBACK_QUEUE).await;
+    let (database, table) = database("eda_test_inbox_rollback").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(
+        &broker,
+        INBOX_ROLLBACK_QUEUE,
+        worker_config().database(database.clone()),
+    )
+    .await;
+
+    let args = DbWrite {
+        table: table.clone(),
+        n: 3,
+        hold_ms: 0,
+        fail: true,
+    };
+    let id = client
+        .enqueue(inbox_rollback, args)
+        .await
+        .unwrap()
+        .to_string();
+    let dlq = format!("{INBOX_ROLLBACK_QUEUE}.dlq");
+    wait_until("the job is dead-lettered", WAIT, || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(runs_of(INBOX_ROLLBACK_QUEUE, &id), 1);
+    assert_eq!(
+        effects(&database, &table, &id).await,
+        0,
+        "writes rolled back"
+    );
+    assert_eq!(inbox_rows(&database, &id).await, 0, "no inbox row");
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(INBOX_ROLLBACK_QUEUE).await;
+}
+
+#[tokio::test]
+async fn without_a_database_ctx_tx_is_a_clear_error_and_dedup_true_stops_the_worker() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_NO_DATABASE_QUEUE).await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(&broker, INBOX_NO_DATABASE_QUEUE, worker_config()).await;
+    client.enqueue(needs_a_transaction, 1).await.unwrap();
+    let dlq = format!("{INBOX_NO_DATABASE_QUEUE}.dlq");
+    wait_until("the job is dead-lettered", WAIT, || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+    let dead = broker.get(&dlq).await.expect("a dead letter");
+    let error = header_text(&dead.delivery.properties, HEADER_ERROR).unwrap_or_default();
+    assert_eq!(
+        error,
+        "job `needs_a_transaction` has no database transaction: the worker has no database: set DATABASE_URL (or WorkerConfig::database)"
+    );
+
+    let refused = Worker::new(worker_config().queues([DEDUP_REQUIRED_QUEUE])).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "invalid configuration: job `eda_worker_tests::jobs::dedup_required` declares dedup = true, but no database is configured: set DATABASE_URL (or WorkerConfig::database), or remove `dedup = true`"
+    );
+    client.close().await.unwrap();
+    broker.cleanup(INBOX_NO_DATABASE_QUEUE).await;
+}
