@@ -53,6 +53,32 @@ enum Command {
     Dlq(dlq::DlqCommand),
     /// Create or update eda-worker's tables in PostgreSQL.
     Migrate(DatabaseArgs),
+    /// Publish the outbox to RabbitMQ until SIGTERM or SIGINT (without consuming jobs).
+    Relay(RelayArgs),
+    /// The transactional outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
+    amqp_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Pending rows, the oldest row's age, and the rows that keep failing.
+    Status {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where eda-worker's tables are.
@@ -97,7 +123,7 @@ enum CommandError {
     #[error("could not ask for confirmation on the terminal; pass --yes to purge without asking")]
     Prompt(#[source] std::io::Error),
     /// Dead letters could not be written as JSON.
-    #[error("could not write the dead letters as JSON")]
+    #[error("could not write the result as JSON")]
     Json(#[source] serde_json::Error),
 }
 
@@ -108,6 +134,9 @@ struct RunArgs {
     /// Apply eda-worker's migrations at start (needs a database).
     #[arg(long, env = "EDA_MIGRATE")]
     migrate: bool,
+    /// Do not run the outbox relay inside the worker (run `worker relay` instead).
+    #[arg(long, env = "EDA_NO_RELAY")]
+    no_relay: bool,
     /// RabbitMQ URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
@@ -172,6 +201,10 @@ pub async fn main() -> ExitCode {
         Command::Jobs => list_jobs().map_err(CommandError::from),
         Command::Dlq(command) => dlq::run(command).await,
         Command::Migrate(args) => migrate(args).await.map_err(CommandError::from),
+        Command::Relay(args) => relay(args).await.map_err(CommandError::from),
+        Command::Outbox(OutboxCommand::Status { database, json }) => {
+            outbox_status(database, json).await
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -192,8 +225,9 @@ fn init_tracing() {
 }
 
 async fn run(args: RunArgs) -> Result<(), crate::Error> {
-    let migrate = args.migrate;
+    let (migrate, relay) = (args.migrate, !args.no_relay);
     let (mut config, database) = args.into_config()?;
+    config = config.relay(relay);
     match database.connect().await? {
         Some(database) => config = config.database(database).migrate_on_start(migrate),
         None if migrate => {
@@ -275,6 +309,78 @@ impl StopSignals {
             std::future::pending::<()>().await;
         }
     }
+}
+
+async fn relay(args: RelayArgs) -> Result<(), crate::Error> {
+    let Some(database) = args.database.connect().await? else {
+        return Err(crate::Error::Config(
+            "worker relay needs a database: set DATABASE_URL or pass --database-url".into(),
+        ));
+    };
+    let token = CancellationToken::new();
+    let signals = match StopSignals::install() {
+        Ok(signals) => Some(tokio::spawn(stop_on_signals(signals, token.clone()))),
+        Err(error) => {
+            tracing::error!(error = %error, "cannot listen for stop signals; stop the relay with SIGKILL");
+            None
+        }
+    };
+    let result = crate::outbox::Relay::new(database, args.amqp_url)
+        .run(token)
+        .await;
+    if let Some(signals) = signals {
+        signals.abort();
+    }
+    result
+}
+
+async fn outbox_status(args: DatabaseArgs, json: bool) -> Result<(), CommandError> {
+    let Some(database) = args.connect().await? else {
+        return Err(crate::Error::Config(
+            "worker outbox status needs a database: set DATABASE_URL or pass --database-url".into(),
+        )
+        .into());
+    };
+    let status = crate::outbox::status(&database).await;
+    database.close().await;
+    let status = status?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).map_err(CommandError::Json)?
+        );
+        return Ok(());
+    }
+    let age = status
+        .oldest_age_secs
+        .map_or_else(|| "-".to_owned(), |secs| format!("{secs:.1}s"));
+    println!("pending rows: {}", status.pending);
+    println!("oldest row:   {age}");
+    if status.failing.is_empty() {
+        println!("failing rows: none");
+    } else {
+        let rows: Vec<[String; 5]> = status
+            .failing
+            .iter()
+            .map(|row| {
+                [
+                    row.id.to_string(),
+                    row.message_id.clone(),
+                    row.routing_key.clone(),
+                    row.attempts.to_string(),
+                    row.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render_table(
+                ["ROW", "MESSAGE ID", "QUEUE", "ATTEMPTS", "LAST ERROR"],
+                &rows
+            )
+        );
+    }
+    Ok(())
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), crate::Error> {

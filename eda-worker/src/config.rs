@@ -75,6 +75,8 @@ pub struct WorkerConfig {
     pub database: Option<Database>,
     /// Apply eda-worker's migrations when the worker starts.
     pub migrate: bool,
+    /// Run the outbox relay inside the worker (when a database is configured).
+    pub relay: bool,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -93,6 +95,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("consumer_timeout", &self.consumer_timeout)
             .field("database", &self.database)
             .field("migrate", &self.migrate)
+            .field("relay", &self.relay)
             .finish()
     }
 }
@@ -113,6 +116,7 @@ impl WorkerConfig {
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
             database: None,
             migrate: false,
+            relay: true,
         }
     }
 
@@ -189,6 +193,13 @@ impl WorkerConfig {
     /// Apply eda-worker's migrations when the worker starts.
     pub fn migrate_on_start(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
+        self
+    }
+
+    /// Run the outbox relay inside the worker (on by default when a database
+    /// is configured; turn it off to run `worker relay` apart).
+    pub fn relay(mut self, relay: bool) -> Self {
+        self.relay = relay;
         self
     }
 

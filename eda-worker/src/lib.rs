@@ -41,6 +41,7 @@ pub mod delay;
 pub mod dlq;
 mod error;
 mod job;
+pub mod outbox;
 pub mod postgres;
 mod registry;
 mod retry;

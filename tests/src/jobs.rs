@@ -585,3 +585,30 @@ pub const DEDUP_REQUIRED_QUEUE: &str = "eda-test.dedup-required";
 pub async fn dedup_required(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the outbox commit/rollback test.
+pub const OUTBOX_QUEUE: &str = "eda-test.outbox";
+
+/// Only ever enqueued through the outbox, never run.
+#[job(queue = "eda-test.outbox")]
+pub async fn outbox_target(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queue of the two-relays test.
+pub const OUTBOX_TWO_RELAYS_QUEUE: &str = "eda-test.outbox-two-relays";
+
+/// Only ever enqueued through the outbox, never run.
+#[job(queue = "eda-test.outbox-two-relays")]
+pub async fn outbox_two_relays(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queue of the relay re-send test.
+pub const OUTBOX_RESEND_QUEUE: &str = "eda-test.outbox-resend";
+
+/// Writes its effect in the job's transaction (deduplicated by the inbox).
+#[job(queue = "eda-test.outbox-resend", retries = 0)]
+pub async fn outbox_resend(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}

@@ -33,6 +33,11 @@ impl Publisher {
         }
     }
 
+    /// The connection publishes go through (for declarations before them).
+    pub(crate) fn connection(&self) -> &lapin::Connection {
+        &self.connection
+    }
+
     /// True while the connection is up.
     pub(crate) fn is_usable(&self) -> bool {
         self.connection.status().connected()

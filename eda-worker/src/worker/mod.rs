@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use self::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
 use self::dispatch::{Dispatch, QueueJobs};
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
+use crate::outbox::Relay;
 use crate::{Error, JobDefinition, Registry, WorkerConfig};
 
 /// How often acks are flushed when a batch has not filled.
@@ -163,6 +164,35 @@ impl Worker {
     /// up to 30 s between attempts), and returns an error only for what
     /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        // The outbox relay runs beside the consumers while a database is
+        // configured, and stops with them.
+        let relay = self
+            .config
+            .database
+            .clone()
+            .filter(|_| self.config.relay)
+            .map(|database| {
+                let relay = Relay::new(database, self.config.amqp_url.clone())
+                    .delay_queues(self.config.delay_queues.clone());
+                let relay_token = token.child_token();
+                let task = tokio::spawn(relay.run(relay_token.clone()));
+                (task, relay_token)
+            });
+        let result = self.run_consumers(token).await;
+        if let Some((task, relay_token)) = relay {
+            relay_token.cancel();
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = %crate::error::error_chain_text(&error), "outbox relay failed")
+                }
+                Err(error) => tracing::error!(error = %error, "outbox relay task failed"),
+            }
+        }
+        result
+    }
+
+    async fn run_consumers(self, token: CancellationToken) -> Result<(), Error> {
         if self.config.migrate
             && let Some(database) = &self.config.database
         {

@@ -1,0 +1,121 @@
+//! The transactional outbox: enqueue a job inside your own database
+//! transaction. The row commits with your writes or not at all; the relay
+//! ([`Relay`], inside `worker run` or alone as `worker relay`) publishes
+//! committed rows with confirms and deletes them.
+//!
+//! ```no_run
+//! # use eda_worker::prelude::*;
+//! # #[derive(Serialize, Deserialize)] pub struct Welcome { pub user_id: i64 }
+//! # #[job(queue = "email")]
+//! # pub async fn send_welcome(_ctx: JobContext, _args: Welcome) -> Result<(), JobError> { Ok(()) }
+//! # async fn signup(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO users (id) VALUES (7)").execute(&mut *tx).await?;
+//! eda_worker::outbox::enqueue(&mut tx, send_welcome, Welcome { user_id: 7 }).await?;
+//! tx.commit().await?; // the user and the job, or neither
+//! # Ok(()) }
+//! ```
+//!
+//! A committed row is sent at least once, always with the message id fixed
+//! at insert, so a re-send after a relay crash is dropped by the consuming
+//! job's inbox.
+
+mod relay;
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgConnection};
+use uuid::Uuid;
+
+pub use relay::{DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, FailingRow, OutboxStatus, Relay, status};
+
+use crate::postgres::Schema;
+use crate::wire::now_millis;
+use crate::{Error, Job};
+
+/// Enqueues `job` through the outbox of the default schema, in the
+/// transaction `tx` (a `&mut Transaction<Postgres>` or `&mut *ctx.tx().await?`).
+/// Returns the message id the job will carry.
+pub async fn enqueue<J: Job>(tx: &mut PgConnection, job: J, args: J::Args) -> Result<Uuid, Error> {
+    Outbox::default().enqueue(tx, job, args).await
+}
+
+/// [`enqueue`], for a job due no earlier than `delay` after the relay sends it.
+pub async fn enqueue_in<J: Job>(
+    tx: &mut PgConnection,
+    job: J,
+    args: J::Args,
+    delay: Duration,
+) -> Result<Uuid, Error> {
+    Outbox::default().enqueue_in(tx, job, args, delay).await
+}
+
+/// The outbox of one schema (for apps that configured another than
+/// `eda_worker`).
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    schema: Schema,
+}
+
+impl Outbox {
+    /// The outbox in `schema`.
+    pub fn in_schema(schema: Schema) -> Self {
+        Outbox { schema }
+    }
+
+    /// See [`enqueue`].
+    pub async fn enqueue<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        job: J,
+        args: J::Args,
+    ) -> Result<Uuid, Error> {
+        self.insert(tx, job, args, None).await
+    }
+
+    /// See [`enqueue_in`].
+    pub async fn enqueue_in<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        job: J,
+        args: J::Args,
+        delay: Duration,
+    ) -> Result<Uuid, Error> {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let eta = now_millis().saturating_add(delay_ms);
+        self.insert(tx, job, args, Some(eta)).await
+    }
+
+    async fn insert<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        _job: J,
+        args: J::Args,
+        eta_ms: Option<u64>,
+    ) -> Result<Uuid, Error> {
+        let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
+            job: J::NAME,
+            source,
+        })?;
+        let message_id = Uuid::new_v4();
+        let statement = format!(
+            "INSERT INTO {} (message_id, routing_key, queue_type, job, correlation_id, eta_ms, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.schema.table("outbox")
+        );
+        sqlx::query(AssertSqlSafe(statement))
+            .bind(message_id)
+            .bind(J::QUEUE)
+            .bind(J::QUEUE_TYPE.as_str())
+            .bind(J::NAME)
+            .bind(message_id.to_string())
+            .bind(eta_ms.map(|eta| i64::try_from(eta).unwrap_or(i64::MAX)))
+            .bind(body)
+            .execute(tx)
+            .await
+            .map_err(|source| Error::Database {
+                operation: format!("insert into the outbox of schema `{}`", self.schema),
+                source,
+            })?;
+        Ok(message_id)
+    }
+}

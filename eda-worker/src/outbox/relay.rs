@@ -1,0 +1,409 @@
+//! The relay: publishes committed outbox rows with confirms, then deletes
+//! them. Several relays share the work: each claims a batch with
+//! `FOR UPDATE SKIP LOCKED` and holds the row locks until its deletes commit.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{AssertSqlSafe, Row};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec, redact_url};
+use crate::postgres::Database;
+use crate::wire::{Envelope, now_millis};
+use crate::{DelayQueues, Error, QueueType};
+
+/// Rows claimed per pass.
+pub const DEFAULT_BATCH: usize = 500;
+
+/// How often the relay looks for rows when no NOTIFY woke it (a lost
+/// notification, rows whose retry time has come).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Confirm channels of the relay: the publishes of a batch are pipelined
+/// across them.
+const RELAY_CHANNELS: usize = 64;
+
+/// The longest wait before a failing row is tried again.
+const MAX_ROW_BACKOFF_SECS: f64 = 300.0;
+
+/// Publishes the outbox of one database to RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    database: Database,
+    amqp_url: String,
+    batch: usize,
+    poll_interval: Duration,
+    delays: DelayQueues,
+}
+
+/// One outbox row.
+struct OutboxRow {
+    id: i64,
+    message_id: Uuid,
+    exchange: String,
+    routing_key: String,
+    queue_type: QueueType,
+    job: Option<String>,
+    correlation_id: Option<String>,
+    eta_ms: Option<i64>,
+    body: Vec<u8>,
+    attempts: i32,
+}
+
+impl OutboxRow {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let queue_type: String = row.try_get("queue_type")?;
+        Ok(OutboxRow {
+            id: row.try_get("id")?,
+            message_id: row.try_get("message_id")?,
+            exchange: row.try_get("exchange")?,
+            routing_key: row.try_get("routing_key")?,
+            queue_type: if queue_type == "quorum" {
+                QueueType::Quorum
+            } else {
+                QueueType::Classic
+            },
+            job: row.try_get("job")?,
+            correlation_id: row.try_get("correlation_id")?,
+            eta_ms: row.try_get("eta_ms")?,
+            body: row.try_get("body")?,
+            attempts: row.try_get("attempts")?,
+        })
+    }
+}
+
+impl Relay {
+    /// A relay from `database`'s outbox to the broker at `amqp_url`.
+    pub fn new(database: Database, amqp_url: impl Into<String>) -> Self {
+        Relay {
+            database,
+            amqp_url: amqp_url.into(),
+            batch: DEFAULT_BATCH,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            delays: DelayQueues::default(),
+        }
+    }
+
+    /// Rows claimed per pass.
+    pub fn batch_size(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// How often to look for rows without a notification.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The delay queues scheduled rows go through.
+    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
+        self.delays = delays;
+        self
+    }
+
+    /// Publishes rows until `token` is cancelled. Reconnects to the broker and
+    /// the database when they go away, backing off; a row that keeps failing
+    /// is counted, logged and tried again later, never in a hot loop.
+    pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let ended = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                ended = self.session(&token) => ended,
+            };
+            match ended {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::error!(error = %crate::error::error_chain_text(&error), retry_in = ?pause, "outbox relay failed; starting again");
+                    tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// One broker connection and one LISTEN connection, until an error or the token.
+    async fn session(&self, token: &CancellationToken) -> Result<(), Error> {
+        let connection = Arc::new(
+            broker::connect(&self.amqp_url, "eda-worker relay", ConnectPolicy::default()).await?,
+        );
+        let publisher = Publisher::new(connection.clone(), RELAY_CHANNELS);
+        let schema = self.database.schema().clone();
+        let database_error = |operation: &str, source| Error::Database {
+            operation: format!("{operation} (outbox of schema `{schema}`)"),
+            source,
+        };
+        let mut listener = PgListener::connect_with(self.database.pool())
+            .await
+            .map_err(|source| database_error("LISTEN connection", source))?;
+        listener
+            .listen(&format!("{schema}_outbox"))
+            .await
+            .map_err(|source| database_error("LISTEN", source))?;
+        tracing::info!(schema = %schema, broker = %redact_url(&self.amqp_url), "outbox relay running");
+        let declared = Mutex::new(HashSet::new());
+        let ended = loop {
+            if token.is_cancelled() {
+                break Ok(());
+            }
+            let claimed = match self.pass(&publisher, &declared).await {
+                Ok(claimed) => claimed,
+                Err(error) => break Err(error),
+            };
+            if !publisher.is_usable() {
+                break Err(Error::NotConnected {
+                    url: redact_url(&self.amqp_url),
+                });
+            }
+            if claimed >= self.batch {
+                continue; // more rows are waiting
+            }
+            tokio::select! {
+                () = token.cancelled() => break Ok(()),
+                notified = listener.recv() => {
+                    if let Err(source) = notified {
+                        break Err(database_error("receive of a notification", source));
+                    }
+                }
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        };
+        publisher.close().await;
+        let _ = connection.close(200, "relay stopped".into()).await;
+        ended
+    }
+
+    /// Claims a batch, publishes it with confirms, deletes what was confirmed
+    /// and reschedules what failed, in one transaction. Returns the rows claimed.
+    async fn pass(
+        &self,
+        publisher: &Publisher,
+        declared: &Mutex<HashSet<String>>,
+    ) -> Result<usize, Error> {
+        let schema = self.database.schema();
+        let table = schema.table("outbox");
+        let database_error = |operation: &str, source| Error::Database {
+            operation: format!("{operation} (outbox of schema `{schema}`)"),
+            source,
+        };
+        let mut tx = self
+            .database
+            .pool()
+            .begin()
+            .await
+            .map_err(|source| database_error("begin", source))?;
+        let claim = format!(
+            "SELECT id, message_id, exchange, routing_key, queue_type, job, correlation_id, eta_ms, body, attempts \
+             FROM {table} WHERE next_attempt_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::query(AssertSqlSafe(claim))
+            .bind(i64::try_from(self.batch).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|source| database_error("claim of a batch", source))?;
+        let rows: Vec<OutboxRow> = rows
+            .iter()
+            .map(OutboxRow::from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|source| database_error("read of a row", source))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let results = join_all(
+            rows.iter()
+                .map(|row| self.publish(publisher, declared, row)),
+        )
+        .await;
+        let mut sent = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => sent.push(row.id),
+                Err(error) => {
+                    let text = crate::error::error_chain_text(&error);
+                    let attempts = row.attempts.saturating_add(1);
+                    let backoff = 2f64.powi(attempts.min(16)).min(MAX_ROW_BACKOFF_SECS);
+                    tracing::warn!(
+                        row = row.id,
+                        message_id = %row.message_id,
+                        attempts,
+                        error = %text,
+                        retry_in_secs = backoff,
+                        "outbox row could not be published; it stays and is tried again"
+                    );
+                    let reschedule = format!(
+                        "UPDATE {table} SET attempts = attempts + 1, last_error = $2, \
+                         next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1"
+                    );
+                    sqlx::query(AssertSqlSafe(reschedule))
+                        .bind(row.id)
+                        .bind(text)
+                        .bind(backoff)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|source| database_error("reschedule of a row", source))?;
+                }
+            }
+        }
+        if !sent.is_empty() {
+            let delete = format!("DELETE FROM {table} WHERE id = ANY($1)");
+            sqlx::query(AssertSqlSafe(delete))
+                .bind(&sent)
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| database_error("delete of sent rows", source))?;
+        }
+        // A crash before this commit leaves the rows: they are sent again, with
+        // the same message ids, and the consumers' inboxes drop the copies.
+        tx.commit()
+            .await
+            .map_err(|source| database_error("commit", source))?;
+        tracing::debug!(
+            sent = sent.len(),
+            claimed = rows.len(),
+            "outbox batch relayed"
+        );
+        Ok(rows.len())
+    }
+
+    /// Publishes one row (declaring its queue, and its delay queues when it
+    /// is scheduled, once per relay session).
+    async fn publish(
+        &self,
+        publisher: &Publisher,
+        declared: &Mutex<HashSet<String>>,
+        row: &OutboxRow,
+    ) -> Result<(), Error> {
+        let message_id = row.message_id.to_string();
+        let eta = row
+            .eta_ms
+            .and_then(|eta| u64::try_from(eta).ok())
+            .filter(|eta| *eta > now_millis());
+        let envelope = Envelope {
+            message_id: message_id.clone(),
+            correlation_id: row.correlation_id.clone(),
+            job: row.job.clone(),
+            attempt: 0,
+            eta,
+        };
+        let properties = envelope.into_properties()?;
+        if !row.exchange.is_empty() {
+            return publisher
+                .publish(
+                    &row.exchange,
+                    &row.routing_key,
+                    &message_id,
+                    &row.body,
+                    properties,
+                )
+                .await;
+        }
+        let queue = &row.routing_key;
+        let key = if eta.is_some() {
+            format!("{queue} +delays")
+        } else {
+            queue.clone()
+        };
+        if !declared.lock().await.contains(&key) {
+            broker::declare_queue(
+                publisher.connection(),
+                &QueueSpec::job(queue, row.queue_type),
+            )
+            .await?;
+            if eta.is_some() {
+                self.delays.declare(publisher.connection(), queue).await?;
+            }
+            declared.lock().await.insert(key);
+        }
+        match eta {
+            None => {
+                publisher
+                    .publish("", queue, &message_id, &row.body, properties)
+                    .await
+            }
+            Some(eta) => self
+                .delays
+                .publish(publisher, queue, &message_id, &row.body, properties, eta)
+                .await
+                .map(|_bucket| ()),
+        }
+    }
+}
+
+/// What `worker outbox status` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct OutboxStatus {
+    /// Rows waiting to be sent.
+    pub pending: i64,
+    /// Age of the oldest row, in seconds.
+    pub oldest_age_secs: Option<f64>,
+    /// Rows that failed at least once (up to 20), oldest first.
+    pub failing: Vec<FailingRow>,
+}
+
+/// An outbox row that failed to publish.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct FailingRow {
+    /// The row.
+    pub id: i64,
+    /// Its message id.
+    pub message_id: String,
+    /// Where it goes.
+    pub routing_key: String,
+    /// Failed publishes so far.
+    pub attempts: i32,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// The outbox's state in `database`.
+pub async fn status(database: &Database) -> Result<OutboxStatus, Error> {
+    let table = database.schema().table("outbox");
+    let database_error = |source| Error::Database {
+        operation: format!("read of {table}"),
+        source,
+    };
+    let summary = format!(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM {table}"
+    );
+    let row = sqlx::query(AssertSqlSafe(summary))
+        .fetch_one(database.pool())
+        .await
+        .map_err(database_error)?;
+    let failing = format!(
+        "SELECT id, message_id::text, routing_key, attempts, last_error FROM {table} \
+         WHERE attempts > 0 ORDER BY id LIMIT 20"
+    );
+    let failing = sqlx::query(AssertSqlSafe(failing))
+        .fetch_all(database.pool())
+        .await
+        .map_err(database_error)?
+        .iter()
+        .map(|row| {
+            Ok(FailingRow {
+                id: row.try_get(0)?,
+                message_id: row.try_get(1)?,
+                routing_key: row.try_get(2)?,
+                attempts: row.try_get(3)?,
+                last_error: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(database_error)?;
+    Ok(OutboxStatus {
+        pending: row.try_get(0).map_err(database_error)?,
+        oldest_age_secs: row.try_get(1).map_err(database_error)?,
+        failing,
+    })
+}

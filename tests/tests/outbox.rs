@@ -1,0 +1,266 @@
+//! The transactional outbox and its relay: a rolled-back row is never sent, a
+//! committed one is sent with the row's message id, two relays send each row
+//! once, and a re-send after a relay crash is dropped by the consumer's inbox.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use eda_worker::outbox::{self, Relay};
+use eda_worker::postgres::Database;
+use eda_worker::{Client, EnqueueOptions};
+use eda_worker_tests::jobs::{
+    DbWrite, OUTBOX_QUEUE, OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_resend,
+    outbox_target, outbox_two_relays, runs,
+};
+use eda_worker_tests::{
+    Broker, RunningWorker, WAIT, amqp_url, database_url, drop_schema, fresh_database, wait_until,
+    worker_config,
+};
+use sqlx::AssertSqlSafe;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
+
+async fn migrated(schema: &str) -> Database {
+    let database = fresh_database(schema).await;
+    database.migrate().await.unwrap();
+    database
+}
+
+async fn pending(database: &Database) -> i64 {
+    outbox::status(database).await.unwrap().pending
+}
+
+fn start_relay(
+    database: &Database,
+) -> (CancellationToken, JoinHandle<Result<(), eda_worker::Error>>) {
+    let token = CancellationToken::new();
+    let relay = Relay::new(database.clone(), amqp_url());
+    (token.clone(), tokio::spawn(relay.run(token)))
+}
+
+async fn stop_relay(relay: (CancellationToken, JoinHandle<Result<(), eda_worker::Error>>)) {
+    relay.0.cancel();
+    tokio::time::timeout(WAIT, relay.1)
+        .await
+        .expect("the relay stops in time")
+        .expect("relay task")
+        .expect("relay result");
+}
+
+#[tokio::test]
+async fn a_rolled_back_row_is_never_sent_and_a_committed_one_is_sent_with_its_id() {
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_QUEUE).await;
+    let database = migrated("eda_test_outbox_commit").await;
+    let relay = start_relay(&database);
+
+    let mut tx = database.pool().begin().await.unwrap();
+    outbox::Outbox::in_schema(database.schema().clone())
+        .enqueue(&mut tx, outbox_target, 1)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let mut tx = database.pool().begin().await.unwrap();
+    let id = outbox::Outbox::in_schema(database.schema().clone())
+        .enqueue(&mut tx, outbox_target, 2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    wait_until("the committed row is sent and deleted", WAIT, || async {
+        broker.ready(OUTBOX_QUEUE).await == 1 && pending(&database).await == 0
+    })
+    .await;
+    stop_relay(relay).await;
+    let message = broker.get(OUTBOX_QUEUE).await.expect("one message");
+    assert_eq!(message.delivery.data, b"2");
+    assert_eq!(
+        message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+        Some(id.to_string()),
+        "the message carries the id fixed at insert"
+    );
+    assert_eq!(
+        message
+            .delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str().to_owned()),
+        Some("outbox_target".to_owned())
+    );
+    assert!(
+        broker.get(OUTBOX_QUEUE).await.is_none(),
+        "the rolled-back row was never sent"
+    );
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_QUEUE).await;
+}
+
+#[tokio::test]
+async fn two_relays_send_each_of_ten_thousand_rows_once() {
+    const ROWS: u32 = 10_000;
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_TWO_RELAYS_QUEUE).await;
+    let database = migrated("eda_test_outbox_two_relays").await;
+    let outbox = outbox::Outbox::in_schema(database.schema().clone());
+    let mut tx = database.pool().begin().await.unwrap();
+    let mut ids = HashSet::new();
+    for n in 0..ROWS {
+        ids.insert(
+            outbox
+                .enqueue(&mut tx, outbox_two_relays, n)
+                .await
+                .unwrap()
+                .to_string(),
+        );
+    }
+    tx.commit().await.unwrap();
+
+    let first = start_relay(&database);
+    let second = start_relay(&database);
+    wait_until(
+        "every row is sent and deleted",
+        Duration::from_secs(120),
+        || async { pending(&database).await == 0 },
+    )
+    .await;
+    stop_relay(first).await;
+    stop_relay(second).await;
+    // Rows are deleted only after their publish was confirmed: all are on the queue.
+    assert_eq!(
+        broker.ready(OUTBOX_TWO_RELAYS_QUEUE).await,
+        ROWS,
+        "no row sent twice"
+    );
+    let sent: HashSet<String> = broker
+        .drain(OUTBOX_TWO_RELAYS_QUEUE)
+        .await
+        .iter()
+        .filter_map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned())
+        })
+        .collect();
+    assert_eq!(sent, ids, "each row's id, once");
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_TWO_RELAYS_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_row_re_sent_after_a_relay_crash_is_dropped_by_the_consumers_inbox() {
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_RESEND_QUEUE).await;
+    let database = migrated("eda_test_outbox_resend").await;
+    let table = format!("{}.effects", database.schema());
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (message_id text NOT NULL, n bigint NOT NULL)"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let args = DbWrite {
+        table: table.clone(),
+        n: 7,
+        hold_ms: 0,
+        fail: false,
+    };
+    let mut tx = database.pool().begin().await.unwrap();
+    let id = outbox::Outbox::in_schema(database.schema().clone())
+        .enqueue(&mut tx, outbox_resend, args.clone())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // What a relay that published the row and died before deleting it leaves:
+    // the message on the queue, and the row still in the outbox.
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    client
+        .enqueue_with(
+            outbox_resend,
+            args,
+            EnqueueOptions::default().message_id(id),
+        )
+        .await
+        .unwrap();
+
+    // The worker's own relay sends the row again.
+    let worker = RunningWorker::start(
+        &broker,
+        OUTBOX_RESEND_QUEUE,
+        worker_config().database(database.clone()),
+    )
+    .await;
+    wait_until(
+        "the row is re-sent and both copies are acked",
+        WAIT,
+        || async { pending(&database).await == 0 && broker.ready(OUTBOX_RESEND_QUEUE).await == 0 },
+    )
+    .await;
+    let id = id.to_string();
+    wait_until("the inbox has the message", WAIT, || async {
+        let statement = format!(
+            "SELECT count(*) FROM {}.inbox WHERE message_id = $1",
+            database.schema()
+        );
+        let rows: i64 = sqlx::query_scalar(AssertSqlSafe(statement))
+            .bind(&id)
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+        rows == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+    let effects: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE message_id = $1"
+    )))
+    .bind(&id)
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(effects, 1, "the effect happened once");
+    let ran = runs(OUTBOX_RESEND_QUEUE)
+        .iter()
+        .filter(|run| run.message_id == id)
+        .count();
+    assert_eq!(ran, 1, "the handler ran once");
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_RESEND_QUEUE).await;
+}
+
+#[tokio::test]
+async fn worker_outbox_status_shows_pending_rows() {
+    let database = migrated("eda_test_outbox_status").await;
+    let mut tx = database.pool().begin().await.unwrap();
+    outbox::Outbox::in_schema(database.schema().clone())
+        .enqueue(&mut tx, outbox_target, 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let output = tokio::process::Command::new(WORKER)
+        .args(["outbox", "status"])
+        .env("DATABASE_URL", database_url())
+        .env("EDA_DB_SCHEMA", "eda_test_outbox_status")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("pending rows: 1"), "{stdout}");
+    assert!(stdout.contains("failing rows: none"), "{stdout}");
+    drop_schema(&database).await;
+    database.close().await;
+}
