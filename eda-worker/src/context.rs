@@ -8,7 +8,22 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::Error;
+use crate::outbox::Outbox;
+use crate::wire::Envelope;
+use crate::{Error, Job, QueueType};
+
+/// A job a handler enqueued without a database: published by the worker
+/// after the handler succeeded, before the ack.
+#[derive(Debug, Clone)]
+pub(crate) struct FollowUp {
+    pub(crate) queue: &'static str,
+    pub(crate) queue_type: QueueType,
+    pub(crate) envelope: Envelope,
+    pub(crate) body: Vec<u8>,
+}
+
+/// The follow-ups of one attempt.
+pub(crate) type FollowUps = Arc<std::sync::Mutex<Vec<FollowUp>>>;
 
 /// The handler's transaction, shared between the context (which the handler
 /// owns) and the worker (which commits it after the handler returned).
@@ -24,6 +39,9 @@ pub struct JobContext {
     job: &'static str,
     queue: &'static str,
     tx: Option<SharedTx>,
+    /// The outbox of the transaction's database.
+    outbox: Outbox,
+    follow_ups: FollowUps,
 }
 
 impl JobContext {
@@ -41,13 +59,90 @@ impl JobContext {
             job,
             queue,
             tx: None,
+            outbox: Outbox::default(),
+            follow_ups: FollowUps::default(),
         }
     }
 
-    /// The same context, with the handler's transaction.
-    pub(crate) fn with_tx(mut self, tx: SharedTx) -> Self {
+    /// The same context, with the handler's transaction and its database's outbox.
+    pub(crate) fn with_tx(mut self, tx: SharedTx, outbox: Outbox) -> Self {
         self.tx = Some(tx);
+        self.outbox = outbox;
         self
+    }
+
+    /// The jobs enqueued with [`JobContext::enqueue`] without a database.
+    pub(crate) fn follow_ups(&self) -> FollowUps {
+        self.follow_ups.clone()
+    }
+
+    /// Enqueues `job` as a consequence of this one, carrying its correlation id.
+    ///
+    /// With a database, the job goes into the outbox in the handler's
+    /// transaction: it is sent if and only if this job's effects commit, so
+    /// consuming this message and producing the next ones are one atomic step.
+    /// Without one, the worker publishes it (confirmed) after the handler
+    /// succeeded and before the ack: at least once, and if that publish fails
+    /// this attempt fails and is retried, handler included.
+    ///
+    /// In a unit test (`JobContext::for_test()`), the jobs are only collected:
+    /// see [`JobContext::enqueued`].
+    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
+        let correlation_id = self
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| self.message_id.clone());
+        if let Some(shared) = &self.tx {
+            let mut guard = shared.lock().await;
+            let Some(tx) = guard.as_deref_mut() else {
+                return Err(Error::NoTransaction {
+                    job: self.job,
+                    reason: "the handler has returned and its transaction is finished",
+                });
+            };
+            return self
+                .outbox
+                .enqueue_correlated(tx, job, args, correlation_id)
+                .await;
+        }
+        let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
+            job: J::NAME,
+            source,
+        })?;
+        let message_id = Uuid::new_v4();
+        let follow_up = FollowUp {
+            queue: J::QUEUE,
+            queue_type: J::QUEUE_TYPE,
+            envelope: Envelope {
+                message_id: message_id.to_string(),
+                correlation_id: Some(correlation_id),
+                job: Some(J::NAME.to_owned()),
+                attempt: 0,
+                eta: None,
+            },
+            body,
+        };
+        self.follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(follow_up);
+        Ok(message_id)
+    }
+
+    /// The jobs this context collected with [`JobContext::enqueue`] when it
+    /// has no database (in a unit test): `(job name, arguments as JSON)`.
+    pub fn enqueued(&self) -> Vec<(String, serde_json::Value)> {
+        self.follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|follow_up| {
+                (
+                    follow_up.envelope.job.clone().unwrap_or_default(),
+                    serde_json::from_slice(&follow_up.body).unwrap_or(serde_json::Value::Null),
+                )
+            })
+            .collect()
     }
 
     /// A context for running a handler in a unit test, with no broker:

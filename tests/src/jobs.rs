@@ -612,3 +612,54 @@ pub const OUTBOX_RESEND_QUEUE: &str = "eda-test.outbox-resend";
 pub async fn outbox_resend(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
     write_effect(&ctx, &args).await
 }
+
+/// Arguments of the `ctx.enqueue` tests' parent jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Passed on to the child.
+    pub n: u32,
+    /// Fail (permanently) after enqueueing the child.
+    pub fail: bool,
+}
+
+/// Queue of the `ctx.enqueue` test with a database.
+pub const CHAIN_QUEUE: &str = "eda-test.chain";
+/// Where its children go (never consumed).
+pub const CHAIN_CHILD_QUEUE: &str = "eda-test.chain-child";
+
+/// Enqueues a child in its transaction, then fails if asked.
+#[job(queue = "eda-test.chain", retries = 0)]
+pub async fn chain_parent(ctx: JobContext, args: Chain) -> Result<(), JobError> {
+    ctx.enqueue(chain_child, args.n).await?;
+    if args.fail {
+        return Err(JobError::permanent("failing after enqueueing a child"));
+    }
+    Ok(())
+}
+
+/// Never runs.
+#[job(queue = "eda-test.chain-child")]
+pub async fn chain_child(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queue of the `ctx.enqueue` test without a database.
+pub const CHAIN_NO_DATABASE_QUEUE: &str = "eda-test.chain-no-database";
+/// Where its children go (never consumed).
+pub const CHAIN_NO_DATABASE_CHILD_QUEUE: &str = "eda-test.chain-no-database-child";
+
+/// Enqueues a child, then fails if asked.
+#[job(queue = "eda-test.chain-no-database", retries = 0)]
+pub async fn chain_parent_without_database(ctx: JobContext, args: Chain) -> Result<(), JobError> {
+    ctx.enqueue(chain_child_without_database, args.n).await?;
+    if args.fail {
+        return Err(JobError::permanent("failing after enqueueing a child"));
+    }
+    Ok(())
+}
+
+/// Never runs.
+#[job(queue = "eda-test.chain-no-database-child")]
+pub async fn chain_child_without_database(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

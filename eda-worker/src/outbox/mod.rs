@@ -86,12 +86,35 @@ impl Outbox {
         self.insert(tx, job, args, Some(eta)).await
     }
 
+    /// [`Outbox::enqueue`] carrying `correlation_id` (for `ctx.enqueue`).
+    pub(crate) async fn enqueue_correlated<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        job: J,
+        args: J::Args,
+        correlation_id: String,
+    ) -> Result<Uuid, Error> {
+        self.insert_with(tx, job, args, None, Some(correlation_id))
+            .await
+    }
+
     async fn insert<J: Job>(
+        &self,
+        tx: &mut PgConnection,
+        job: J,
+        args: J::Args,
+        eta_ms: Option<u64>,
+    ) -> Result<Uuid, Error> {
+        self.insert_with(tx, job, args, eta_ms, None).await
+    }
+
+    async fn insert_with<J: Job>(
         &self,
         tx: &mut PgConnection,
         _job: J,
         args: J::Args,
         eta_ms: Option<u64>,
+        correlation_id: Option<String>,
     ) -> Result<Uuid, Error> {
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             job: J::NAME,
@@ -107,7 +130,7 @@ impl Outbox {
             .bind(J::QUEUE)
             .bind(J::QUEUE_TYPE.as_str())
             .bind(J::NAME)
-            .bind(message_id.to_string())
+            .bind(correlation_id.unwrap_or_else(|| message_id.to_string()))
             .bind(eta_ms.map(|eta| i64::try_from(eta).unwrap_or(i64::MAX)))
             .bind(body)
             .execute(tx)

@@ -26,6 +26,8 @@ pub(crate) enum Failure {
     TimedOut(Duration),
     /// The message is larger than the worker accepts.
     TooLarge { size: usize, limit: usize },
+    /// The jobs the handler enqueued could not be published.
+    FollowUp(crate::Error),
     /// The job's transaction could not begin or commit.
     Database {
         operation: &'static str,
@@ -50,6 +52,10 @@ impl Failure {
             Failure::Failed(error) => error.chain_text(),
             Failure::Panicked(message) => format!("handler panicked: {message}"),
             Failure::TimedOut(timeout) => format!("handler timed out after {timeout:?}"),
+            Failure::FollowUp(error) => format!(
+                "the handler succeeded, but a job it enqueued could not be published: {}",
+                crate::error::error_chain_text(error)
+            ),
             Failure::Database { operation, error } => {
                 format!("PostgreSQL {operation} failed: {error}")
             }
@@ -67,7 +73,10 @@ impl Failure {
             Failure::Failed(error) => !error.is_permanent(),
             // A database outage passes; a commit that failed rolled back, and the
             // inbox makes a commit that did happen safe to retry.
-            Failure::Panicked(_) | Failure::TimedOut(_) | Failure::Database { .. } => true,
+            Failure::Panicked(_)
+            | Failure::TimedOut(_)
+            | Failure::Database { .. }
+            | Failure::FollowUp(_) => true,
             Failure::MissingType
             | Failure::UnknownJob { .. }
             | Failure::BadArguments { .. }

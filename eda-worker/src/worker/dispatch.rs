@@ -13,9 +13,11 @@ use tracing::Instrument;
 use super::ack::Settlement;
 use super::decision::{DeadLetterWhy, Decision, Failure, RetryPolicy, decide, panic_message};
 use crate::broker::Publisher;
-use crate::context::SharedTx;
+use crate::broker::{self, QueueSpec};
+use crate::context::{FollowUps, SharedTx};
 use crate::dead_letter::publish_dead_letter;
 use crate::job::JobDefinition;
+use crate::outbox::Outbox;
 use crate::postgres::Database;
 use crate::postgres::inbox::{self, Begun};
 use crate::wire::{Envelope, now_millis, republished_properties, retry_properties};
@@ -75,6 +77,8 @@ pub(crate) struct Dispatch {
     pub(crate) max_message_size: usize,
     /// Where handlers' transactions and the inbox live, when configured.
     pub(crate) database: Option<Database>,
+    /// Queues declared for follow-up jobs (`ctx.enqueue` without a database).
+    pub(crate) declared: std::sync::Mutex<std::collections::HashSet<&'static str>>,
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
@@ -122,9 +126,21 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
                 return settle_failure(&delivery, &envelope, failure, policy, dispatch).await;
             }
         };
-        let ran = run_attempt(&delivery, &envelope, job, tx.clone()).await;
+        let mut ctx = JobContext::new(
+            envelope.message_id.clone(),
+            envelope.correlation_id.clone(),
+            envelope.attempt,
+            job.name,
+            job.queue,
+        );
+        if let (Some(tx), Some(database)) = (&tx, &dispatch.database) {
+            ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
+        }
+        let follow_ups = ctx.follow_ups();
+        let ran = run_attempt(&delivery, ctx, job).await;
         let outcome = match (ran, tx) {
             (Ok(()), Some(tx)) => commit(&tx).await,
+            (Ok(()), None) => publish_follow_ups(&follow_ups, dispatch).await,
             (ran, _) => ran,
         };
         match outcome {
@@ -172,22 +188,54 @@ async fn commit(tx: &SharedTx) -> Result<(), Failure> {
     })
 }
 
+/// Publishes, confirmed, the jobs a handler enqueued without a database,
+/// after it succeeded and before its message is acked.
+async fn publish_follow_ups(follow_ups: &FollowUps, dispatch: &Dispatch) -> Result<(), Failure> {
+    let follow_ups = std::mem::take(
+        &mut *follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for follow_up in follow_ups {
+        let published = async {
+            let declared = dispatch
+                .declared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(follow_up.queue);
+            if !declared {
+                let spec = QueueSpec::job(follow_up.queue, follow_up.queue_type);
+                broker::declare_queue(dispatch.publisher.connection(), &spec).await?;
+                dispatch
+                    .declared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(follow_up.queue);
+            }
+            let message_id = follow_up.envelope.message_id.clone();
+            let properties = follow_up.envelope.into_properties()?;
+            dispatch
+                .publisher
+                .publish(
+                    "",
+                    follow_up.queue,
+                    &message_id,
+                    &follow_up.body,
+                    properties,
+                )
+                .await
+        }
+        .await;
+        published.map_err(Failure::FollowUp)?;
+    }
+    Ok(())
+}
+
 async fn run_attempt(
     delivery: &Delivery,
-    envelope: &Envelope,
+    ctx: JobContext,
     job: &JobDefinition,
-    tx: Option<SharedTx>,
 ) -> Result<(), Failure> {
-    let mut ctx = JobContext::new(
-        envelope.message_id.clone(),
-        envelope.correlation_id.clone(),
-        envelope.attempt,
-        job.name,
-        job.queue,
-    );
-    if let Some(tx) = tx {
-        ctx = ctx.with_tx(tx);
-    }
     // The user's Deserialize runs here: a panic in it fails the attempt too.
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| job.start(ctx, &delivery.data)))
         .map_err(|payload| Failure::Panicked(panic_message(payload.as_ref())))?;

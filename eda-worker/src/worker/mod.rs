@@ -324,6 +324,7 @@ impl Worker {
                 delays: delays.clone(),
                 max_message_size: self.config.max_message_size,
                 database: self.config.database.clone(),
+                declared: std::sync::Mutex::default(),
             });
             let session = session.clone();
             consumers.spawn(async move {
