@@ -137,6 +137,9 @@ struct RunArgs {
     /// Do not run the outbox relay inside the worker (run `worker relay` instead).
     #[arg(long, env = "EDA_NO_RELAY")]
     no_relay: bool,
+    /// How long processed message ids stay in the inbox, e.g. 7d.
+    #[arg(long, env = "EDA_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    inbox_retention: Duration,
     /// RabbitMQ URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
@@ -186,7 +189,8 @@ impl RunArgs {
             .connect_attempts(self.connect_attempts)
             .max_message_size(self.max_message_size)
             .consumer_timeout(self.consumer_timeout)
-            .delay_queues(delays);
+            .delay_queues(delays)
+            .inbox_retention(self.inbox_retention);
         config.prefetch = self.prefetch;
         Ok((config, self.database))
     }

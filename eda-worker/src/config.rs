@@ -77,6 +77,8 @@ pub struct WorkerConfig {
     pub migrate: bool,
     /// Run the outbox relay inside the worker (when a database is configured).
     pub relay: bool,
+    /// How long processed message ids stay in the inbox.
+    pub inbox_retention: Duration,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -96,6 +98,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("database", &self.database)
             .field("migrate", &self.migrate)
             .field("relay", &self.relay)
+            .field("inbox_retention", &self.inbox_retention)
             .finish()
     }
 }
@@ -117,6 +120,7 @@ impl WorkerConfig {
             database: None,
             migrate: false,
             relay: true,
+            inbox_retention: crate::postgres::DEFAULT_INBOX_RETENTION,
         }
     }
 
@@ -200,6 +204,12 @@ impl WorkerConfig {
     /// is configured; turn it off to run `worker relay` apart).
     pub fn relay(mut self, relay: bool) -> Self {
         self.relay = relay;
+        self
+    }
+
+    /// How long processed message ids stay in the inbox (7 days by default).
+    pub fn inbox_retention(mut self, retention: Duration) -> Self {
+        self.inbox_retention = retention;
         self
     }
 

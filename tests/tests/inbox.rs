@@ -240,3 +240,39 @@ async fn without_a_database_ctx_tx_is_a_clear_error_and_dedup_true_stops_the_wor
     client.close().await.unwrap();
     broker.cleanup(INBOX_NO_DATABASE_QUEUE).await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_only_rows_older_than_the_retention() {
+    let database = fresh_database("eda_test_inbox_prune").await;
+    database.migrate().await.unwrap();
+    let table = format!("{}.inbox", database.schema());
+    // 2,500 rows from 8 days ago (more than one batch) and 3 from an hour ago.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (message_id, job, queue, processed_at) \
+         SELECT 'old-' || i, 'j', 'q', now() - interval '8 days' FROM generate_series(1, 2500) i"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (message_id, job, queue, processed_at) \
+         SELECT 'new-' || i, 'j', 'q', now() - interval '1 hour' FROM generate_series(1, 3) i"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let deleted = database
+        .prune_inbox(eda_worker::postgres::DEFAULT_INBOX_RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2500);
+    let left: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT message_id FROM {table} ORDER BY message_id"
+    )))
+    .fetch_all(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, ["new-1", "new-2", "new-3"]);
+    drop_schema(&database).await;
+    database.close().await;
+}

@@ -48,3 +48,37 @@ pub(crate) async fn begin(
     }
     Ok(Begun::Open(tx))
 }
+
+/// Rows deleted per statement when pruning: small, so that no statement
+/// holds many row locks or runs long.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Deletes inbox rows processed more than `retention` ago, in batches of
+/// 1000, and returns how many. A message redelivered after its row was
+/// pruned would run again: keep the retention well above any redelivery
+/// delay (the longest retry backoff, a broker outage).
+pub(crate) async fn prune(
+    database: &Database,
+    retention: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let table = database.schema().table("inbox");
+    let statement = format!(
+        "DELETE FROM {table} WHERE message_id IN (\
+           SELECT message_id FROM {table} \
+           WHERE processed_at < now() - make_interval(secs => $1) \
+           ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    );
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(AssertSqlSafe(statement.clone()))
+            .bind(retention.as_secs_f64())
+            .bind(PRUNE_BATCH)
+            .execute(database.pool())
+            .await?
+            .rows_affected();
+        total += deleted;
+        if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
+            return Ok(total);
+        }
+    }
+}

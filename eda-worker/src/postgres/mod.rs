@@ -29,6 +29,10 @@ pub const DEFAULT_SCHEMA: &str = "eda_worker";
 /// The database URL used when `DATABASE_URL` is not set (by the tests and the demo).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// How long processed message ids are kept when not configured: a message
+/// redelivered later than this after its effects committed would run again.
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long a checkout from the pool may wait for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,6 +143,17 @@ impl Database {
     /// a database migrated by a newer eda-worker is an error.
     pub async fn migrate(&self) -> Result<(), Error> {
         migrate::run(&self.pool, &self.schema).await
+    }
+
+    /// Deletes inbox rows processed more than `retention` ago, in small
+    /// batches; returns how many. The worker does this every few minutes.
+    pub async fn prune_inbox(&self, retention: Duration) -> Result<u64, Error> {
+        inbox::prune(self, retention)
+            .await
+            .map_err(|source| Error::Database {
+                operation: format!("prune of the inbox (schema `{}`)", self.schema),
+                source,
+            })
     }
 
     /// Closes the pool.

@@ -51,6 +51,29 @@ fn jobs_outliving<'a>(
         .collect()
 }
 
+/// How often the worker prunes the inbox.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Prunes the inbox soon after start and then every [`PRUNE_INTERVAL`],
+/// until `token` is cancelled. Failures are logged and tried next time.
+async fn prune_inbox(
+    database: crate::postgres::Database,
+    retention: Duration,
+    token: CancellationToken,
+) {
+    let mut pause = Duration::from_secs(5);
+    while !sleep_or_cancel(pause, &token).await {
+        match database.prune_inbox(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, retention = ?retention, "pruned the inbox"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error::error_chain_text(&error), "could not prune the inbox; trying again later")
+            }
+        }
+        pause = PRUNE_INTERVAL;
+    }
+}
+
 /// Sleeps for `pause`; true when `token` was cancelled meanwhile.
 async fn sleep_or_cancel(pause: Duration, token: &CancellationToken) -> bool {
     tokio::select! {
@@ -178,7 +201,19 @@ impl Worker {
                 let task = tokio::spawn(relay.run(relay_token.clone()));
                 (task, relay_token)
             });
+        let pruner = self.config.database.clone().map(|database| {
+            let pruner_token = token.child_token();
+            let retention = self.config.inbox_retention;
+            let task = tokio::spawn(prune_inbox(database, retention, pruner_token.clone()));
+            (task, pruner_token)
+        });
         let result = self.run_consumers(token).await;
+        if let Some((task, pruner_token)) = pruner {
+            pruner_token.cancel();
+            if let Err(error) = task.await {
+                tracing::error!(error = %error, "inbox pruning task failed");
+            }
+        }
         if let Some((task, relay_token)) = relay {
             relay_token.cancel();
             match task.await {
