@@ -27,7 +27,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Confirm channels of the relay: the publishes of a batch are pipelined
 /// across them.
-const RELAY_CHANNELS: usize = 64;
+const RELAY_CHANNELS: usize = 256;
+
+/// Batches a relay claims and publishes at once.
+const PARALLEL_PASSES: usize = 4;
 
 /// The longest wait before a failing row is tried again.
 const MAX_ROW_BACKOFF_SECS: f64 = 300.0;
@@ -156,8 +159,12 @@ impl Relay {
             if token.is_cancelled() {
                 break Ok(());
             }
-            let claimed = match self.pass(&publisher, &declared).await {
-                Ok(claimed) => claimed,
+            // Several batches in flight at once: SKIP LOCKED gives each its own
+            // rows, and one batch's database round trips overlap another's confirms.
+            let passes =
+                join_all((0..PARALLEL_PASSES).map(|_| self.pass(&publisher, &declared))).await;
+            let claimed = match passes.into_iter().collect::<Result<Vec<usize>, Error>>() {
+                Ok(claimed) => claimed.into_iter().max().unwrap_or(0),
                 Err(error) => break Err(error),
             };
             if !publisher.is_usable() {

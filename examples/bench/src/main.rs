@@ -8,6 +8,7 @@
 //! ratio. The drains run in child processes (this same binary), so each
 //! reports its own peak RSS.
 
+mod postgres;
 mod raw;
 mod report;
 mod retries;
@@ -82,6 +83,15 @@ struct Settings {
     /// Seconds of steady fail-once traffic in the retry lateness figure.
     #[arg(long, default_value_t = 10, global = true)]
     paced_seconds: u64,
+    /// Raw commits and dedup'd jobs in the PostgreSQL figures.
+    #[arg(long, default_value_t = 20_000, global = true)]
+    db_jobs: u64,
+    /// Outbox rows the relay drains.
+    #[arg(long, default_value_t = 100_000, global = true)]
+    relay_rows: u64,
+    /// Commits timed one by one for the relay latency.
+    #[arg(long, default_value_t = 200, global = true)]
+    relay_latency_samples: u64,
 }
 
 /// Child-process modes; the parent runs them and reads their last stdout line.
@@ -108,6 +118,9 @@ enum Mode {
     /// Run a worker while enqueueing fail-once jobs at a steady rate.
     #[command(hide = true)]
     EdaPacedRetries,
+    /// Only the PostgreSQL figures (dedup'd jobs, relay), without baselines.
+    #[command(hide = true)]
+    Db,
     /// Enqueue `--retry-messages` fail-once jobs and stop.
     #[command(hide = true)]
     FillFailOnce,
@@ -212,6 +225,24 @@ async fn main() -> anyhow::Result<()> {
             let result =
                 retries::paced(&settings, settings.paced_rate, settings.paced_seconds).await?;
             println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Some(Mode::Db) => {
+            let db = postgres::run(
+                settings.db_jobs,
+                settings.relay_rows,
+                settings.relay_latency_samples,
+            )
+            .await?;
+            println!(
+                "raw commits {:.0}/s, dedup'd jobs {:.0}/s ({:.2}x), relay {:.0} rows/s, relay latency p50 {:.2} ms p99 {:.2} ms",
+                db.raw_commits.rate(),
+                db.dedup_jobs_per_sec,
+                db.dedup_jobs_per_sec / db.raw_commits.rate(),
+                db.relay_rows_per_sec,
+                db.relay_latency.p(50.0),
+                db.relay_latency.p(99.0)
+            );
             Ok(())
         }
         Some(Mode::FillFailOnce) => {
@@ -474,9 +505,42 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         backlog.lateness(50.0),
     ));
 
+    // PostgreSQL: the inbox in the handler's transaction, and the outbox relay.
+    let db = postgres::run(
+        settings.db_jobs,
+        settings.relay_rows,
+        settings.relay_latency_samples,
+    )
+    .await?;
+    table.push(Row::throughput(
+        "dedup'd no-op jobs, concurrency 16, vs raw INSERT ON CONFLICT commits (jobs/s)",
+        db.dedup_jobs_per_sec,
+        db.raw_commits.rate(),
+    ));
+    table.push(Row::throughput(
+        &format!(
+            "outbox relay, {} rows, vs raw confirmed publish (msg/s)",
+            settings.relay_rows
+        ),
+        db.relay_rows_per_sec,
+        raw_publish.rate(),
+    ));
+    for percentile in [50.0, 99.0] {
+        table.push(Row::eda_only(
+            &format!("  relay latency, commit to consumer, idle, p{percentile} (ms)"),
+            db.relay_latency.p(percentile),
+        ));
+    }
+
     client.close().await?;
     // Leaves the broker as it found it: every queue this run declared, gone.
-    for queue in [RAW_QUEUE, EDA_QUEUE, retries::FAIL_ONCE_QUEUE] {
+    for queue in [
+        RAW_QUEUE,
+        EDA_QUEUE,
+        retries::FAIL_ONCE_QUEUE,
+        postgres::DEDUP_QUEUE,
+        postgres::RELAY_QUEUE,
+    ] {
         admin.delete(queue).await?;
         admin.delete(&format!("{queue}.dlq")).await?;
         admin.delete_delays(queue, &delays).await?;
