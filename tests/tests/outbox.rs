@@ -264,3 +264,50 @@ async fn worker_outbox_status_shows_pending_rows() {
     drop_schema(&database).await;
     database.close().await;
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_be_published_is_counted_and_retried_later_not_in_a_loop() {
+    let database = migrated("eda_test_outbox_failing").await;
+    let table = format!("{}.outbox", database.schema());
+    // A row for an exchange that does not exist: the broker refuses the publish.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (message_id, exchange, routing_key, job, body) \
+         VALUES (gen_random_uuid(), 'eda-test.no-such-exchange', 'x', 'outbox_target', '1')"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let relay = start_relay(&database);
+    wait_until("the failure is recorded", WAIT, || async {
+        !outbox::status(&database).await.unwrap().failing.is_empty()
+    })
+    .await;
+    let status = outbox::status(&database).await.unwrap();
+    // Backed off: the next try is about 2 s away, not the next pass.
+    let next_in: f64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM {table}"
+    )))
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    stop_relay(relay).await;
+    assert!(next_in > 1.0, "next try in {next_in} s");
+    assert_eq!(status.pending, 1, "the row stays");
+    let failing = &status.failing[0];
+    assert_eq!(failing.attempts, 1);
+    let error = failing.last_error.clone().unwrap_or_default();
+    assert!(error.contains("eda-test.no-such-exchange") || error.contains("NOT_FOUND"), "{error}");
+
+    let output = tokio::process::Command::new(WORKER)
+        .args(["outbox", "status"])
+        .env("DATABASE_URL", database_url())
+        .env("EDA_DB_SCHEMA", "eda_test_outbox_failing")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("pending rows: 1"), "{stdout}");
+    assert!(stdout.contains("ATTEMPTS"), "the failing row is listed: {stdout}");
+    drop_schema(&database).await;
+    database.close().await;
+}
