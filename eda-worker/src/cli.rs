@@ -67,6 +67,10 @@ struct RelayArgs {
     /// RabbitMQ URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
     amqp_url: String,
+    /// TTLs of the delay queues scheduled rows go through; the same as the
+    /// workers' (default: 100ms,250ms,500ms,1s,2s,5s,10s,30s,1m,5m,15m,1h).
+    #[arg(long, env = "EDA_DELAY_BUCKETS", value_delimiter = ',', value_parser = humantime::parse_duration)]
+    delay_buckets: Vec<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,10 +99,20 @@ struct DatabaseArgs {
 impl DatabaseArgs {
     /// Connects, when a URL is configured.
     async fn connect(self) -> Result<Option<crate::postgres::Database>, crate::Error> {
+        self.connect_with_pool_size(crate::postgres::DEFAULT_POOL_SIZE)
+            .await
+    }
+
+    /// Connects with a pool of up to `max_connections`, when a URL is configured.
+    async fn connect_with_pool_size(
+        self,
+        max_connections: u32,
+    ) -> Result<Option<crate::postgres::Database>, crate::Error> {
         let schema = crate::postgres::Schema::new(self.db_schema)?;
         match self.database_url {
             Some(url) => Ok(Some(
-                crate::postgres::Database::connect(&url, schema).await?,
+                crate::postgres::Database::connect_with_pool_size(&url, schema, max_connections)
+                    .await?,
             )),
             None => Ok(None),
         }
@@ -172,12 +186,7 @@ struct RunArgs {
 impl RunArgs {
     /// The worker's settings, and where its database is (connected by the caller).
     fn into_config(self) -> Result<(WorkerConfig, DatabaseArgs), crate::Error> {
-        let buckets = if self.delay_buckets.is_empty() {
-            DEFAULT_DELAY_BUCKETS.to_vec()
-        } else {
-            self.delay_buckets
-        };
-        let delays = DelayQueues::new(buckets)?;
+        let delays = delay_queues(self.delay_buckets)?;
         let mut config = WorkerConfig::new(self.amqp_url)
             .queues(
                 self.queues
@@ -232,7 +241,13 @@ async fn run(args: RunArgs) -> Result<(), crate::Error> {
     let (migrate, relay) = (args.migrate, !args.no_relay);
     let (mut config, database) = args.into_config()?;
     config = config.relay(relay);
-    match database.connect().await? {
+    let queues = if config.queues.is_empty() {
+        Registry::from_linked_jobs()?.queues().len()
+    } else {
+        config.queues.len()
+    };
+    let pool_size = crate::database_connections(config.concurrency, queues, relay);
+    match database.connect_with_pool_size(pool_size).await? {
         Some(database) => config = config.database(database).migrate_on_start(migrate),
         None if migrate => {
             return Err(crate::Error::Config(
@@ -315,7 +330,17 @@ impl StopSignals {
     }
 }
 
+/// The delay queues of `--delay-buckets` (the defaults when none are given).
+fn delay_queues(buckets: Vec<Duration>) -> Result<DelayQueues, crate::Error> {
+    if buckets.is_empty() {
+        DelayQueues::new(DEFAULT_DELAY_BUCKETS.to_vec())
+    } else {
+        DelayQueues::new(buckets)
+    }
+}
+
 async fn relay(args: RelayArgs) -> Result<(), crate::Error> {
+    let delays = delay_queues(args.delay_buckets)?;
     let Some(database) = args.database.connect().await? else {
         return Err(crate::Error::Config(
             "worker relay needs a database: set DATABASE_URL or pass --database-url".into(),
@@ -330,6 +355,7 @@ async fn relay(args: RelayArgs) -> Result<(), crate::Error> {
         }
     };
     let result = crate::outbox::Relay::new(database, args.amqp_url)
+        .delay_queues(delays)
         .run(token)
         .await;
     if let Some(signals) = signals {

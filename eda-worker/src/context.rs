@@ -71,6 +71,14 @@ impl JobContext {
         self
     }
 
+    /// The correlation id of the jobs this one enqueues: its own, or its
+    /// message id when it has none.
+    fn correlation_id_for_children(&self) -> String {
+        self.correlation_id
+            .clone()
+            .unwrap_or_else(|| self.message_id.clone())
+    }
+
     /// The jobs enqueued with [`JobContext::enqueue`] without a database.
     pub(crate) fn follow_ups(&self) -> FollowUps {
         self.follow_ups.clone()
@@ -83,33 +91,30 @@ impl JobContext {
     /// consuming this message and producing the next ones are one atomic step.
     /// Without one, the worker publishes it (confirmed) after the handler
     /// succeeded and before the ack: at least once, and if that publish fails
-    /// this attempt fails and is retried, handler included.
+    /// this attempt fails and is retried, handler included. Its message id
+    /// is derived from this message's id and its place among the jobs this
+    /// handler enqueued, so the copies a retry sends again carry the same ids
+    /// and the receiving worker's inbox drops them.
+    ///
+    /// While the handler holds its transaction (`ctx.tx()`), this is an
+    /// error: enqueue through [`JobTx::enqueue`] instead.
     ///
     /// In a unit test (`JobContext::for_test()`), the jobs are only collected:
     /// see [`JobContext::enqueued`].
     pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
-        let correlation_id = self
-            .correlation_id
-            .clone()
-            .unwrap_or_else(|| self.message_id.clone());
-        if let Some(shared) = &self.tx {
-            let mut guard = shared.lock().await;
-            let Some(tx) = guard.as_deref_mut() else {
-                return Err(Error::NoTransaction {
-                    job: self.job,
-                    reason: "the handler has returned and its transaction is finished",
-                });
-            };
-            return self
-                .outbox
-                .enqueue_correlated(tx, job, args, correlation_id)
-                .await;
+        let correlation_id = self.correlation_id_for_children();
+        if self.tx.is_some() {
+            return self.tx().await?.enqueue(job, args).await;
         }
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,
         })?;
-        let message_id = Uuid::new_v4();
+        let mut follow_ups = self
+            .follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let message_id = follow_up_id(&self.message_id, J::NAME, follow_ups.len());
         let follow_up = FollowUp {
             queue: J::QUEUE,
             queue_type: J::QUEUE_TYPE,
@@ -122,10 +127,7 @@ impl JobContext {
             },
             body,
         };
-        self.follow_ups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(follow_up);
+        follow_ups.push(follow_up);
         Ok(message_id)
     }
 
@@ -201,8 +203,13 @@ impl JobContext {
     /// }
     /// ```
     ///
-    /// An error when the worker has no database (set `DATABASE_URL`), or when
-    /// called after the handler returned (from a task it spawned).
+    /// The transaction is one connection: one `JobTx` at a time. Use
+    /// [`JobTx::enqueue`] to enqueue while holding it.
+    ///
+    /// An error when the worker has no database (set `DATABASE_URL`), when an
+    /// earlier `JobTx` is still alive (waiting for it would deadlock a
+    /// handler that holds it), or when called after the handler returned
+    /// (from a task it spawned).
     pub async fn tx(&self) -> Result<JobTx<'_>, Error> {
         let Some(shared) = &self.tx else {
             return Err(Error::NoTransaction {
@@ -210,22 +217,53 @@ impl JobContext {
                 reason: "the worker has no database: set DATABASE_URL (or WorkerConfig::database)",
             });
         };
-        let guard = shared.lock().await;
+        let Ok(guard) = shared.try_lock() else {
+            return Err(Error::NoTransaction {
+                job: self.job,
+                reason: "the transaction is borrowed by an earlier `ctx.tx()` that is still alive: \
+                         drop it first, or call `enqueue` on it",
+            });
+        };
         if guard.is_none() {
             return Err(Error::NoTransaction {
                 job: self.job,
                 reason: "the handler has returned and its transaction is finished",
             });
         }
-        Ok(JobTx { guard })
+        Ok(JobTx { guard, ctx: self })
     }
 }
+
+/// The message id of the `index`-th job enqueued by the handler of message
+/// `parent` without a database: the same on every attempt, so the copies a
+/// retry sends again are dropped by the receiving worker's inbox.
+fn follow_up_id(parent: &str, job: &str, index: usize) -> Uuid {
+    let name = format!("{parent}\n{job}\n{index}");
+    Uuid::new_v5(&FOLLOW_UP_NAMESPACE, name.as_bytes())
+}
+
+/// The UUIDv5 namespace of follow-up message ids.
+const FOLLOW_UP_NAMESPACE: Uuid = Uuid::from_u128(0x6564_612d_776f_726b_6572_2d66_6f6c_6c6f);
 
 /// The handler's transaction, borrowed from its [`JobContext`]: use
 /// `&mut *tx` as a sqlx executor. Hold it only while writing; the worker
 /// commits after the handler returned.
 pub struct JobTx<'a> {
     guard: MutexGuard<'a, Option<Transaction<'static, Postgres>>>,
+    ctx: &'a JobContext,
+}
+
+impl JobTx<'_> {
+    /// Enqueues `job` through the outbox in this transaction, carrying the
+    /// job's correlation id: the same as [`JobContext::enqueue`], for a
+    /// handler that holds its transaction.
+    pub async fn enqueue<J: Job>(&mut self, job: J, args: J::Args) -> Result<Uuid, Error> {
+        let ctx = self.ctx;
+        let correlation_id = ctx.correlation_id_for_children();
+        ctx.outbox
+            .enqueue_correlated(self, job, args, correlation_id)
+            .await
+    }
 }
 
 impl Deref for JobTx<'_> {
@@ -249,5 +287,31 @@ impl DerefMut for JobTx<'_> {
 impl std::fmt::Debug for JobTx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobTx").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follow_up_id;
+
+    #[test]
+    fn follow_up_ids_are_the_same_on_every_attempt_and_differ_by_place_and_parent() {
+        let parent = "0f8e6d3c-1b2a-4c5d-9e8f-7a6b5c4d3e2f";
+        assert_eq!(
+            follow_up_id(parent, "send_email", 0),
+            follow_up_id(parent, "send_email", 0)
+        );
+        assert_ne!(
+            follow_up_id(parent, "send_email", 0),
+            follow_up_id(parent, "send_email", 1)
+        );
+        assert_ne!(
+            follow_up_id(parent, "send_email", 0),
+            follow_up_id(parent, "charge", 0)
+        );
+        assert_ne!(
+            follow_up_id(parent, "send_email", 0),
+            follow_up_id("another", "send_email", 0)
+        );
     }
 }

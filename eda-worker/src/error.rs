@@ -396,6 +396,30 @@ pub enum Error {
         source: sqlx::migrate::MigrateError,
     },
 
+    /// The database was migrated by a newer eda-worker.
+    #[error(
+        "schema `{schema}` has migration {version} applied, which this binary does not know: a newer eda-worker migrated this database (this one knows up to {known}); run the newer version, or this one against another schema"
+    )]
+    DatabaseNewer {
+        /// The schema.
+        schema: String,
+        /// The unknown migration applied.
+        version: i64,
+        /// The newest migration this binary knows.
+        known: i64,
+    },
+
+    /// An applied migration differs from this binary's.
+    #[error(
+        "migration {version} in schema `{schema}` differs from this binary's: migrations must not be edited once applied"
+    )]
+    MigrationChanged {
+        /// The schema.
+        schema: String,
+        /// The migration.
+        version: i64,
+    },
+
     /// The worker was configured with nothing to do or impossible settings.
     #[error("invalid configuration: {0}")]
     Config(String),

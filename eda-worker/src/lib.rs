@@ -61,7 +61,7 @@ pub use error::{Error, JobError, JobErrorKind, MAX_ERROR_TEXT, error_chain_text}
 pub use job::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobDefinition};
 pub use registry::Registry;
 pub use retry::{Backoff, DEFAULT_BACKOFF};
-pub use worker::Worker;
+pub use worker::{Worker, database_connections};
 
 /// What a job module needs: `use eda_worker::prelude::*;`.
 pub mod prelude {

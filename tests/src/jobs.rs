@@ -663,3 +663,88 @@ pub async fn chain_parent_without_database(ctx: JobContext, args: Chain) -> Resu
 pub async fn chain_child_without_database(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the test of a handler that ignores a failed statement.
+pub const INBOX_SWALLOWED_QUEUE: &str = "eda-test.inbox-swallowed";
+
+/// Writes its effect, then runs a statement that fails, ignores the error and
+/// returns `Ok`: PostgreSQL would roll the transaction back at the commit.
+#[job(queue = "eda-test.inbox-swallowed", retries = 0)]
+pub async fn swallows_a_failed_statement(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    record(&ctx, &args);
+    let mut tx = ctx.tx().await?;
+    let statement = format!("INSERT INTO {} (message_id, n) VALUES ($1, $2)", args.table);
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(ctx.message_id())
+        .bind(i64::from(args.n))
+        .execute(&mut *tx)
+        .await?;
+    let ignored = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
+    assert!(ignored.is_err(), "division by zero fails");
+    Ok(())
+}
+
+/// Queue of the test of enqueueing while holding the transaction.
+pub const TX_HELD_QUEUE: &str = "eda-test.tx-held";
+/// Where its children go (never consumed).
+pub const TX_HELD_CHILD_QUEUE: &str = "eda-test.tx-held-child";
+
+/// Holds its transaction: `ctx.enqueue` is then an error (not a deadlock),
+/// and `tx.enqueue` works.
+#[job(queue = "eda-test.tx-held", retries = 0)]
+pub async fn enqueues_while_holding_the_tx(ctx: JobContext, n: u32) -> Result<(), JobError> {
+    let mut tx = ctx.tx().await?;
+    let enqueue_error = match ctx.enqueue(tx_held_child, n).await {
+        Ok(_) => return Err(JobError::permanent("ctx.enqueue worked while tx was held")),
+        Err(error) => error.to_string(),
+    };
+    if !enqueue_error.contains("drop it first, or call `enqueue` on it") {
+        return Err(JobError::permanent(format!(
+            "unexpected error: {enqueue_error}"
+        )));
+    }
+    tx.enqueue(tx_held_child, n).await?;
+    Ok(())
+}
+
+/// Never runs.
+#[job(queue = "eda-test.tx-held-child")]
+pub async fn tx_held_child(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queues of the test of one message id on two queues (as an event reaches
+/// each of its subscribers).
+pub const INBOX_PER_QUEUE_A: &str = "eda-test.inbox-per-queue-a";
+/// The second one.
+pub const INBOX_PER_QUEUE_B: &str = "eda-test.inbox-per-queue-b";
+
+/// Writes its effect in the job's transaction.
+#[job(queue = "eda-test.inbox-per-queue-a", retries = 0)]
+pub async fn inbox_per_queue_a(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}
+
+/// Writes its effect in the job's transaction.
+#[job(queue = "eda-test.inbox-per-queue-b", retries = 0)]
+pub async fn inbox_per_queue_b(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}
+
+/// Queue of the test that deletes a queue under the relay.
+pub const OUTBOX_REDECLARE_QUEUE: &str = "eda-test.outbox-redeclare";
+
+/// Only ever enqueued through the outbox, never run.
+#[job(queue = "eda-test.outbox-redeclare")]
+pub async fn outbox_redeclare(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}
+
+/// Queue of the test with a schema named like an SQL keyword.
+pub const OUTBOX_KEYWORD_SCHEMA_QUEUE: &str = "eda-test.outbox-keyword-schema";
+
+/// Only ever enqueued through the outbox, never run.
+#[job(queue = "eda-test.outbox-keyword-schema")]
+pub async fn outbox_keyword_schema(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

@@ -237,7 +237,7 @@ pub async fn fresh_database(schema: &str) -> eda_worker::postgres::Database {
 
 /// Drops the database's eda-worker schema and everything in it.
 pub async fn drop_schema(database: &eda_worker::postgres::Database) {
-    let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", database.schema());
+    let statement = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", database.schema());
     sqlx::query(sqlx::AssertSqlSafe(statement))
         .execute(database.pool())
         .await

@@ -7,8 +7,11 @@ use eda_worker::postgres::Database;
 use eda_worker::wire::{HEADER_ERROR, header_text};
 use eda_worker::{Client, EnqueueOptions, Worker};
 use eda_worker_tests::jobs::{
-    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_DEDUP_QUEUE, INBOX_NO_DATABASE_QUEUE, INBOX_RACE_QUEUE,
-    INBOX_ROLLBACK_QUEUE, inbox_dedup, inbox_race, inbox_rollback, needs_a_transaction, runs,
+    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_DEDUP_QUEUE, INBOX_NO_DATABASE_QUEUE, INBOX_PER_QUEUE_A,
+    INBOX_PER_QUEUE_B, INBOX_RACE_QUEUE, INBOX_ROLLBACK_QUEUE, INBOX_SWALLOWED_QUEUE,
+    TX_HELD_CHILD_QUEUE, TX_HELD_QUEUE, enqueues_while_holding_the_tx, inbox_dedup,
+    inbox_per_queue_a, inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction, runs,
+    swallows_a_failed_statement,
 };
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, drop_schema, fresh_database, wait_until, worker_config,
@@ -275,4 +278,125 @@ async fn pruning_deletes_only_rows_older_than_the_retention() {
     assert_eq!(left, ["new-1", "new-2", "new-3"]);
     drop_schema(&database).await;
     database.close().await;
+}
+
+#[tokio::test]
+async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_SWALLOWED_QUEUE).await;
+    let (database, table) = database("eda_test_inbox_swallowed").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(
+        &broker,
+        INBOX_SWALLOWED_QUEUE,
+        worker_config().database(database.clone()),
+    )
+    .await;
+    let args = DbWrite {
+        table: table.clone(),
+        n: 4,
+        hold_ms: 0,
+        fail: false,
+    };
+    let id = client
+        .enqueue(swallows_a_failed_statement, args)
+        .await
+        .unwrap()
+        .to_string();
+    let dlq = format!("{INBOX_SWALLOWED_QUEUE}.dlq");
+    wait_until("the job is dead-lettered", WAIT, || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    let dead = broker.get(&dlq).await.expect("a dead letter");
+    let error = header_text(&dead.delivery.properties, HEADER_ERROR).unwrap_or_default();
+    assert!(
+        error.contains("its effects were not committed")
+            && error.contains("a statement in its transaction failed"),
+        "{error}"
+    );
+    assert_eq!(runs_of(INBOX_SWALLOWED_QUEUE, &id), 1);
+    assert_eq!(effects(&database, &table, &id).await, 0);
+    assert_eq!(inbox_rows(&database, &id).await, 0);
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(INBOX_SWALLOWED_QUEUE).await;
+}
+
+#[tokio::test]
+async fn enqueueing_while_holding_the_transaction_is_an_error_and_tx_enqueue_works() {
+    let broker = Broker::connect().await;
+    broker.reset(TX_HELD_QUEUE).await;
+    broker.reset(TX_HELD_CHILD_QUEUE).await;
+    let (database, _table) = database("eda_test_tx_held").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let worker = RunningWorker::start(
+        &broker,
+        TX_HELD_QUEUE,
+        worker_config().database(database.clone()),
+    )
+    .await;
+    client
+        .enqueue(enqueues_while_holding_the_tx, 7)
+        .await
+        .unwrap();
+    // The relay inside the worker sends the child the handler put in the outbox.
+    wait_until("the child arrives", WAIT, || async {
+        broker.ready(TX_HELD_CHILD_QUEUE).await == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(broker.ready(&format!("{TX_HELD_QUEUE}.dlq")).await, 0);
+    assert_eq!(broker.ready(TX_HELD_QUEUE).await, 0);
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.reset(TX_HELD_QUEUE).await;
+    broker.cleanup(TX_HELD_CHILD_QUEUE).await;
+}
+
+#[tokio::test]
+async fn one_message_id_on_two_queues_runs_once_in_each() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_PER_QUEUE_A).await;
+    broker.reset(INBOX_PER_QUEUE_B).await;
+    let (database, table) = database("eda_test_inbox_per_queue").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let config = || worker_config().database(database.clone());
+    let a = RunningWorker::start(&broker, INBOX_PER_QUEUE_A, config()).await;
+    let b = RunningWorker::start(&broker, INBOX_PER_QUEUE_B, config()).await;
+    let id = Uuid::new_v4();
+    let args = DbWrite {
+        table: table.clone(),
+        n: 5,
+        hold_ms: 0,
+        fail: false,
+    };
+    let options = EnqueueOptions::default().message_id(id);
+    client
+        .enqueue_with(inbox_per_queue_a, args.clone(), options.clone())
+        .await
+        .unwrap();
+    client
+        .enqueue_with(inbox_per_queue_b, args, options)
+        .await
+        .unwrap();
+    let id = id.to_string();
+    wait_until("both ran", WAIT, || async {
+        inbox_rows(&database, &id).await == 2
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert_eq!(effects(&database, &table, &id).await, 2);
+    assert_eq!(runs_of(INBOX_PER_QUEUE_A, &id), 1);
+    assert_eq!(runs_of(INBOX_PER_QUEUE_B, &id), 1);
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.reset(INBOX_PER_QUEUE_A).await;
+    broker.cleanup(INBOX_PER_QUEUE_B).await;
 }

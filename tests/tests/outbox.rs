@@ -9,8 +9,9 @@ use eda_worker::outbox::{self, Relay};
 use eda_worker::postgres::Database;
 use eda_worker::{Client, EnqueueOptions};
 use eda_worker_tests::jobs::{
-    DbWrite, OUTBOX_QUEUE, OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_resend,
-    outbox_target, outbox_two_relays, runs,
+    DbWrite, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE, OUTBOX_REDECLARE_QUEUE,
+    OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema, outbox_redeclare,
+    outbox_resend, outbox_target, outbox_two_relays, runs,
 };
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, database_url, drop_schema, fresh_database, wait_until,
@@ -296,7 +297,10 @@ async fn a_row_that_cannot_be_published_is_counted_and_retried_later_not_in_a_lo
     let failing = &status.failing[0];
     assert_eq!(failing.attempts, 1);
     let error = failing.last_error.clone().unwrap_or_default();
-    assert!(error.contains("eda-test.no-such-exchange") || error.contains("NOT_FOUND"), "{error}");
+    assert!(
+        error.contains("eda-test.no-such-exchange") || error.contains("NOT_FOUND"),
+        "{error}"
+    );
 
     let output = tokio::process::Command::new(WORKER)
         .args(["outbox", "status"])
@@ -307,7 +311,79 @@ async fn a_row_that_cannot_be_published_is_counted_and_retried_later_not_in_a_lo
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("pending rows: 1"), "{stdout}");
-    assert!(stdout.contains("ATTEMPTS"), "the failing row is listed: {stdout}");
+    assert!(
+        stdout.contains("ATTEMPTS"),
+        "the failing row is listed: {stdout}"
+    );
     drop_schema(&database).await;
     database.close().await;
+}
+
+/// Commits one outbox row for `job` with `args`.
+async fn commit_row<J: eda_worker::Job>(database: &Database, job: J, args: J::Args) {
+    let mut tx = database.pool().begin().await.unwrap();
+    outbox::Outbox::in_schema(database.schema().clone())
+        .enqueue(&mut tx, job, args)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_deleted_under_the_relay_is_declared_again() {
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_REDECLARE_QUEUE).await;
+    let database = migrated("eda_test_outbox_redeclare").await;
+    let relay = start_relay(&database);
+    commit_row(&database, outbox_redeclare, 1).await;
+    wait_until("the first row is sent", WAIT, || async {
+        broker.ready(OUTBOX_REDECLARE_QUEUE).await == 1
+    })
+    .await;
+    broker.delete_queue(OUTBOX_REDECLARE_QUEUE).await;
+    // Returned unroutable first, then declared again and sent on the next try.
+    commit_row(&database, outbox_redeclare, 2).await;
+    wait_until("the second row is sent", WAIT, || async {
+        broker.ready(OUTBOX_REDECLARE_QUEUE).await == 1 && pending(&database).await == 0
+    })
+    .await;
+    stop_relay(relay).await;
+    let message = broker.get(OUTBOX_REDECLARE_QUEUE).await.expect("a message");
+    assert_eq!(message.delivery.data, b"2");
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_REDECLARE_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_schema_named_like_a_keyword_works_and_its_notifications_wake_the_relay() {
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_KEYWORD_SCHEMA_QUEUE).await;
+    let database = migrated("user").await;
+    database.migrate().await.unwrap();
+    // Polling only every minute: the row must be sent on its NOTIFY.
+    let token = CancellationToken::new();
+    let relay = Relay::new(database.clone(), amqp_url()).poll_interval(Duration::from_secs(60));
+    let relay = (token.clone(), tokio::spawn(relay.run(token)));
+    // Let the relay's first (empty) pass finish, so that the row is sent on
+    // its notification and not by that pass.
+    wait_until("the relay listens", WAIT, || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN \"user_outbox\"%'",
+        )
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+        listening > 0
+    })
+    .await;
+    commit_row(&database, outbox_keyword_schema, 3).await;
+    wait_until("the row is sent", Duration::from_secs(20), || async {
+        broker.ready(OUTBOX_KEYWORD_SCHEMA_QUEUE).await == 1 && pending(&database).await == 0
+    })
+    .await;
+    stop_relay(relay).await;
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_KEYWORD_SCHEMA_QUEUE).await;
 }

@@ -125,12 +125,18 @@ fn password_of(url: &str) -> Option<&str> {
     password_span(url).map(|(start, end)| &url[start..end])
 }
 
-/// The URL with its password replaced by `***`, for logs and errors.
+/// The URL with its password replaced by `***`, for logs and errors: the
+/// one in the userinfo, and a `password` or `sslpassword` query parameter
+/// (which PostgreSQL URLs accept).
 ///
 /// ```
 /// assert_eq!(
 ///     eda_worker::redact_url("amqp://guest:s3cret@rabbit:5672/%2f"),
 ///     "amqp://guest:***@rabbit:5672/%2f",
+/// );
+/// assert_eq!(
+///     eda_worker::redact_url("postgres://app@db/app?password=s3cret&sslmode=require"),
+///     "postgres://app@db/app?password=***&sslmode=require",
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
@@ -138,15 +144,61 @@ pub fn redact_url(url: &str) -> String {
         // Not a URL we understand: it may be a password pasted by mistake.
         return "<unparseable URL>".to_owned();
     }
-    match password_span(url) {
+    let url = match password_span(url) {
         Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
         None => url.to_owned(),
-    }
+    };
+    redact_query_passwords(&url)
+}
+
+/// Replaces the values of `password` and `sslpassword` query parameters.
+fn redact_query_passwords(url: &str) -> String {
+    // The query starts after the userinfo (whose password is redacted already).
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let host_start = url[authority_start..]
+        .rfind('@')
+        .map_or(authority_start, |at| authority_start + at + 1);
+    let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q + 1) else {
+        return url.to_owned();
+    };
+    let (query, fragment) = match url[query_start..].find('#') {
+        Some(hash) => url[query_start..].split_at(hash),
+        None => (&url[query_start..], ""),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("password")
+                    || key.eq_ignore_ascii_case("sslpassword") =>
+            {
+                format!("{key}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}{}{fragment}", &url[..query_start], query.join("&"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[test]
+    fn password_query_parameters_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://db/app?sslmode=require&PASSWORD=x%26y&sslpassword=k"),
+            "postgres://db/app?sslmode=require&PASSWORD=***&sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p?w@db/app?password=z"),
+            "postgres://u:***@db/app?password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://db/app?application_name=a"),
+            "postgres://db/app?application_name=a"
+        );
+    }
 
     #[test]
     fn password_is_redacted() {

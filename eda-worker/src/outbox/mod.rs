@@ -27,7 +27,10 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-pub use relay::{DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, FailingRow, OutboxStatus, Relay, status};
+pub use relay::{
+    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, FailingRow, OutboxStatus, RELAY_CONNECTIONS, Relay,
+    status,
+};
 
 use crate::postgres::Schema;
 use crate::wire::now_millis;
@@ -40,7 +43,9 @@ pub async fn enqueue<J: Job>(tx: &mut PgConnection, job: J, args: J::Args) -> Re
     Outbox::default().enqueue(tx, job, args).await
 }
 
-/// [`enqueue`], for a job due no earlier than `delay` after the relay sends it.
+/// [`enqueue`], for a job due no earlier than `delay` after this call (the
+/// due time is fixed at insert; a relay that sends the row later than that
+/// sends it for running at once).
 pub async fn enqueue_in<J: Job>(
     tx: &mut PgConnection,
     job: J,

@@ -32,17 +32,57 @@ const RELAY_CHANNELS: usize = 256;
 /// Batches a relay claims and publishes at once.
 const PARALLEL_PASSES: usize = 4;
 
+/// Database connections a relay holds at most: its LISTEN and its batches.
+pub const RELAY_CONNECTIONS: usize = 1 + PARALLEL_PASSES;
+
 /// The longest wait before a failing row is tried again.
 const MAX_ROW_BACKOFF_SECS: f64 = 300.0;
 
+/// How long a row's publish may wait for its confirm (a broker that blocks
+/// publishers under a memory or disk alarm sends none); past it the row is
+/// left for a later pass, uncharged.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After its token is cancelled, how long the relay may take to settle the
+/// batches it is publishing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A session that ran this long before failing was healthy: the next
+/// reconnect starts again from the shortest pause.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
+/// What became of one row's publish.
+enum Sent {
+    /// Confirmed by the broker: the row is deleted.
+    Confirmed,
+    /// Refused by the broker (nacked, returned, a channel error): counted
+    /// against the row, which is tried again after a backoff.
+    Refused(Error),
+    /// Not settled (the connection went away, no confirm in time): left as
+    /// it was for the next pass, uncharged.
+    Unsettled,
+}
+
 /// Publishes the outbox of one database to RabbitMQ.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relay {
     database: Database,
     amqp_url: String,
     batch: usize,
     poll_interval: Duration,
     delays: DelayQueues,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("database", &self.database)
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("batch", &self.batch)
+            .field("poll_interval", &self.poll_interval)
+            .field("delays", &self.delays)
+            .finish()
+    }
 }
 
 /// One outbox row.
@@ -114,13 +154,25 @@ impl Relay {
     /// Publishes rows until `token` is cancelled. Reconnects to the broker and
     /// the database when they go away, backing off; a row that keeps failing
     /// is counted, logged and tried again later, never in a hot loop.
+    ///
+    /// Cancelled, it finishes the batches in flight (up to 10 s) and stops.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
         let mut pause = Duration::from_secs(1);
         loop {
+            let started = std::time::Instant::now();
             let ended = tokio::select! {
-                () = token.cancelled() => return Ok(()),
                 ended = self.session(&token) => ended,
+                () = async {
+                    token.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "outbox relay stopped with batches unsettled; their rows are sent again later");
+                    return Ok(());
+                }
             };
+            if started.elapsed() >= HEALTHY_SESSION {
+                pause = Duration::from_secs(1);
+            }
             match ended {
                 Ok(()) => return Ok(()),
                 Err(error) => {
@@ -181,6 +233,8 @@ impl Relay {
                     if let Err(source) = notified {
                         break Err(database_error("receive of a notification", source));
                     }
+                    // One pass serves all the commits notified so far.
+                    while listener.next_buffered().is_some() {}
                 }
                 () = tokio::time::sleep(self.poll_interval) => {}
             }
@@ -226,16 +280,32 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let results = join_all(
-            rows.iter()
-                .map(|row| self.publish(publisher, declared, row)),
-        )
+        let results = join_all(rows.iter().map(|row| async {
+            let published =
+                tokio::time::timeout(CONFIRM_TIMEOUT, self.publish(publisher, declared, row)).await;
+            match published {
+                Ok(Ok(())) => Sent::Confirmed,
+                Ok(Err(error)) => {
+                    // Its queue may be gone: declared again on the next try.
+                    forget_declared(declared, row).await;
+                    // A lost connection is not the row's fault.
+                    if publisher.is_usable() {
+                        Sent::Refused(error)
+                    } else {
+                        Sent::Unsettled
+                    }
+                }
+                Err(_elapsed) => Sent::Unsettled,
+            }
+        }))
         .await;
         let mut sent = Vec::new();
+        let mut unsettled = 0_usize;
         for (row, result) in rows.iter().zip(results) {
             match result {
-                Ok(()) => sent.push(row.id),
-                Err(error) => {
+                Sent::Confirmed => sent.push(row.id),
+                Sent::Unsettled => unsettled += 1,
+                Sent::Refused(error) => {
                     let text = crate::error::error_chain_text(&error);
                     let attempts = row.attempts.saturating_add(1);
                     let backoff = 2f64.powi(attempts.min(16)).min(MAX_ROW_BACKOFF_SECS);
@@ -277,6 +347,7 @@ impl Relay {
         tracing::debug!(
             sent = sent.len(),
             claimed = rows.len(),
+            unsettled,
             "outbox batch relayed"
         );
         Ok(rows.len())
@@ -343,6 +414,16 @@ impl Relay {
                 .await
                 .map(|_bucket| ()),
         }
+    }
+}
+
+/// Forgets that `row`'s queues were declared, so that the next publish to
+/// them declares them again (a queue deleted while the relay runs).
+async fn forget_declared(declared: &Mutex<HashSet<String>>, row: &OutboxRow) {
+    if row.exchange.is_empty() {
+        let mut declared = declared.lock().await;
+        declared.remove(&row.routing_key);
+        declared.remove(&format!("{} +delays", row.routing_key));
     }
 }
 

@@ -20,18 +20,27 @@ pub(crate) enum Begun {
 /// transaction holds an uncommitted row for the same id (the same message
 /// delivered twice, running on two workers), this one waits for it; if that
 /// one commits, this one finds the row and reports `AlreadyProcessed`; if it
-/// rolls back, this one claims the id and runs.
+/// rolls back, this one claims the id and runs. The wait, and any lock wait
+/// of the handler's own statements, is bounded by `lock_timeout` (the job's
+/// timeout and a margin: a copy still running past that is stuck); past it,
+/// the statement fails and the attempt is retried.
+///
+/// The key is the queue and the message id: an event delivered to several
+/// queues runs once in each.
 pub(crate) async fn begin(
     database: &Database,
     message_id: &str,
     job: &str,
     queue: &str,
     dedup: bool,
+    lock_timeout: std::time::Duration,
 ) -> Result<Begun, sqlx::Error> {
-    let mut tx = database.pool().begin().await?;
+    let lock_timeout_ms = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
+    let begin = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}");
+    let mut tx = database.pool().begin_with(AssertSqlSafe(begin)).await?;
     if dedup {
         let claim = format!(
-            "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING",
+            "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (queue, message_id) DO NOTHING",
             database.schema().table("inbox")
         );
         let claimed = sqlx::query(AssertSqlSafe(claim))
@@ -63,8 +72,8 @@ pub(crate) async fn prune(
 ) -> Result<u64, sqlx::Error> {
     let table = database.schema().table("inbox");
     let statement = format!(
-        "DELETE FROM {table} WHERE message_id IN (\
-           SELECT message_id FROM {table} \
+        "DELETE FROM {table} WHERE (queue, message_id) IN (\
+           SELECT queue, message_id FROM {table} \
            WHERE processed_at < now() - make_interval(secs => $1) \
            ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
     );

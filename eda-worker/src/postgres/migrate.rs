@@ -18,7 +18,7 @@ static MIGRATIONS: Migrator = sqlx::migrate!("../migrations");
 pub(super) async fn run(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
     let options = (*pool.connect_options())
         .clone()
-        .options([("search_path", schema.as_str())]);
+        .options([("search_path", schema.quoted())]);
     let migration_pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options)
@@ -28,7 +28,7 @@ pub(super) async fn run(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
             source,
         })?;
     let mut migrator = Migrator::with_migrations(MIGRATIONS.iter().cloned().collect());
-    migrator.create_schema(schema.as_str().to_owned());
+    migrator.create_schema(schema.quoted());
     migrator.dangerous_set_table_name(schema.table("_sqlx_migrations"));
     let migrated = migrator.run(&migration_pool).await;
     migration_pool.close().await;
@@ -48,13 +48,15 @@ pub fn latest_version() -> i64 {
 
 fn migrate_error(schema: &Schema, source: MigrateError) -> Error {
     match source {
-        MigrateError::VersionMissing(version) => Error::Config(format!(
-            "schema `{schema}` has migration {version} applied, which this binary does not know: a newer eda-worker migrated this database (this one knows up to {}); run the newer version, or a migration of this version against another schema",
-            latest_version()
-        )),
-        MigrateError::VersionMismatch(version) => Error::Config(format!(
-            "migration {version} in schema `{schema}` differs from this binary's: migrations must not be edited once applied"
-        )),
+        MigrateError::VersionMissing(version) => Error::DatabaseNewer {
+            schema: schema.to_string(),
+            version,
+            known: latest_version(),
+        },
+        MigrateError::VersionMismatch(version) => Error::MigrationChanged {
+            schema: schema.to_string(),
+            version,
+        },
         source => Error::Migrate {
             schema: schema.to_string(),
             source,

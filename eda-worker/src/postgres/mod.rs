@@ -23,6 +23,10 @@ use sqlx::postgres::PgPoolOptions;
 use crate::Error;
 use crate::broker::redact_url;
 
+/// The longest schema name: the outbox's notification channel is
+/// `<schema>_outbox`, and PostgreSQL's identifiers have at most 63 bytes.
+pub const MAX_SCHEMA_NAME: usize = 56;
+
 /// The schema of eda-worker's tables when not configured.
 pub const DEFAULT_SCHEMA: &str = "eda_worker";
 
@@ -36,8 +40,8 @@ pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600)
 /// How long a checkout from the pool may wait for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The name of eda-worker's schema: a plain lower-case SQL identifier, so
-/// that it can be written into statements without quoting surprises.
+/// The name of eda-worker's schema: a plain lower-case SQL identifier (always
+/// quoted in statements, so that a keyword such as `user` works too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema(String);
 
@@ -48,12 +52,13 @@ impl Default for Schema {
 }
 
 impl Schema {
-    /// A schema name: 1 to 63 of `a-z`, `0-9` and `_`, not starting with a
-    /// digit, and not `pg_`-prefixed (reserved by PostgreSQL).
+    /// A schema name: 1 to 56 of `a-z`, `0-9` and `_`, not starting with a
+    /// digit, and not `pg_`-prefixed (reserved by PostgreSQL). 56, so that the
+    /// outbox's notification channel `<schema>_outbox` fits PostgreSQL's 63.
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         let valid = !name.is_empty()
-            && name.len() <= 63
+            && name.len() <= MAX_SCHEMA_NAME
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && !name.starts_with("pg_")
             && name
@@ -63,7 +68,7 @@ impl Schema {
             Ok(Schema(name))
         } else {
             Err(Error::Config(format!(
-                "invalid database schema name `{name}`: use 1 to 63 of a-z, 0-9 and _, not starting with a digit or pg_"
+                "invalid database schema name `{name}`: use 1 to {MAX_SCHEMA_NAME} of a-z, 0-9 and _, not starting with a digit or pg_"
             )))
         }
     }
@@ -73,9 +78,15 @@ impl Schema {
         &self.0
     }
 
-    /// `<schema>.<table>`, for statements.
+    /// The name quoted as an SQL identifier.
+    pub(crate) fn quoted(&self) -> String {
+        // The name holds no `"`: see `new`.
+        format!("\"{}\"", self.0)
+    }
+
+    /// `"<schema>".<table>`, for statements.
     pub(crate) fn table(&self, table: &str) -> String {
-        format!("{}.{table}", self.0)
+        format!("{}.{table}", self.quoted())
     }
 }
 
@@ -99,6 +110,9 @@ pub struct Database {
     schema: Schema,
 }
 
+/// Connections of the pool [`Database::connect`] makes.
+pub const DEFAULT_POOL_SIZE: u32 = 32;
+
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
@@ -110,9 +124,23 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Connects a pool to `url`. The first connection is made now, so a wrong
     /// URL or an unreachable server is an error here (its password redacted).
+    ///
+    /// The pool holds up to 32 connections. Each job running with a
+    /// transaction holds one, and the relay up to five: see
+    /// [`Database::connect_with_pool_size`] for a larger worker.
     pub async fn connect(url: &str, schema: Schema) -> Result<Self, Error> {
+        Self::connect_with_pool_size(url, schema, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`Database::connect`] with a pool of up to `max_connections`
+    /// (connections are opened as they are needed).
+    pub async fn connect_with_pool_size(
+        url: &str,
+        schema: Schema,
+        max_connections: u32,
+    ) -> Result<Self, Error> {
         let pool = PgPoolOptions::new()
-            .max_connections(32)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await

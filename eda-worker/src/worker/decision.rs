@@ -28,6 +28,8 @@ pub(crate) enum Failure {
     TooLarge { size: usize, limit: usize },
     /// The jobs the handler enqueued could not be published.
     FollowUp(crate::Error),
+    /// The handler returned `Ok`, but its transaction could not be committed.
+    Uncommitted(&'static str),
     /// The job's transaction could not begin or commit.
     Database {
         operation: &'static str,
@@ -56,6 +58,9 @@ impl Failure {
                 "the handler succeeded, but a job it enqueued could not be published: {}",
                 crate::error::error_chain_text(error)
             ),
+            Failure::Uncommitted(why) => {
+                format!("the handler returned Ok, but its effects were not committed: {why}")
+            }
             Failure::Database { operation, error } => {
                 format!("PostgreSQL {operation} failed: {error}")
             }
@@ -76,6 +81,7 @@ impl Failure {
             Failure::Panicked(_)
             | Failure::TimedOut(_)
             | Failure::Database { .. }
+            | Failure::Uncommitted(_)
             | Failure::FollowUp(_) => true,
             Failure::MissingType
             | Failure::UnknownJob { .. }

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
+use sqlx::{Postgres, Transaction};
 use tracing::Instrument;
 
 use super::ack::Settlement;
@@ -22,6 +24,17 @@ use crate::postgres::Database;
 use crate::postgres::inbox::{self, Begun};
 use crate::wire::{Envelope, now_millis, republished_properties, retry_properties};
 use crate::{DelayQueues, JobContext, QueueType};
+
+/// Added to a job's timeout for the time its inbox claim may wait on another
+/// copy of its message (see [`inbox::begin`]).
+const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the commit waits for a task the handler spawned to drop its
+/// `ctx.tx()` guard.
+const TX_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// SQLSTATE 25P02: a statement failed earlier in the transaction.
+const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 
 /// The jobs consumed from one queue, by wire name.
 #[derive(Debug)]
@@ -141,7 +154,11 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         let outcome = match (ran, tx) {
             (Ok(()), Some(tx)) => commit(&tx).await,
             (Ok(()), None) => publish_follow_ups(&follow_ups, dispatch).await,
-            (ran, _) => ran,
+            (ran, Some(tx)) => {
+                roll_back(&tx).await;
+                ran
+            }
+            (ran, None) => ran,
         };
         match outcome {
             Ok(()) => {
@@ -167,25 +184,91 @@ async fn begin_transaction(
     };
     // A message without an id (from a foreign producer) cannot be deduplicated.
     let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
-    inbox::begin(database, &envelope.message_id, job.name, job.queue, dedup)
-        .await
-        .map(Some)
-        .map_err(|error| Failure::Database {
-            operation: "begin of the job's transaction",
-            error,
-        })
+    // A copy of this message still running past its own timeout is stuck.
+    let lock_timeout = job.timeout + LOCK_TIMEOUT_MARGIN;
+    inbox::begin(
+        database,
+        &envelope.message_id,
+        job.name,
+        job.queue,
+        dedup,
+        lock_timeout,
+    )
+    .await
+    .map(Some)
+    .map_err(|error| Failure::Database {
+        operation: "begin of the job's transaction",
+        error,
+    })
 }
 
 /// Commits the handler's transaction (its writes and the inbox row).
-async fn commit(tx: &SharedTx) -> Result<(), Failure> {
+///
+/// PostgreSQL answers `COMMIT` of a transaction in which a statement failed
+/// with a rollback, not an error: a handler that ignored a failed statement
+/// and returned `Ok` would lose its effects and have its message acked. A
+/// statement before the commit fails in such a transaction, so that case is
+/// a failed attempt.
+async fn commit(shared: &SharedTx) -> Result<(), Failure> {
     // Taken out: a task the handler spawned can no longer use it.
-    let Some(tx) = tx.lock().await.take() else {
-        return Ok(());
+    let Some(mut tx) = take(shared, TX_RELEASE_WAIT).await? else {
+        return Err(Failure::Uncommitted(
+            "its transaction was finished before the worker could commit it",
+        ));
     };
+    if let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await {
+        let aborted = error
+            .as_database_error()
+            .and_then(|error| error.code())
+            .is_some_and(|code| code == IN_FAILED_SQL_TRANSACTION);
+        return Err(if aborted {
+            Failure::Uncommitted(
+                "a statement in its transaction failed (the handler went on and returned Ok), \
+                 so PostgreSQL would roll it back; nothing was committed. Use a savepoint \
+                 (tx.begin()) around a statement whose failure the handler tolerates",
+            )
+        } else {
+            Failure::Database {
+                operation: "check of the job's transaction before its commit",
+                error,
+            }
+        });
+    }
     tx.commit().await.map_err(|error| Failure::Database {
         operation: "commit of the job's transaction",
         error,
     })
+}
+
+/// Rolls back the handler's transaction after a failed attempt, so that its
+/// connection and its inbox row lock are released before the retry. When a
+/// task the handler spawned still holds it, that task's end rolls it back.
+async fn roll_back(shared: &SharedTx) {
+    match take(shared, Duration::ZERO).await {
+        Ok(Some(tx)) => {
+            if let Err(error) = tx.rollback().await {
+                tracing::warn!(%error, "rollback of the job's transaction failed; its connection is closed");
+            }
+        }
+        Ok(None) => {}
+        Err(_) => tracing::warn!(
+            "a task the handler spawned still holds the job's transaction: it rolls back when that task lets go"
+        ),
+    }
+}
+
+/// Takes the transaction out of the context, waiting up to `wait` for a task
+/// the handler spawned to let go of it.
+async fn take(
+    shared: &SharedTx,
+    wait: Duration,
+) -> Result<Option<Transaction<'static, Postgres>>, Failure> {
+    match tokio::time::timeout(wait, shared.lock()).await {
+        Ok(mut guard) => Ok(guard.take()),
+        Err(_) => Err(Failure::Uncommitted(
+            "a task the handler spawned still held its transaction (a `ctx.tx()` guard) after the handler returned",
+        )),
+    }
 }
 
 /// Publishes, confirmed, the jobs a handler enqueued without a database,

@@ -89,6 +89,18 @@ const REPUBLISH_CHANNELS: usize = 64;
 /// Pause before reconnecting after the broker went away mid-run.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
+/// Database connections a worker may use at once: one per running job, the
+/// relay's (LISTEN and its batches) and the pruner's.
+pub fn database_connections(concurrency: usize, queues: usize, relay: bool) -> u32 {
+    let jobs = concurrency.saturating_mul(queues);
+    let relay = if relay {
+        crate::outbox::RELAY_CONNECTIONS
+    } else {
+        0
+    };
+    u32::try_from(jobs.saturating_add(relay).saturating_add(1)).unwrap_or(u32::MAX)
+}
+
 /// A worker: consumes the queues of the registered jobs until cancelled.
 ///
 /// ```no_run
@@ -187,6 +199,25 @@ impl Worker {
     /// up to 30 s between attempts), and returns an error only for what
     /// waiting cannot fix: a queue declared with other arguments.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+        if let Some(database) = &self.config.database {
+            // Before the relay and the pruner, which need the tables.
+            if self.config.migrate {
+                database.migrate().await?;
+            }
+            let needed = database_connections(
+                self.config.concurrency,
+                self.queues.len(),
+                self.config.relay,
+            );
+            let size = database.pool().options().get_max_connections();
+            if size < needed {
+                tracing::warn!(
+                    pool_size = size,
+                    needed,
+                    "the database pool is smaller than the jobs that may run at once with a transaction (concurrency x queues) plus the relay and the pruner: jobs will wait for a connection, and fail after the pool's acquire timeout"
+                );
+            }
+        }
         // The outbox relay runs beside the consumers while a database is
         // configured, and stops with them.
         let relay = self
@@ -228,11 +259,6 @@ impl Worker {
     }
 
     async fn run_consumers(self, token: CancellationToken) -> Result<(), Error> {
-        if self.config.migrate
-            && let Some(database) = &self.config.database
-        {
-            database.migrate().await?;
-        }
         let consumer_timeout = self.config.consumer_timeout;
         for job in jobs_outliving(
             self.queues.iter().flat_map(|jobs| jobs.definitions()),
