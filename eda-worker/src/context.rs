@@ -3,6 +3,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
@@ -27,7 +28,30 @@ pub(crate) type FollowUps = Arc<std::sync::Mutex<Vec<FollowUp>>>;
 
 /// The handler's transaction, shared between the context (which the handler
 /// owns) and the worker (which commits it after the handler returned).
-pub(crate) type SharedTx = Arc<Mutex<Option<Transaction<'static, Postgres>>>>;
+pub(crate) type SharedTx = Arc<TxSlot>;
+
+/// Where the handler's transaction lives while it runs.
+#[derive(Debug)]
+pub(crate) struct TxSlot {
+    pub(crate) tx: Mutex<Option<Transaction<'static, Postgres>>>,
+    /// Whether the handler ever borrowed it (only then can a statement of
+    /// its own have failed in it).
+    borrowed: AtomicBool,
+}
+
+impl TxSlot {
+    pub(crate) fn new(tx: Transaction<'static, Postgres>) -> SharedTx {
+        Arc::new(TxSlot {
+            tx: Mutex::new(Some(tx)),
+            borrowed: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the handler ever borrowed the transaction.
+    pub(crate) fn was_borrowed(&self) -> bool {
+        self.borrowed.load(Ordering::Acquire)
+    }
+}
 
 /// Handed to every handler: which message this is, which attempt, and the
 /// correlation id that ties it to the request that caused it.
@@ -217,7 +241,7 @@ impl JobContext {
                 reason: "the worker has no database: set DATABASE_URL (or WorkerConfig::database)",
             });
         };
-        let Ok(guard) = shared.try_lock() else {
+        let Ok(guard) = shared.tx.try_lock() else {
             return Err(Error::NoTransaction {
                 job: self.job,
                 reason: "the transaction is borrowed by an earlier `ctx.tx()` that is still alive: \
@@ -230,6 +254,7 @@ impl JobContext {
                 reason: "the handler has returned and its transaction is finished",
             });
         }
+        shared.borrowed.store(true, Ordering::Release);
         Ok(JobTx { guard, ctx: self })
     }
 }

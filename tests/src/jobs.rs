@@ -748,3 +748,13 @@ pub const OUTBOX_KEYWORD_SCHEMA_QUEUE: &str = "eda-test.outbox-keyword-schema";
 pub async fn outbox_keyword_schema(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the test whose worker loses its connection between the commit
+/// and the ack.
+pub const INBOX_ACK_LOST_QUEUE: &str = "eda-test.inbox-ack-lost";
+
+/// Writes its effect in the job's transaction, holding it open as asked.
+#[job(queue = "eda-test.inbox-ack-lost", retries = 0)]
+pub async fn inbox_ack_lost(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}

@@ -7,14 +7,16 @@ use eda_worker::postgres::Database;
 use eda_worker::wire::{HEADER_ERROR, header_text};
 use eda_worker::{Client, EnqueueOptions, Worker};
 use eda_worker_tests::jobs::{
-    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_DEDUP_QUEUE, INBOX_NO_DATABASE_QUEUE, INBOX_PER_QUEUE_A,
-    INBOX_PER_QUEUE_B, INBOX_RACE_QUEUE, INBOX_ROLLBACK_QUEUE, INBOX_SWALLOWED_QUEUE,
-    TX_HELD_CHILD_QUEUE, TX_HELD_QUEUE, enqueues_while_holding_the_tx, inbox_dedup,
-    inbox_per_queue_a, inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction, runs,
+    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_ACK_LOST_QUEUE, INBOX_DEDUP_QUEUE,
+    INBOX_NO_DATABASE_QUEUE, INBOX_PER_QUEUE_A, INBOX_PER_QUEUE_B, INBOX_RACE_QUEUE,
+    INBOX_ROLLBACK_QUEUE, INBOX_SWALLOWED_QUEUE, TX_HELD_CHILD_QUEUE, TX_HELD_QUEUE,
+    enqueues_while_holding_the_tx, inbox_ack_lost, inbox_dedup, inbox_per_queue_a,
+    inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction, runs,
     swallows_a_failed_statement,
 };
 use eda_worker_tests::{
-    Broker, RunningWorker, WAIT, amqp_url, drop_schema, fresh_database, wait_until, worker_config,
+    Broker, RunningWorker, WAIT, amqp_url, close_connection, connection_pid, drop_schema,
+    fresh_database, wait_until, worker_config,
 };
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -399,4 +401,71 @@ async fn one_message_id_on_two_queues_runs_once_in_each() {
     database.close().await;
     broker.reset(INBOX_PER_QUEUE_A).await;
     broker.cleanup(INBOX_PER_QUEUE_B).await;
+}
+
+#[tokio::test]
+async fn a_message_whose_ack_was_lost_after_its_commit_is_not_run_again() {
+    let broker = Broker::connect().await;
+    broker.reset(INBOX_ACK_LOST_QUEUE).await;
+    let (database, table) = database("eda_test_inbox_ack_lost").await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
+    let name = format!("eda-test-ack-lost-{}", Uuid::new_v4());
+    let worker = RunningWorker::start(
+        &broker,
+        INBOX_ACK_LOST_QUEUE,
+        worker_config()
+            .database(database.clone())
+            .connection_name(&name),
+    )
+    .await;
+    let args = DbWrite {
+        table: table.clone(),
+        n: 6,
+        hold_ms: 1500,
+        fail: false,
+    };
+    let id = client
+        .enqueue(inbox_ack_lost, args)
+        .await
+        .unwrap()
+        .to_string();
+    wait_until("the handler runs", WAIT, || async {
+        runs_of(INBOX_ACK_LOST_QUEUE, &id) == 1
+    })
+    .await;
+    // While the handler holds its transaction, the broker drops the worker's
+    // connection: the commit still happens, the ack cannot, and RabbitMQ
+    // delivers the message again, as after a crash between commit and ack.
+    let pid = connection_pid(&name).expect("the worker's connection is listed");
+    close_connection(&pid);
+    wait_until("the effects committed", WAIT, || async {
+        inbox_rows(&database, &id).await == 1
+    })
+    .await;
+    wait_until(
+        "the worker reconnected and acked the redelivered copy",
+        WAIT,
+        || async {
+            connection_pid(&name).is_some_and(|new_pid| new_pid != pid)
+                && broker.ready(INBOX_ACK_LOST_QUEUE).await == 0
+        },
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(broker.ready(INBOX_ACK_LOST_QUEUE).await, 0, "nothing left");
+    assert_eq!(
+        runs_of(INBOX_ACK_LOST_QUEUE, &id),
+        1,
+        "the redelivered copy did not run"
+    );
+    assert_eq!(effects(&database, &table, &id).await, 1);
+    assert_eq!(
+        broker.ready(&format!("{INBOX_ACK_LOST_QUEUE}.dlq")).await,
+        0
+    );
+    client.close().await.unwrap();
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(INBOX_ACK_LOST_QUEUE).await;
 }

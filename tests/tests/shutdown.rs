@@ -265,7 +265,13 @@ async fn an_unreachable_broker_fails_the_command_with_a_redacted_one_line_error(
     let output = Command::new(WORKER)
         // One queue whose jobs need no database (the test worker also links a
         // job with `dedup = true`, which refuses to start without one).
-        .args(["run", "--queues", "eda-test.nack", "--connect-attempts", "2"])
+        .args([
+            "run",
+            "--queues",
+            "eda-test.nack",
+            "--connect-attempts",
+            "2",
+        ])
         .env("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f")
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")

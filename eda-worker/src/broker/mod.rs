@@ -7,6 +7,6 @@ mod topology;
 
 pub use connect::redact_url;
 pub(crate) use connect::{ConnectPolicy, connect};
-pub(crate) use publisher::Publisher;
+pub(crate) use publisher::{Outgoing, Publisher};
 pub use topology::QueueType;
 pub(crate) use topology::{QueueSpec, declare_queue};

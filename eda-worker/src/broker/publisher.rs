@@ -6,10 +6,14 @@
 //! the wrong caller would hear of it and the right one would see a plain ack.
 //! One publish per channel keeps that exact; the pool keeps callers
 //! concurrent, their confirms pipelined across channels, and no lock is held
-//! across a confirm.
+//! across a confirm. A batch known up front (the outbox relay's) goes
+//! pipelined on one channel instead, its returns matched by message id.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::future::join_all;
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Semaphore;
@@ -77,6 +81,61 @@ impl Publisher {
         published
     }
 
+    /// Publishes `messages` pipelined on one channel and waits for all their
+    /// confirms: one result per message, in order, as [`Publisher::publish`]
+    /// would give it.
+    ///
+    /// lapin may hand a returned (unroutable) message to the confirm of
+    /// another message of the channel, so returns are matched to messages by
+    /// their message id, which must be unique within the batch.
+    pub(crate) async fn publish_batch(&self, messages: &[Outgoing]) -> Vec<Result<(), Error>> {
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the publisher's semaphore is never closed");
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let channel = match idle {
+            Some(channel) if channel.is_usable() => channel,
+            _ => match ConfirmChannel::open(&self.connection).await {
+                Ok(channel) => channel,
+                Err(Error::Broker { operation, source }) => {
+                    return messages
+                        .iter()
+                        .map(|_| {
+                            Err(Error::Broker {
+                                operation: operation.clone(),
+                                source: source.clone(),
+                            })
+                        })
+                        .collect();
+                }
+                Err(other) => {
+                    let text = crate::error::error_chain_text(&other);
+                    return messages
+                        .iter()
+                        .map(|_| Err(Error::Config(text.clone())))
+                        .collect();
+                }
+            },
+        };
+        let results = channel.publish_batch(messages).await;
+        if channel.is_usable() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(channel);
+        }
+        results
+    }
+
     /// Closes the idle channels (before the connection, so that lapin does not
     /// try to close them on a closing connection).
     pub(crate) async fn close(&self) {
@@ -85,6 +144,16 @@ impl Publisher {
             channel.close().await;
         }
     }
+}
+
+/// A message for [`Publisher::publish_batch`].
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) message_id: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
 }
 
 /// One channel in confirm mode.
@@ -122,6 +191,89 @@ impl ConfirmChannel {
         {
             tracing::debug!(error = %error, "publishing channel close failed");
         }
+    }
+
+    /// Publishes `messages` with `mandatory` set, pipelined, then waits for
+    /// every confirm; returns are matched to messages by message id.
+    async fn publish_batch(&self, messages: &[Outgoing]) -> Vec<Result<(), Error>> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let published = self
+                .channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    options,
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await;
+            pending.push(published);
+        }
+        let confirms = join_all(pending.into_iter().map(|published| async move {
+            match published {
+                Ok(confirm) => confirm.await,
+                Err(error) => Err(error),
+            }
+        }))
+        .await;
+        // Every returned message, whichever confirm lapin attached it to.
+        let mut returned: HashMap<String, (u16, String)> = HashMap::new();
+        let mut remember = |message: &BasicReturnMessage| {
+            if let Some(id) = message.properties.message_id() {
+                returned.insert(
+                    id.to_string(),
+                    (message.reply_code, message.reply_text.to_string()),
+                );
+            }
+        };
+        for confirm in &confirms {
+            if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) =
+                confirm
+            {
+                remember(message);
+            }
+        }
+        if let Ok(more) = self.channel.wait_for_confirms().await {
+            more.iter().for_each(&mut remember);
+        }
+        messages
+            .iter()
+            .zip(confirms)
+            .map(|(message, confirm)| {
+                let confirm = confirm.map_err(|source| Error::Broker {
+                    operation: format!(
+                        "publish of message {} to `{}`",
+                        message.message_id, message.routing_key
+                    ),
+                    source,
+                })?;
+                if let Some((reply_code, reply_text)) = returned.get(&message.message_id) {
+                    return Err(Error::Unroutable {
+                        message_id: message.message_id.clone(),
+                        exchange: message.exchange.clone(),
+                        routing_key: message.routing_key.clone(),
+                        reply_code: *reply_code,
+                        reply_text: reply_text.clone(),
+                    });
+                }
+                match confirm {
+                    Confirmation::Ack(_) => Ok(()),
+                    Confirmation::Nack(_) => Err(Error::Nacked {
+                        message_id: message.message_id.clone(),
+                        routing_key: message.routing_key.clone(),
+                    }),
+                    Confirmation::NotRequested => Err(Error::Config(
+                        "publisher confirms are off on the publishing channel; this is a bug in eda-worker"
+                            .into(),
+                    )),
+                }
+            })
+            .collect()
     }
 
     /// Publishes with `mandatory` set and waits for the broker's confirm.

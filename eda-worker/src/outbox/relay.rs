@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec, redact_url};
+use crate::broker::{self, ConnectPolicy, Outgoing, Publisher, QueueSpec, redact_url};
 use crate::postgres::Database;
 use crate::wire::{Envelope, now_millis};
 use crate::{DelayQueues, Error, QueueType};
@@ -100,6 +100,22 @@ struct OutboxRow {
 }
 
 impl OutboxRow {
+    /// The message's envelope, and its due time when that is still ahead.
+    fn envelope(&self) -> (Envelope, Option<u64>) {
+        let eta = self
+            .eta_ms
+            .and_then(|eta| u64::try_from(eta).ok())
+            .filter(|eta| *eta > now_millis());
+        let envelope = Envelope {
+            message_id: self.message_id.to_string(),
+            correlation_id: self.correlation_id.clone(),
+            job: self.job.clone(),
+            attempt: 0,
+            eta,
+        };
+        (envelope, eta)
+    }
+
     fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         let queue_type: String = row.try_get("queue_type")?;
         Ok(OutboxRow {
@@ -280,25 +296,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
-        let results = join_all(rows.iter().map(|row| async {
-            let published =
-                tokio::time::timeout(CONFIRM_TIMEOUT, self.publish(publisher, declared, row)).await;
-            match published {
-                Ok(Ok(())) => Sent::Confirmed,
-                Ok(Err(error)) => {
-                    // Its queue may be gone: declared again on the next try.
-                    forget_declared(declared, row).await;
-                    // A lost connection is not the row's fault.
-                    if publisher.is_usable() {
-                        Sent::Refused(error)
-                    } else {
-                        Sent::Unsettled
-                    }
-                }
-                Err(_elapsed) => Sent::Unsettled,
-            }
-        }))
-        .await;
+        let results = self.publish_rows(publisher, declared, &rows).await;
         let mut sent = Vec::new();
         let mut unsettled = 0_usize;
         for (row, result) in rows.iter().zip(results) {
@@ -353,67 +351,144 @@ impl Relay {
         Ok(rows.len())
     }
 
-    /// Publishes one row (declaring its queue, and its delay queues when it
-    /// is scheduled, once per relay session).
-    async fn publish(
+    /// Publishes a batch: the rows due now pipelined on one channel, the
+    /// scheduled ones through their delay queues; each settled within
+    /// [`CONFIRM_TIMEOUT`]. One result per row, in order.
+    async fn publish_rows(
+        &self,
+        publisher: &Publisher,
+        declared: &Mutex<HashSet<String>>,
+        rows: &[OutboxRow],
+    ) -> Vec<Sent> {
+        let mut results: Vec<Option<Sent>> = rows.iter().map(|_| None).collect();
+        let mut now = Vec::new();
+        let mut now_rows = Vec::new();
+        let mut scheduled = Vec::new();
+        for (index, row) in rows.iter().enumerate() {
+            let prepared = async {
+                let (envelope, eta) = row.envelope();
+                self.declare(publisher, declared, row, eta.is_some())
+                    .await?;
+                Ok::<_, Error>((envelope.into_properties()?, eta))
+            }
+            .await;
+            match prepared {
+                Ok((properties, None)) => {
+                    now.push(Outgoing {
+                        exchange: row.exchange.clone(),
+                        routing_key: row.routing_key.clone(),
+                        message_id: row.message_id.to_string(),
+                        body: row.body.clone(),
+                        properties,
+                    });
+                    now_rows.push(index);
+                }
+                Ok((properties, Some(eta))) => scheduled.push((index, properties, eta)),
+                Err(error) => {
+                    results[index] = Some(settle(publisher, declared, row, Ok(Err(error))).await);
+                }
+            }
+        }
+        let pipelined = tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_batch(&now));
+        let delayed = join_all(
+            scheduled
+                .into_iter()
+                .map(|(index, properties, eta)| async move {
+                    let row = &rows[index];
+                    let published = tokio::time::timeout(
+                        CONFIRM_TIMEOUT,
+                        self.delays.publish(
+                            publisher,
+                            &row.routing_key,
+                            &row.message_id.to_string(),
+                            &row.body,
+                            properties,
+                            eta,
+                        ),
+                    )
+                    .await
+                    .map(|published| published.map(|_bucket| ()));
+                    (index, settle(publisher, declared, row, published).await)
+                }),
+        );
+        let (pipelined, delayed) = tokio::join!(pipelined, delayed);
+        match pipelined {
+            Ok(published) => {
+                for (index, published) in now_rows.into_iter().zip(published) {
+                    results[index] =
+                        Some(settle(publisher, declared, &rows[index], Ok(published)).await);
+                }
+            }
+            Err(_elapsed) => {
+                for index in now_rows {
+                    results[index] = Some(Sent::Unsettled);
+                }
+            }
+        }
+        for (index, sent) in delayed {
+            results[index] = Some(sent);
+        }
+        results
+            .into_iter()
+            .map(|sent| sent.unwrap_or(Sent::Unsettled))
+            .collect()
+    }
+
+    /// Declares the queue of a row for the default exchange (and its delay
+    /// queues when it is scheduled), once per relay session.
+    async fn declare(
         &self,
         publisher: &Publisher,
         declared: &Mutex<HashSet<String>>,
         row: &OutboxRow,
+        scheduled: bool,
     ) -> Result<(), Error> {
-        let message_id = row.message_id.to_string();
-        let eta = row
-            .eta_ms
-            .and_then(|eta| u64::try_from(eta).ok())
-            .filter(|eta| *eta > now_millis());
-        let envelope = Envelope {
-            message_id: message_id.clone(),
-            correlation_id: row.correlation_id.clone(),
-            job: row.job.clone(),
-            attempt: 0,
-            eta,
-        };
-        let properties = envelope.into_properties()?;
         if !row.exchange.is_empty() {
-            return publisher
-                .publish(
-                    &row.exchange,
-                    &row.routing_key,
-                    &message_id,
-                    &row.body,
-                    properties,
-                )
-                .await;
+            return Ok(());
         }
         let queue = &row.routing_key;
-        let key = if eta.is_some() {
+        let key = if scheduled {
             format!("{queue} +delays")
         } else {
             queue.clone()
         };
-        if !declared.lock().await.contains(&key) {
-            broker::declare_queue(
-                publisher.connection(),
-                &QueueSpec::job(queue, row.queue_type),
-            )
-            .await?;
-            if eta.is_some() {
-                self.delays.declare(publisher.connection(), queue).await?;
-            }
-            declared.lock().await.insert(key);
+        if declared.lock().await.contains(&key) {
+            return Ok(());
         }
-        match eta {
-            None => {
-                publisher
-                    .publish("", queue, &message_id, &row.body, properties)
-                    .await
-            }
-            Some(eta) => self
-                .delays
-                .publish(publisher, queue, &message_id, &row.body, properties, eta)
-                .await
-                .map(|_bucket| ()),
+        broker::declare_queue(
+            publisher.connection(),
+            &QueueSpec::job(queue, row.queue_type),
+        )
+        .await?;
+        if scheduled {
+            self.delays.declare(publisher.connection(), queue).await?;
         }
+        declared.lock().await.insert(key);
+        Ok(())
+    }
+}
+
+/// What became of a row whose publish returned `published` (an error for a
+/// confirm that did not come in time).
+async fn settle(
+    publisher: &Publisher,
+    declared: &Mutex<HashSet<String>>,
+    row: &OutboxRow,
+    published: Result<Result<(), Error>, tokio::time::error::Elapsed>,
+) -> Sent {
+    match published {
+        Ok(Ok(())) => Sent::Confirmed,
+        Ok(Err(error)) => {
+            // Its queue may be gone: declared again on the next try.
+            forget_declared(declared, row).await;
+            // A lost connection is not the row's fault.
+            if publisher.is_usable() {
+                Sent::Refused(error)
+            } else {
+                Sent::Unsettled
+            }
+        }
+        Err(_elapsed) => Sent::Unsettled,
     }
 }
 

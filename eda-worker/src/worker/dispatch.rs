@@ -16,7 +16,7 @@ use super::ack::Settlement;
 use super::decision::{DeadLetterWhy, Decision, Failure, RetryPolicy, decide, panic_message};
 use crate::broker::Publisher;
 use crate::broker::{self, QueueSpec};
-use crate::context::{FollowUps, SharedTx};
+use crate::context::{FollowUps, SharedTx, TxSlot};
 use crate::dead_letter::publish_dead_letter;
 use crate::job::JobDefinition;
 use crate::outbox::Outbox;
@@ -129,7 +129,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
             backoff: job.backoff,
         });
         let tx = match begin_transaction(&envelope, job, dispatch).await {
-            Ok(Some(Begun::Open(tx))) => Some(Arc::new(tokio::sync::Mutex::new(Some(tx)))),
+            Ok(Some(Begun::Open(tx))) => Some(TxSlot::new(tx)),
             Ok(Some(Begun::AlreadyProcessed)) => {
                 tracing::info!("already processed (its inbox row exists); acked without running");
                 return Settlement::Ack;
@@ -208,7 +208,7 @@ async fn begin_transaction(
 /// with a rollback, not an error: a handler that ignored a failed statement
 /// and returned `Ok` would lose its effects and have its message acked. A
 /// statement before the commit fails in such a transaction, so that case is
-/// a failed attempt.
+/// a failed attempt (checked when the handler borrowed the transaction).
 async fn commit(shared: &SharedTx) -> Result<(), Failure> {
     // Taken out: a task the handler spawned can no longer use it.
     let Some(mut tx) = take(shared, TX_RELEASE_WAIT).await? else {
@@ -216,7 +216,10 @@ async fn commit(shared: &SharedTx) -> Result<(), Failure> {
             "its transaction was finished before the worker could commit it",
         ));
     };
-    if let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await {
+    // Only a handler that borrowed the transaction can have failed in it.
+    if shared.was_borrowed()
+        && let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await
+    {
         let aborted = error
             .as_database_error()
             .and_then(|error| error.code())
@@ -263,7 +266,7 @@ async fn take(
     shared: &SharedTx,
     wait: Duration,
 ) -> Result<Option<Transaction<'static, Postgres>>, Failure> {
-    match tokio::time::timeout(wait, shared.lock()).await {
+    match tokio::time::timeout(wait, shared.tx.lock()).await {
         Ok(mut guard) => Ok(guard.take()),
         Err(_) => Err(Failure::Uncommitted(
             "a task the handler spawned still held its transaction (a `ctx.tx()` guard) after the handler returned",
