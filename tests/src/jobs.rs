@@ -758,3 +758,12 @@ pub const INBOX_ACK_LOST_QUEUE: &str = "eda-test.inbox-ack-lost";
 pub async fn inbox_ack_lost(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
     write_effect(&ctx, &args).await
 }
+
+/// Queue of the rows batched with the deleted queue's in that test.
+pub const OUTBOX_REDECLARE_OTHER_QUEUE: &str = "eda-test.outbox-redeclare-other";
+
+/// Only ever enqueued through the outbox, never run.
+#[job(queue = "eda-test.outbox-redeclare-other")]
+pub async fn outbox_redeclare_other(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
+    Ok(())
+}

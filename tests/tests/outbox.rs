@@ -9,9 +9,10 @@ use eda_worker::outbox::{self, Relay};
 use eda_worker::postgres::Database;
 use eda_worker::{Client, EnqueueOptions};
 use eda_worker_tests::jobs::{
-    DbWrite, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE, OUTBOX_REDECLARE_QUEUE,
-    OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema, outbox_redeclare,
-    outbox_resend, outbox_target, outbox_two_relays, runs,
+    DbWrite, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE, OUTBOX_REDECLARE_OTHER_QUEUE,
+    OUTBOX_REDECLARE_QUEUE, OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema,
+    outbox_redeclare, outbox_redeclare_other, outbox_resend, outbox_target, outbox_two_relays,
+    runs,
 };
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, database_url, drop_schema, fresh_database, wait_until,
@@ -333,6 +334,7 @@ async fn commit_row<J: eda_worker::Job>(database: &Database, job: J, args: J::Ar
 async fn a_queue_deleted_under_the_relay_is_declared_again() {
     let broker = Broker::connect().await;
     broker.reset(OUTBOX_REDECLARE_QUEUE).await;
+    broker.reset(OUTBOX_REDECLARE_OTHER_QUEUE).await;
     let database = migrated("eda_test_outbox_redeclare").await;
     let relay = start_relay(&database);
     commit_row(&database, outbox_redeclare, 1).await;
@@ -341,15 +343,35 @@ async fn a_queue_deleted_under_the_relay_is_declared_again() {
     })
     .await;
     broker.delete_queue(OUTBOX_REDECLARE_QUEUE).await;
-    // Returned unroutable first, then declared again and sent on the next try.
-    commit_row(&database, outbox_redeclare, 2).await;
-    wait_until("the second row is sent", WAIT, || async {
-        broker.ready(OUTBOX_REDECLARE_QUEUE).await == 1 && pending(&database).await == 0
+    // In one batch: rows for a queue that exists and one for the deleted
+    // queue. That one is returned unroutable, then declared again and sent
+    // on the next try; the others go at once, uncharged.
+    let outbox = outbox::Outbox::in_schema(database.schema().clone());
+    let mut tx = database.pool().begin().await.unwrap();
+    outbox
+        .enqueue(&mut tx, outbox_redeclare_other, 10)
+        .await
+        .unwrap();
+    outbox.enqueue(&mut tx, outbox_redeclare, 2).await.unwrap();
+    outbox
+        .enqueue(&mut tx, outbox_redeclare_other, 11)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    wait_until("the rows are sent", WAIT, || async {
+        broker.ready(OUTBOX_REDECLARE_QUEUE).await == 1
+            && broker.ready(OUTBOX_REDECLARE_OTHER_QUEUE).await == 2
+            && pending(&database).await == 0
     })
     .await;
     stop_relay(relay).await;
+    // A return credited to the wrong row would have lost row 2 (deleted as
+    // sent) and sent another row twice.
+    assert_eq!(broker.ready(OUTBOX_REDECLARE_OTHER_QUEUE).await, 2);
+    assert_eq!(broker.ready(OUTBOX_REDECLARE_QUEUE).await, 1);
     let message = broker.get(OUTBOX_REDECLARE_QUEUE).await.expect("a message");
     assert_eq!(message.delivery.data, b"2");
+    broker.reset(OUTBOX_REDECLARE_OTHER_QUEUE).await;
     drop_schema(&database).await;
     database.close().await;
     broker.cleanup(OUTBOX_REDECLARE_QUEUE).await;

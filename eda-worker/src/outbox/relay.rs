@@ -351,8 +351,9 @@ impl Relay {
         Ok(rows.len())
     }
 
-    /// Publishes a batch: the rows due now pipelined on one channel, the
-    /// scheduled ones through their delay queues; each settled within
+    /// Publishes a batch: the rows due now for the default exchange
+    /// pipelined on one channel, those for a named exchange one per channel,
+    /// the scheduled ones through their delay queues; each settled within
     /// [`CONFIRM_TIMEOUT`]. One result per row, in order.
     async fn publish_rows(
         &self,
@@ -364,6 +365,7 @@ impl Relay {
         let mut now = Vec::new();
         let mut now_rows = Vec::new();
         let mut scheduled = Vec::new();
+        let mut single = Vec::new();
         for (index, row) in rows.iter().enumerate() {
             let prepared = async {
                 let (envelope, eta) = row.envelope();
@@ -373,6 +375,12 @@ impl Relay {
             }
             .await;
             match prepared {
+                // Only the default exchange always exists: a publish to a missing
+                // named exchange closes its channel, which must not take the rest
+                // of the batch with it, so such rows go one per channel.
+                Ok((properties, None)) if !row.exchange.is_empty() => {
+                    single.push((index, properties));
+                }
                 Ok((properties, None)) => {
                     now.push(Outgoing {
                         exchange: row.exchange.clone(),
@@ -411,7 +419,22 @@ impl Relay {
                     (index, settle(publisher, declared, row, published).await)
                 }),
         );
-        let (pipelined, delayed) = tokio::join!(pipelined, delayed);
+        let alone = join_all(single.into_iter().map(|(index, properties)| async move {
+            let row = &rows[index];
+            let published = tokio::time::timeout(
+                CONFIRM_TIMEOUT,
+                publisher.publish(
+                    &row.exchange,
+                    &row.routing_key,
+                    &row.message_id.to_string(),
+                    &row.body,
+                    properties,
+                ),
+            )
+            .await;
+            (index, settle(publisher, declared, row, published).await)
+        }));
+        let (pipelined, delayed, alone) = tokio::join!(pipelined, delayed, alone);
         match pipelined {
             Ok(published) => {
                 for (index, published) in now_rows.into_iter().zip(published) {
@@ -425,7 +448,7 @@ impl Relay {
                 }
             }
         }
-        for (index, sent) in delayed {
+        for (index, sent) in delayed.into_iter().chain(alone) {
             results[index] = Some(sent);
         }
         results
