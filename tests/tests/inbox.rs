@@ -15,9 +15,11 @@ use eda_worker_tests::jobs::{
     swallows_a_failed_statement,
 };
 use eda_worker_tests::{
-    Broker, RunningWorker, WAIT, amqp_url, close_connection, connection_pid, drop_schema,
-    fresh_database, wait_until, worker_config,
+    Broker, RunningWorker, WAIT, amqp_url, database_url, drop_schema, fresh_database, wait_until,
+    worker_config,
 };
+
+const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
@@ -404,24 +406,47 @@ async fn one_message_id_on_two_queues_runs_once_in_each() {
 }
 
 #[tokio::test]
-async fn a_message_whose_ack_was_lost_after_its_commit_is_not_run_again() {
+async fn a_worker_killed_after_its_commit_and_before_its_ack_does_not_run_the_job_twice() {
     let broker = Broker::connect().await;
     broker.reset(INBOX_ACK_LOST_QUEUE).await;
     let (database, table) = database("eda_test_inbox_ack_lost").await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let name = format!("eda-test-ack-lost-{}", Uuid::new_v4());
-    let worker = RunningWorker::start(
-        &broker,
-        INBOX_ACK_LOST_QUEUE,
-        worker_config()
-            .database(database.clone())
-            .connection_name(&name),
-    )
+    // The commit of the job's effects takes 2 s (a deferred trigger sleeps in
+    // it), which leaves the time to kill the worker after it sent COMMIT and
+    // before it could ack: PostgreSQL finishes the commit without its client.
+    let schema = database.schema().to_string();
+    for statement in [
+        format!(
+            "CREATE FUNCTION {schema}.slow_commit() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+        ),
+        format!(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {table} \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {schema}.slow_commit()"
+        ),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(database.pool())
+            .await
+            .unwrap();
+    }
+    let mut first = tokio::process::Command::new(WORKER)
+        .args(["run", "--queues", INBOX_ACK_LOST_QUEUE])
+        .env("AMQP_URL", amqp_url())
+        .env("DATABASE_URL", database_url())
+        .env("EDA_DB_SCHEMA", &schema)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn test-worker");
+    wait_until("the first worker consumes", WAIT, || async {
+        broker.consumers(INBOX_ACK_LOST_QUEUE).await == 1
+    })
     .await;
+    let client = Client::connect(&amqp_url()).await.unwrap();
     let args = DbWrite {
         table: table.clone(),
         n: 6,
-        hold_ms: 1500,
+        hold_ms: 0,
         fail: false,
     };
     let id = client
@@ -429,37 +454,43 @@ async fn a_message_whose_ack_was_lost_after_its_commit_is_not_run_again() {
         .await
         .unwrap()
         .to_string();
-    wait_until("the handler runs", WAIT, || async {
-        runs_of(INBOX_ACK_LOST_QUEUE, &id) == 1
+    wait_until("the first worker is committing", WAIT, || async {
+        let committing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'COMMIT' AND wait_event = 'PgSleep'",
+        )
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+        committing > 0
     })
     .await;
-    // While the handler holds its transaction, the broker drops the worker's
-    // connection: the commit still happens, the ack cannot, and RabbitMQ
-    // delivers the message again, as after a crash between commit and ack.
-    let pid = connection_pid(&name).expect("the worker's connection is listed");
-    close_connection(&pid);
-    wait_until("the effects committed", WAIT, || async {
-        inbox_rows(&database, &id).await == 1
-    })
-    .await;
-    wait_until(
-        "the worker reconnected and acked the redelivered copy",
-        WAIT,
-        || async {
-            connection_pid(&name).is_some_and(|new_pid| new_pid != pid)
-                && broker.ready(INBOX_ACK_LOST_QUEUE).await == 0
-        },
+    first.kill().await.expect("kill the first worker");
+    assert_eq!(inbox_rows(&database, &id).await, 0, "still committing");
+
+    // The broker gives the unacked message to a second worker, whose claim
+    // waits for the first one's commit, then finds the row.
+    let second = RunningWorker::start(
+        &broker,
+        INBOX_ACK_LOST_QUEUE,
+        worker_config().database(database.clone()),
     )
     .await;
-    worker.stop().await.unwrap();
+    // Once the second worker holds the copy and the first commit is done,
+    // its graceful stop lets the claim finish and acks; anything unacked
+    // would be back in the queue after it.
+    wait_until("the second worker holds the copy", WAIT, || async {
+        inbox_rows(&database, &id).await == 1 && broker.ready(INBOX_ACK_LOST_QUEUE).await == 0
+    })
+    .await;
+    second.stop().await.unwrap();
 
-    assert_eq!(broker.ready(INBOX_ACK_LOST_QUEUE).await, 0, "nothing left");
     assert_eq!(
         runs_of(INBOX_ACK_LOST_QUEUE, &id),
-        1,
-        "the redelivered copy did not run"
+        0,
+        "the second worker did not run the job"
     );
-    assert_eq!(effects(&database, &table, &id).await, 1);
+    assert_eq!(effects(&database, &table, &id).await, 1, "effects once");
+    assert_eq!(broker.ready(INBOX_ACK_LOST_QUEUE).await, 0);
     assert_eq!(
         broker.ready(&format!("{INBOX_ACK_LOST_QUEUE}.dlq")).await,
         0
