@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use eda_worker::outbox::{self, Relay};
 use eda_worker::postgres::Database;
-use eda_worker::{Client, EnqueueOptions};
 use eda_worker_tests::jobs::{
     DbWrite, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE, OUTBOX_REDECLARE_OTHER_QUEUE,
     OUTBOX_REDECLARE_QUEUE, OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema,
@@ -180,21 +179,63 @@ async fn a_row_re_sent_after_a_relay_crash_is_dropped_by_the_consumers_inbox() {
     };
     let mut tx = database.pool().begin().await.unwrap();
     let id = outbox::Outbox::in_schema(database.schema().clone())
-        .enqueue(&mut tx, outbox_resend, args.clone())
+        .enqueue(&mut tx, outbox_resend, args)
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    // What a relay that published the row and died before deleting it leaves:
-    // the message on the queue, and the row still in the outbox.
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    client
-        .enqueue_with(
-            outbox_resend,
-            args,
-            EnqueueOptions::default().message_id(id),
+    // A relay that published the row and is killed before its delete commits:
+    // its DELETE sleeps 2 s in a trigger, long enough to kill it there, and
+    // PostgreSQL rolls the delete back when it finds the client gone.
+    let schema = database.schema().to_string();
+    for statement in [
+        format!(
+            "CREATE FUNCTION {schema}.slow_delete() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER slow_delete BEFORE DELETE ON {schema}.outbox \
+             FOR EACH STATEMENT EXECUTE FUNCTION {schema}.slow_delete()"
+        ),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(database.pool())
+            .await
+            .unwrap();
+    }
+    let mut relay = tokio::process::Command::new(WORKER)
+        .arg("relay")
+        .env("AMQP_URL", amqp_url())
+        .env("DATABASE_URL", database_url())
+        .env("EDA_DB_SCHEMA", &schema)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the relay");
+    let deleting = || async {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DELETE FROM \"eda_test_outbox_resend\".outbox%' AND wait_event = 'PgSleep'",
         )
+        .fetch_one(database.pool())
         .await
         .unwrap();
+        sleeping > 0
+    };
+    wait_until("the relay published and is deleting", WAIT, || async {
+        broker.ready(OUTBOX_RESEND_QUEUE).await == 1 && deleting().await
+    })
+    .await;
+    relay.kill().await.expect("kill the relay");
+    wait_until("the killed relay's delete is over", WAIT, || async {
+        !deleting().await
+    })
+    .await;
+    assert_eq!(pending(&database).await, 1, "the delete was rolled back");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TRIGGER slow_delete ON {schema}.outbox"
+    )))
+    .execute(database.pool())
+    .await
+    .unwrap();
 
     // The worker's own relay sends the row again.
     let worker = RunningWorker::start(
@@ -237,7 +278,6 @@ async fn a_row_re_sent_after_a_relay_crash_is_dropped_by_the_consumers_inbox() {
         .filter(|run| run.message_id == id)
         .count();
     assert_eq!(ran, 1, "the handler ran once");
-    client.close().await.unwrap();
     drop_schema(&database).await;
     database.close().await;
     broker.cleanup(OUTBOX_RESEND_QUEUE).await;
