@@ -243,6 +243,14 @@ async fn main() -> anyhow::Result<()> {
                 db.relay_latency.p(50.0),
                 db.relay_latency.p(99.0)
             );
+            // Run alone, it leaves the broker as it found it.
+            let admin = raw::Admin::connect(&amqp_url_from_env()).await?;
+            let delays = retries::bench_delays();
+            for queue in [postgres::DEDUP_QUEUE, postgres::RELAY_QUEUE] {
+                admin.delete(queue).await?;
+                admin.delete(&format!("{queue}.dlq")).await?;
+                admin.delete_delays(queue, &delays).await?;
+            }
             Ok(())
         }
         Some(Mode::FillFailOnce) => {
