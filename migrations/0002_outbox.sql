@@ -3,7 +3,8 @@
 -- after a crash carries the same id and the consumer's inbox drops it.
 CREATE TABLE outbox (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    message_id      uuid        NOT NULL,
+    -- Unique: the relay matches a returned (unroutable) message to its row by it.
+    message_id      uuid        NOT NULL UNIQUE,
     -- Where it goes: a job queue through the default exchange, or an exchange.
     exchange        text        NOT NULL DEFAULT '',
     routing_key     text        NOT NULL,

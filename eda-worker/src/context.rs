@@ -138,7 +138,12 @@ impl JobContext {
             .follow_ups
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let message_id = follow_up_id(&self.message_id, J::NAME, follow_ups.len());
+        let message_id = if self.message_id.is_empty() {
+            // A message without an id (a foreign producer's): nothing stable to derive from.
+            Uuid::new_v4()
+        } else {
+            follow_up_id(self.queue, &self.message_id, J::NAME, follow_ups.len())
+        };
         let follow_up = FollowUp {
             queue: J::QUEUE,
             queue_type: J::QUEUE_TYPE,
@@ -228,7 +233,9 @@ impl JobContext {
     /// ```
     ///
     /// The transaction is one connection: one `JobTx` at a time. Use
-    /// [`JobTx::enqueue`] to enqueue while holding it.
+    /// [`JobTx::enqueue`] to enqueue while holding it. Clones of the context
+    /// used at the same time (`join!`, spawned tasks) get an error rather
+    /// than wait their turn: take the transaction once and pass it along.
     ///
     /// An error when the worker has no database (set `DATABASE_URL`), when an
     /// earlier `JobTx` is still alive (waiting for it would deadlock a
@@ -259,11 +266,13 @@ impl JobContext {
     }
 }
 
-/// The message id of the `index`-th job enqueued by the handler of message
-/// `parent` without a database: the same on every attempt, so the copies a
-/// retry sends again are dropped by the receiving worker's inbox.
-fn follow_up_id(parent: &str, job: &str, index: usize) -> Uuid {
-    let name = format!("{parent}\n{job}\n{index}");
+/// The message id of the `index`-th job `job` enqueued by the handler of
+/// message `parent` on `queue` without a database: the same on every
+/// attempt, so the copies a retry sends again are dropped by the receiving
+/// worker's inbox; different on each queue a message reaches (an event's
+/// subscribers each run, and each enqueue).
+fn follow_up_id(queue: &str, parent: &str, job: &str, index: usize) -> Uuid {
+    let name = format!("{queue}\n{parent}\n{job}\n{index}");
     Uuid::new_v5(&FOLLOW_UP_NAMESPACE, name.as_bytes())
 }
 
@@ -320,23 +329,52 @@ mod tests {
     use super::follow_up_id;
 
     #[test]
-    fn follow_up_ids_are_the_same_on_every_attempt_and_differ_by_place_and_parent() {
+    fn follow_up_ids_are_the_same_on_every_attempt_and_differ_by_place_parent_and_queue() {
         let parent = "0f8e6d3c-1b2a-4c5d-9e8f-7a6b5c4d3e2f";
+        let id = |queue, parent, job, index| follow_up_id(queue, parent, job, index);
         assert_eq!(
-            follow_up_id(parent, "send_email", 0),
-            follow_up_id(parent, "send_email", 0)
+            id("q", parent, "send_email", 0),
+            id("q", parent, "send_email", 0)
         );
         assert_ne!(
-            follow_up_id(parent, "send_email", 0),
-            follow_up_id(parent, "send_email", 1)
+            id("q", parent, "send_email", 0),
+            id("q", parent, "send_email", 1)
         );
         assert_ne!(
-            follow_up_id(parent, "send_email", 0),
-            follow_up_id(parent, "charge", 0)
+            id("q", parent, "send_email", 0),
+            id("q", parent, "charge", 0)
         );
         assert_ne!(
-            follow_up_id(parent, "send_email", 0),
-            follow_up_id("another", "send_email", 0)
+            id("q", parent, "send_email", 0),
+            id("q", "another", "send_email", 0)
         );
+        assert_ne!(
+            id("q", parent, "send_email", 0),
+            id("r", parent, "send_email", 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_without_an_id_gets_fresh_follow_up_ids() {
+        use crate::JobContext;
+        let ctx = JobContext::new(String::new(), None, 0, "parent", "q");
+        let first = ctx.enqueue(Child, 1).await.unwrap();
+        let ctx = JobContext::new(String::new(), None, 0, "parent", "q");
+        let second = ctx.enqueue(Child, 1).await.unwrap();
+        assert_ne!(first, second);
+    }
+
+    /// A job for the tests above.
+    #[derive(Clone, Copy, Default)]
+    struct Child;
+
+    impl crate::Job for Child {
+        type Args = u32;
+        const NAME: &'static str = "child";
+        const QUEUE: &'static str = "child";
+
+        async fn call(&self, _ctx: crate::JobContext, _args: u32) -> Result<(), crate::JobError> {
+            Ok(())
+        }
     }
 }

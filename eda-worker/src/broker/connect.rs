@@ -151,33 +151,31 @@ pub fn redact_url(url: &str) -> String {
     redact_query_passwords(&url)
 }
 
-/// Replaces the values of `password` and `sslpassword` query parameters.
+/// Replaces the values of `password` and `sslpassword` query parameters,
+/// wherever a `?` or `&` starts one (a value may hold `@`, `/` or `?`).
 fn redact_query_passwords(url: &str) -> String {
-    // The query starts after the userinfo (whose password is redacted already).
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let host_start = url[authority_start..]
-        .rfind('@')
-        .map_or(authority_start, |at| authority_start + at + 1);
-    let Some(query_start) = url[host_start..].find('?').map(|q| host_start + q + 1) else {
-        return url.to_owned();
-    };
-    let (query, fragment) = match url[query_start..].find('#') {
-        Some(hash) => url[query_start..].split_at(hash),
-        None => (&url[query_start..], ""),
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _))
-                if key.eq_ignore_ascii_case("password")
-                    || key.eq_ignore_ascii_case("sslpassword") =>
-            {
-                format!("{key}=***")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{}{}{fragment}", &url[..query_start], query.join("&"))
+    let mut redacted = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(at) = rest.find(['?', '&']) {
+        let (before, from) = rest.split_at(at + 1);
+        redacted.push_str(before);
+        rest = from;
+        let key_len = ["password=", "sslpassword="].iter().find_map(|key| {
+            rest.get(..key.len())
+                .filter(|start| start.eq_ignore_ascii_case(key))
+                .map(|_| key.len())
+        });
+        if let Some(key_len) = key_len {
+            redacted.push_str(&rest[..key_len]);
+            redacted.push_str("***");
+            let value_end = rest[key_len..]
+                .find(['&', '#'])
+                .map_or(rest.len(), |end| key_len + end);
+            rest = &rest[value_end..];
+        }
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 #[cfg(test)]
@@ -197,6 +195,14 @@ mod tests {
         assert_eq!(
             redact_url("postgres://db/app?application_name=a"),
             "postgres://db/app?application_name=a"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/app?password=p@ss"),
+            "postgres://app@db/app?password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://db/app?password=x&application_name=svc@host#f"),
+            "postgres://db/app?password=***&application_name=svc@host#f"
         );
     }
 

@@ -377,8 +377,9 @@ impl Relay {
             match prepared {
                 // Only the default exchange always exists: a publish to a missing
                 // named exchange closes its channel, which must not take the rest
-                // of the batch with it, so such rows go one per channel.
-                Ok((properties, None)) if !row.exchange.is_empty() => {
+                // of the batch with it, so such rows go one per channel (a
+                // scheduled one too: its consumer holds it back until it is due).
+                Ok((properties, _)) if !row.exchange.is_empty() => {
                     single.push((index, properties));
                 }
                 Ok((properties, None)) => {
@@ -437,9 +438,22 @@ impl Relay {
         let (pipelined, delayed, alone) = tokio::join!(pipelined, delayed, alone);
         match pipelined {
             Ok(published) => {
+                // A channel error (say, a message the broker refuses as too
+                // large) fails every later publish of the batch: only the first
+                // is charged, the rest are left for the next pass.
+                let mut channel_failed = false;
                 for (index, published) in now_rows.into_iter().zip(published) {
-                    results[index] =
-                        Some(settle(publisher, declared, &rows[index], Ok(published)).await);
+                    let sent = match published {
+                        Ok(()) | Err(Error::Unroutable { .. } | Error::Nacked { .. }) => {
+                            settle(publisher, declared, &rows[index], Ok(published)).await
+                        }
+                        Err(_) if channel_failed => Sent::Unsettled,
+                        Err(error) => {
+                            channel_failed = true;
+                            settle(publisher, declared, &rows[index], Ok(Err(error))).await
+                        }
+                    };
+                    results[index] = Some(sent);
                 }
             }
             Err(_elapsed) => {

@@ -139,6 +139,15 @@ impl Database {
         schema: Schema,
         max_connections: u32,
     ) -> Result<Self, Error> {
+        // sqlx does not know `sslpassword` and would log its value as an
+        // unrecognized parameter.
+        let lower = url.to_ascii_lowercase();
+        if lower.contains("?sslpassword=") || lower.contains("&sslpassword=") {
+            return Err(Error::Config(format!(
+                "the database URL {} has an `sslpassword` parameter, which is not supported: use an unencrypted client key (sslkey) instead",
+                redact_url(url)
+            )));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -33,6 +33,9 @@ const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 /// `ctx.tx()` guard.
 const TX_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a failed attempt waits for its transaction's rollback.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(2);
+
 /// SQLSTATE 25P02: a statement failed earlier in the transaction.
 const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 
@@ -185,7 +188,7 @@ async fn begin_transaction(
     // A message without an id (from a foreign producer) cannot be deduplicated.
     let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
     // A copy of this message still running past its own timeout is stuck.
-    let lock_timeout = job.timeout + LOCK_TIMEOUT_MARGIN;
+    let lock_timeout = job.timeout.saturating_add(LOCK_TIMEOUT_MARGIN);
     inbox::begin(
         database,
         &envelope.message_id,
@@ -248,11 +251,20 @@ async fn commit(shared: &SharedTx) -> Result<(), Failure> {
 /// task the handler spawned still holds it, that task's end rolls it back.
 async fn roll_back(shared: &SharedTx) {
     match take(shared, Duration::ZERO).await {
-        Ok(Some(tx)) => {
-            if let Err(error) = tx.rollback().await {
+        // Bounded: after a timeout the connection may still be running the
+        // handler's abandoned statement, which the rollback waits for. Past
+        // the bound the transaction is dropped, and sqlx rolls it back when
+        // the connection is next used.
+        Ok(Some(tx)) => match tokio::time::timeout(ROLLBACK_WAIT, tx.rollback()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "rollback of the job's transaction failed; its connection is closed");
             }
-        }
+            Err(_) => tracing::warn!(
+                wait = ?ROLLBACK_WAIT,
+                "rollback of the job's transaction still waits on the connection; left to finish in the background"
+            ),
+        },
         Ok(None) => {}
         Err(_) => tracing::warn!(
             "a task the handler spawned still holds the job's transaction: it rolls back when that task lets go"
