@@ -104,24 +104,18 @@ impl Publisher {
             .pop();
         let channel = match idle {
             Some(channel) if channel.is_usable() => channel,
-            _ => match ConfirmChannel::open(&self.connection).await {
+            _ => match ConfirmChannel::try_open(&self.connection).await {
                 Ok(channel) => channel,
-                Err(Error::Broker { operation, source }) => {
+                // Every message of the batch fails with the same error.
+                Err((operation, source)) => {
                     return messages
                         .iter()
                         .map(|_| {
                             Err(Error::Broker {
-                                operation: operation.clone(),
+                                operation: operation.into(),
                                 source: source.clone(),
                             })
                         })
-                        .collect();
-                }
-                Err(other) => {
-                    let text = crate::error::error_chain_text(&other);
-                    return messages
-                        .iter()
-                        .map(|_| Err(Error::Config(text.clone())))
                         .collect();
                 }
             },
@@ -164,20 +158,25 @@ struct ConfirmChannel {
 impl ConfirmChannel {
     /// Opens a channel on `connection` and turns on publisher confirms.
     async fn open(connection: &Connection) -> Result<Self, Error> {
+        Self::try_open(connection)
+            .await
+            .map_err(|(operation, source)| Error::Broker {
+                operation: operation.into(),
+                source,
+            })
+    }
+
+    /// [`ConfirmChannel::open`], failing with what failed and lapin's
+    /// (cloneable) error, for a caller that reports it more than once.
+    async fn try_open(connection: &Connection) -> Result<Self, (&'static str, lapin::Error)> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(|source| Error::Broker {
-                operation: "open a publishing channel".into(),
-                source,
-            })?;
+            .map_err(|source| ("open a publishing channel", source))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|source| Error::Broker {
-                operation: "enable publisher confirms".into(),
-                source,
-            })?;
+            .map_err(|source| ("enable publisher confirms", source))?;
         Ok(ConfirmChannel { channel })
     }
 
