@@ -126,10 +126,10 @@ impl JobContext {
     /// In a unit test (`JobContext::for_test()`), the jobs are only collected:
     /// see [`JobContext::enqueued`].
     pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
-        let correlation_id = self.correlation_id_for_children();
         if self.tx.is_some() {
             return self.tx().await?.enqueue(job, args).await;
         }
+        let correlation_id = self.correlation_id_for_children();
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,

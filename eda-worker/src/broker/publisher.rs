@@ -55,29 +55,18 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        let _slot = self
-            .slots
-            .acquire()
+        let _slot = self.slot().await;
+        let channel = self
+            .check_out()
             .await
-            .expect("the publisher's semaphore is never closed");
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let channel = match idle {
-            Some(channel) if channel.is_usable() => channel,
-            _ => ConfirmChannel::open(&self.connection).await?,
-        };
+            .map_err(|(operation, source)| Error::Broker {
+                operation: operation.into(),
+                source,
+            })?;
         let published = channel
             .publish(exchange, routing_key, message_id, body, properties)
             .await;
-        if channel.is_usable() {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(channel);
-        }
+        self.check_in(channel);
         published
     }
 
@@ -92,42 +81,57 @@ impl Publisher {
         if messages.is_empty() {
             return Vec::new();
         }
-        let _slot = self
-            .slots
+        let _slot = self.slot().await;
+        let channel = match self.check_out().await {
+            Ok(channel) => channel,
+            // Every message of the batch fails with the same error.
+            Err((operation, source)) => {
+                return messages
+                    .iter()
+                    .map(|_| {
+                        Err(Error::Broker {
+                            operation: operation.into(),
+                            source: source.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let results = channel.publish_batch(messages).await;
+        self.check_in(channel);
+        results
+    }
+
+    /// A place among the channels in use (at most `channels` at once).
+    async fn slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.slots
             .acquire()
             .await
-            .expect("the publisher's semaphore is never closed");
+            .expect("the publisher's semaphore is never closed")
+    }
+
+    /// An idle channel that is still usable, or a new one; failing with what
+    /// failed and lapin's (cloneable) error.
+    async fn check_out(&self) -> Result<ConfirmChannel, (&'static str, lapin::Error)> {
         let idle = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let channel = match idle {
-            Some(channel) if channel.is_usable() => channel,
-            _ => match ConfirmChannel::try_open(&self.connection).await {
-                Ok(channel) => channel,
-                // Every message of the batch fails with the same error.
-                Err((operation, source)) => {
-                    return messages
-                        .iter()
-                        .map(|_| {
-                            Err(Error::Broker {
-                                operation: operation.into(),
-                                source: source.clone(),
-                            })
-                        })
-                        .collect();
-                }
-            },
-        };
-        let results = channel.publish_batch(messages).await;
+        match idle {
+            Some(channel) if channel.is_usable() => Ok(channel),
+            _ => ConfirmChannel::open(&self.connection).await,
+        }
+    }
+
+    /// Keeps `channel` for the next publish, unless it closed.
+    fn check_in(&self, channel: ConfirmChannel) {
         if channel.is_usable() {
             self.idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(channel);
         }
-        results
     }
 
     /// Closes the idle channels (before the connection, so that lapin does not
@@ -156,19 +160,9 @@ struct ConfirmChannel {
 }
 
 impl ConfirmChannel {
-    /// Opens a channel on `connection` and turns on publisher confirms.
-    async fn open(connection: &Connection) -> Result<Self, Error> {
-        Self::try_open(connection)
-            .await
-            .map_err(|(operation, source)| Error::Broker {
-                operation: operation.into(),
-                source,
-            })
-    }
-
-    /// [`ConfirmChannel::open`], failing with what failed and lapin's
-    /// (cloneable) error, for a caller that reports it more than once.
-    async fn try_open(connection: &Connection) -> Result<Self, (&'static str, lapin::Error)> {
+    /// Opens a channel on `connection` and turns on publisher confirms;
+    /// failing with what failed and lapin's (cloneable) error.
+    async fn open(connection: &Connection) -> Result<Self, (&'static str, lapin::Error)> {
         let channel = connection
             .create_channel()
             .await

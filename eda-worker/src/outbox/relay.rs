@@ -352,8 +352,7 @@ impl Relay {
     }
 
     /// Publishes a batch: the rows due now for the default exchange
-    /// pipelined on one channel, those for a named exchange one per channel,
-    /// the scheduled ones through their delay queues; each settled within
+    /// pipelined on one channel, the others one per channel; each settled within
     /// [`CONFIRM_TIMEOUT`]. One result per row, in order.
     async fn publish_rows(
         &self,
@@ -364,8 +363,7 @@ impl Relay {
         let mut results: Vec<Option<Sent>> = rows.iter().map(|_| None).collect();
         let mut now = Vec::new();
         let mut now_rows = Vec::new();
-        let mut scheduled = Vec::new();
-        let mut single = Vec::new();
+        let mut alone = Vec::new();
         for (index, row) in rows.iter().enumerate() {
             let prepared = async {
                 let (envelope, eta) = row.envelope();
@@ -377,12 +375,12 @@ impl Relay {
             match prepared {
                 // Only the default exchange always exists: a publish to a missing
                 // named exchange closes its channel, which must not take the rest
-                // of the batch with it, so such rows go one per channel (a
-                // scheduled one too: its consumer holds it back until it is due).
-                Ok((properties, _)) if !row.exchange.is_empty() => {
-                    single.push((index, properties));
+                // of the batch with it, so such rows go one per channel, as do
+                // scheduled rows (through their delay queues).
+                Ok((properties, eta)) if !row.exchange.is_empty() || eta.is_some() => {
+                    alone.push((index, properties, eta));
                 }
-                Ok((properties, None)) => {
+                Ok((properties, _)) => {
                     now.push(Outgoing {
                         exchange: row.exchange.clone(),
                         routing_key: row.routing_key.clone(),
@@ -392,50 +390,26 @@ impl Relay {
                     });
                     now_rows.push(index);
                 }
-                Ok((properties, Some(eta))) => scheduled.push((index, properties, eta)),
                 Err(error) => {
                     results[index] = Some(settle(publisher, declared, row, Ok(Err(error))).await);
                 }
             }
         }
         let pipelined = tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_batch(&now));
-        let delayed = join_all(
-            scheduled
+        let alone = join_all(
+            alone
                 .into_iter()
                 .map(|(index, properties, eta)| async move {
                     let row = &rows[index];
                     let published = tokio::time::timeout(
                         CONFIRM_TIMEOUT,
-                        self.delays.publish(
-                            publisher,
-                            &row.routing_key,
-                            &row.message_id.to_string(),
-                            &row.body,
-                            properties,
-                            eta,
-                        ),
+                        self.publish_alone(publisher, row, properties, eta),
                     )
-                    .await
-                    .map(|published| published.map(|_bucket| ()));
+                    .await;
                     (index, settle(publisher, declared, row, published).await)
                 }),
         );
-        let alone = join_all(single.into_iter().map(|(index, properties)| async move {
-            let row = &rows[index];
-            let published = tokio::time::timeout(
-                CONFIRM_TIMEOUT,
-                publisher.publish(
-                    &row.exchange,
-                    &row.routing_key,
-                    &row.message_id.to_string(),
-                    &row.body,
-                    properties,
-                ),
-            )
-            .await;
-            (index, settle(publisher, declared, row, published).await)
-        }));
-        let (pipelined, delayed, alone) = tokio::join!(pipelined, delayed, alone);
+        let (pipelined, alone) = tokio::join!(pipelined, alone);
         match pipelined {
             Ok(published) => {
                 // A channel error (say, a message the broker refuses as too
@@ -462,13 +436,52 @@ impl Relay {
                 }
             }
         }
-        for (index, sent) in delayed.into_iter().chain(alone) {
+        for (index, sent) in alone {
             results[index] = Some(sent);
         }
         results
             .into_iter()
             .map(|sent| sent.unwrap_or(Sent::Unsettled))
             .collect()
+    }
+
+    /// Publishes one row on a channel of its own: to its named exchange, or
+    /// (scheduled for a job queue) through the queue's delay queues.
+    async fn publish_alone(
+        &self,
+        publisher: &Publisher,
+        row: &OutboxRow,
+        properties: lapin::BasicProperties,
+        eta: Option<u64>,
+    ) -> Result<(), Error> {
+        let message_id = row.message_id.to_string();
+        match eta {
+            // A scheduled row for a named exchange goes there at once: its
+            // consumer holds it back until it is due.
+            Some(eta) if row.exchange.is_empty() => self
+                .delays
+                .publish(
+                    publisher,
+                    &row.routing_key,
+                    &message_id,
+                    &row.body,
+                    properties,
+                    eta,
+                )
+                .await
+                .map(|_bucket| ()),
+            _ => {
+                publisher
+                    .publish(
+                        &row.exchange,
+                        &row.routing_key,
+                        &message_id,
+                        &row.body,
+                        properties,
+                    )
+                    .await
+            }
+        }
     }
 
     /// Declares the queue of a row for the default exchange (and its delay
@@ -484,11 +497,7 @@ impl Relay {
             return Ok(());
         }
         let queue = &row.routing_key;
-        let key = if scheduled {
-            format!("{queue} +delays")
-        } else {
-            queue.clone()
-        };
+        let key = declared_key(queue, scheduled);
         if declared.lock().await.contains(&key) {
             return Ok(());
         }
@@ -534,8 +543,18 @@ async fn settle(
 async fn forget_declared(declared: &Mutex<HashSet<String>>, row: &OutboxRow) {
     if row.exchange.is_empty() {
         let mut declared = declared.lock().await;
-        declared.remove(&row.routing_key);
-        declared.remove(&format!("{} +delays", row.routing_key));
+        declared.remove(&declared_key(&row.routing_key, false));
+        declared.remove(&declared_key(&row.routing_key, true));
+    }
+}
+
+/// What the relay remembers of a declared job queue (with its delay queues
+/// when `scheduled`).
+fn declared_key(queue: &str, scheduled: bool) -> String {
+    if scheduled {
+        format!("{queue} +delays")
+    } else {
+        queue.to_owned()
     }
 }
 
