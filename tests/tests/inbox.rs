@@ -37,6 +37,51 @@ async fn database(schema: &str) -> (Database, String) {
     (database, table)
 }
 
+/// A test's broker, schema (with its `effects` table) and client.
+struct Scene {
+    broker: Broker,
+    database: Database,
+    table: String,
+    client: Client,
+}
+
+impl Scene {
+    /// A fresh `queue` and schema, and a worker with the database on `queue`.
+    async fn start(queue: &str, schema: &str) -> (Scene, RunningWorker) {
+        let broker = Broker::connect().await;
+        broker.reset(queue).await;
+        let (database, table) = database(schema).await;
+        let client = Client::connect(&amqp_url()).await.unwrap();
+        let worker =
+            RunningWorker::start(&broker, queue, worker_config().database(database.clone())).await;
+        let scene = Scene {
+            broker,
+            database,
+            table,
+            client,
+        };
+        (scene, worker)
+    }
+
+    /// Drops the schema and `queue` (with its dead letters and delay queues).
+    async fn finish(self, queue: &str) {
+        self.client.close().await.unwrap();
+        drop_schema(&self.database).await;
+        self.database.close().await;
+        self.broker.cleanup(queue).await;
+    }
+}
+
+/// Waits until `queue`'s dead-letter queue holds one message; returns its name.
+async fn dead_lettered(broker: &Broker, queue: &str) -> String {
+    let dlq = format!("{queue}.dlq");
+    wait_until("the job is dead-lettered", WAIT, || async {
+        broker.ready(&dlq).await == 1
+    })
+    .await;
+    dlq
+}
+
 async fn count(database: &Database, statement: String, id: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(statement))
         .bind(id)
@@ -73,16 +118,13 @@ fn runs_of(queue: &str, id: &str) -> usize {
 
 #[tokio::test]
 async fn a_redelivered_message_whose_effects_committed_is_acked_without_running() {
-    let broker = Broker::connect().await;
-    broker.reset(INBOX_DEDUP_QUEUE).await;
-    let (database, table) = database("eda_test_inbox_dedup").await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let worker = RunningWorker::start(
-        &broker,
-        INBOX_DEDUP_QUEUE,
-        worker_config().database(database.clone()),
-    )
-    .await;
+    let (scene, worker) = Scene::start(INBOX_DEDUP_QUEUE, "eda_test_inbox_dedup").await;
+    let Scene {
+        broker,
+        database,
+        table,
+        client,
+    } = &scene;
 
     let id = Uuid::new_v4();
     let args = DbWrite {
@@ -98,7 +140,7 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
         .unwrap();
     let id = id.to_string();
     wait_until("the job ran", WAIT, || async {
-        inbox_rows(&database, &id).await == 1
+        inbox_rows(database, &id).await == 1
     })
     .await;
     // The same message again, as RabbitMQ redelivers it when a worker died
@@ -114,13 +156,10 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
     worker.stop().await.unwrap();
 
     assert_eq!(runs_of(INBOX_DEDUP_QUEUE, &id), 1, "the handler ran once");
-    assert_eq!(effects(&database, &table, &id).await, 1);
-    assert_eq!(inbox_rows(&database, &id).await, 1);
+    assert_eq!(effects(database, table, &id).await, 1);
+    assert_eq!(inbox_rows(database, &id).await, 1);
     assert_eq!(broker.ready(&format!("{INBOX_DEDUP_QUEUE}.dlq")).await, 0);
-    client.close().await.unwrap();
-    drop_schema(&database).await;
-    database.close().await;
-    broker.cleanup(INBOX_DEDUP_QUEUE).await;
+    scene.finish(INBOX_DEDUP_QUEUE).await;
 }
 
 #[tokio::test]
@@ -177,16 +216,13 @@ async fn two_copies_racing_on_two_workers_run_the_handler_once() {
 
 #[tokio::test]
 async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
-    let broker = Broker::connect().await;
-    broker.reset(INBOX_ROLLBACK_QUEUE).await;
-    let (database, table) = database("eda_test_inbox_rollback").await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let worker = RunningWorker::start(
-        &broker,
-        INBOX_ROLLBACK_QUEUE,
-        worker_config().database(database.clone()),
-    )
-    .await;
+    let (scene, worker) = Scene::start(INBOX_ROLLBACK_QUEUE, "eda_test_inbox_rollback").await;
+    let Scene {
+        broker,
+        database,
+        table,
+        client,
+    } = &scene;
 
     let args = DbWrite {
         table: table.clone(),
@@ -199,24 +235,13 @@ async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
         .await
         .unwrap()
         .to_string();
-    let dlq = format!("{INBOX_ROLLBACK_QUEUE}.dlq");
-    wait_until("the job is dead-lettered", WAIT, || async {
-        broker.ready(&dlq).await == 1
-    })
-    .await;
+    dead_lettered(broker, INBOX_ROLLBACK_QUEUE).await;
     worker.stop().await.unwrap();
 
     assert_eq!(runs_of(INBOX_ROLLBACK_QUEUE, &id), 1);
-    assert_eq!(
-        effects(&database, &table, &id).await,
-        0,
-        "writes rolled back"
-    );
-    assert_eq!(inbox_rows(&database, &id).await, 0, "no inbox row");
-    client.close().await.unwrap();
-    drop_schema(&database).await;
-    database.close().await;
-    broker.cleanup(INBOX_ROLLBACK_QUEUE).await;
+    assert_eq!(effects(database, table, &id).await, 0, "writes rolled back");
+    assert_eq!(inbox_rows(database, &id).await, 0, "no inbox row");
+    scene.finish(INBOX_ROLLBACK_QUEUE).await;
 }
 
 #[tokio::test]
@@ -226,11 +251,7 @@ async fn without_a_database_ctx_tx_is_a_clear_error_and_dedup_true_stops_the_wor
     let client = Client::connect(&amqp_url()).await.unwrap();
     let worker = RunningWorker::start(&broker, INBOX_NO_DATABASE_QUEUE, worker_config()).await;
     client.enqueue(needs_a_transaction, 1).await.unwrap();
-    let dlq = format!("{INBOX_NO_DATABASE_QUEUE}.dlq");
-    wait_until("the job is dead-lettered", WAIT, || async {
-        broker.ready(&dlq).await == 1
-    })
-    .await;
+    let dlq = dead_lettered(&broker, INBOX_NO_DATABASE_QUEUE).await;
     worker.stop().await.unwrap();
     let dead = broker.get(&dlq).await.expect("a dead letter");
     let error = header_text(&dead.delivery.properties, HEADER_ERROR).unwrap_or_default();
@@ -286,16 +307,13 @@ async fn pruning_deletes_only_rows_older_than_the_retention() {
 
 #[tokio::test]
 async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
-    let broker = Broker::connect().await;
-    broker.reset(INBOX_SWALLOWED_QUEUE).await;
-    let (database, table) = database("eda_test_inbox_swallowed").await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let worker = RunningWorker::start(
-        &broker,
-        INBOX_SWALLOWED_QUEUE,
-        worker_config().database(database.clone()),
-    )
-    .await;
+    let (scene, worker) = Scene::start(INBOX_SWALLOWED_QUEUE, "eda_test_inbox_swallowed").await;
+    let Scene {
+        broker,
+        database,
+        table,
+        client,
+    } = &scene;
     let args = DbWrite {
         table: table.clone(),
         n: 4,
@@ -307,11 +325,7 @@ async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
         .await
         .unwrap()
         .to_string();
-    let dlq = format!("{INBOX_SWALLOWED_QUEUE}.dlq");
-    wait_until("the job is dead-lettered", WAIT, || async {
-        broker.ready(&dlq).await == 1
-    })
-    .await;
+    let dlq = dead_lettered(broker, INBOX_SWALLOWED_QUEUE).await;
     worker.stop().await.unwrap();
 
     let dead = broker.get(&dlq).await.expect("a dead letter");
@@ -322,27 +336,16 @@ async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
         "{error}"
     );
     assert_eq!(runs_of(INBOX_SWALLOWED_QUEUE, &id), 1);
-    assert_eq!(effects(&database, &table, &id).await, 0);
-    assert_eq!(inbox_rows(&database, &id).await, 0);
-    client.close().await.unwrap();
-    drop_schema(&database).await;
-    database.close().await;
-    broker.cleanup(INBOX_SWALLOWED_QUEUE).await;
+    assert_eq!(effects(database, table, &id).await, 0);
+    assert_eq!(inbox_rows(database, &id).await, 0);
+    scene.finish(INBOX_SWALLOWED_QUEUE).await;
 }
 
 #[tokio::test]
 async fn enqueueing_while_holding_the_transaction_is_an_error_and_tx_enqueue_works() {
-    let broker = Broker::connect().await;
-    broker.reset(TX_HELD_QUEUE).await;
+    let (scene, worker) = Scene::start(TX_HELD_QUEUE, "eda_test_tx_held").await;
+    let Scene { broker, client, .. } = &scene;
     broker.reset(TX_HELD_CHILD_QUEUE).await;
-    let (database, _table) = database("eda_test_tx_held").await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let worker = RunningWorker::start(
-        &broker,
-        TX_HELD_QUEUE,
-        worker_config().database(database.clone()),
-    )
-    .await;
     client
         .enqueue(enqueues_while_holding_the_tx, 7)
         .await
@@ -355,11 +358,8 @@ async fn enqueueing_while_holding_the_transaction_is_an_error_and_tx_enqueue_wor
     worker.stop().await.unwrap();
     assert_eq!(broker.ready(&format!("{TX_HELD_QUEUE}.dlq")).await, 0);
     assert_eq!(broker.ready(TX_HELD_QUEUE).await, 0);
-    client.close().await.unwrap();
-    drop_schema(&database).await;
-    database.close().await;
-    broker.reset(TX_HELD_QUEUE).await;
-    broker.cleanup(TX_HELD_CHILD_QUEUE).await;
+    broker.reset(TX_HELD_CHILD_QUEUE).await;
+    scene.finish(TX_HELD_QUEUE).await;
 }
 
 #[tokio::test]
