@@ -767,3 +767,13 @@ pub const OUTBOX_REDECLARE_OTHER_QUEUE: &str = "eda-test.outbox-redeclare-other"
 pub async fn outbox_redeclare_other(_ctx: JobContext, _args: u32) -> Result<(), JobError> {
     Ok(())
 }
+
+/// Queue of the test whose inbox claim waits on a row lock held elsewhere.
+pub const INBOX_LOCKED_QUEUE: &str = "eda-test.inbox-locked";
+
+/// Writes its effect in the job's transaction; its 1 s timeout bounds the
+/// claim's lock wait to 6 s.
+#[job(queue = "eda-test.inbox-locked", retries = 0, timeout = "1s")]
+pub async fn inbox_locked(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    write_effect(&ctx, &args).await
+}

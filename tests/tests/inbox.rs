@@ -7,10 +7,10 @@ use eda_worker::postgres::Database;
 use eda_worker::wire::{HEADER_ERROR, header_text};
 use eda_worker::{Client, EnqueueOptions, Worker};
 use eda_worker_tests::jobs::{
-    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_ACK_LOST_QUEUE, INBOX_DEDUP_QUEUE,
+    DEDUP_REQUIRED_QUEUE, DbWrite, INBOX_ACK_LOST_QUEUE, INBOX_DEDUP_QUEUE, INBOX_LOCKED_QUEUE,
     INBOX_NO_DATABASE_QUEUE, INBOX_PER_QUEUE_A, INBOX_PER_QUEUE_B, INBOX_RACE_QUEUE,
     INBOX_ROLLBACK_QUEUE, INBOX_SWALLOWED_QUEUE, TX_HELD_CHILD_QUEUE, TX_HELD_QUEUE,
-    enqueues_while_holding_the_tx, inbox_ack_lost, inbox_dedup, inbox_per_queue_a,
+    enqueues_while_holding_the_tx, inbox_ack_lost, inbox_dedup, inbox_locked, inbox_per_queue_a,
     inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction, runs,
     swallows_a_failed_statement,
 };
@@ -499,4 +499,50 @@ async fn a_worker_killed_after_its_commit_and_before_its_ack_does_not_run_the_jo
     drop_schema(&database).await;
     database.close().await;
     broker.cleanup(INBOX_ACK_LOST_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_claim_that_waits_past_the_lock_timeout_fails_the_attempt_without_running() {
+    let (scene, worker) = Scene::start(INBOX_LOCKED_QUEUE, "eda_test_inbox_locked").await;
+    let Scene {
+        broker,
+        database,
+        table,
+        client,
+    } = &scene;
+    // Another transaction, stuck, holds this message's inbox row.
+    let id = Uuid::new_v4();
+    let mut stuck = database.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {}.inbox (queue, message_id, job) VALUES ($1, $2, 'inbox_locked')",
+        database.schema()
+    )))
+    .bind(INBOX_LOCKED_QUEUE)
+    .bind(id.to_string())
+    .execute(&mut *stuck)
+    .await
+    .unwrap();
+    let args = DbWrite {
+        table: table.clone(),
+        n: 8,
+        hold_ms: 0,
+        fail: false,
+    };
+    client
+        .enqueue_with(inbox_locked, args, EnqueueOptions::default().message_id(id))
+        .await
+        .unwrap();
+    // The job's timeout is 1 s: the claim gives up after 6 s.
+    let dlq = dead_lettered(broker, INBOX_LOCKED_QUEUE).await;
+    worker.stop().await.unwrap();
+    stuck.rollback().await.unwrap();
+
+    let dead = broker.get(&dlq).await.expect("a dead letter");
+    let error = header_text(&dead.delivery.properties, HEADER_ERROR).unwrap_or_default();
+    assert!(error.contains("lock timeout"), "{error}");
+    let id = id.to_string();
+    assert_eq!(runs_of(INBOX_LOCKED_QUEUE, &id), 0, "the handler never ran");
+    assert_eq!(effects(database, table, &id).await, 0);
+    assert_eq!(inbox_rows(database, &id).await, 0);
+    scene.finish(INBOX_LOCKED_QUEUE).await;
 }

@@ -198,3 +198,24 @@ impl Database {
         self.pool.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Database, Schema};
+
+    #[tokio::test]
+    async fn an_sslpassword_parameter_is_refused_before_connecting_and_not_shown() {
+        let error = Database::connect(
+            "postgres://app:s3cret@127.0.0.1:1/app?sslmode=require&SSLPASSWORD=k3y",
+            Schema::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`sslpassword` parameter"), "{error}");
+        assert!(
+            !error.contains("s3cret") && !error.contains("k3y"),
+            "{error}"
+        );
+    }
+}
