@@ -777,3 +777,7 @@ pub const INBOX_LOCKED_QUEUE: &str = "eda-test.inbox-locked";
 pub async fn inbox_locked(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
     write_effect(&ctx, &args).await
 }
+
+/// Queue bound to `amq.direct` in the test of a scheduled row for a named
+/// exchange (never consumed).
+pub const OUTBOX_EXCHANGE_QUEUE: &str = "eda-test.outbox-exchange";

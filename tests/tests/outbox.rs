@@ -8,10 +8,10 @@ use std::time::Duration;
 use eda_worker::outbox::{self, Relay};
 use eda_worker::postgres::Database;
 use eda_worker_tests::jobs::{
-    DbWrite, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE, OUTBOX_REDECLARE_OTHER_QUEUE,
-    OUTBOX_REDECLARE_QUEUE, OUTBOX_RESEND_QUEUE, OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema,
-    outbox_redeclare, outbox_redeclare_other, outbox_resend, outbox_target, outbox_two_relays,
-    runs,
+    DbWrite, OUTBOX_EXCHANGE_QUEUE, OUTBOX_KEYWORD_SCHEMA_QUEUE, OUTBOX_QUEUE,
+    OUTBOX_REDECLARE_OTHER_QUEUE, OUTBOX_REDECLARE_QUEUE, OUTBOX_RESEND_QUEUE,
+    OUTBOX_TWO_RELAYS_QUEUE, outbox_keyword_schema, outbox_redeclare, outbox_redeclare_other,
+    outbox_resend, outbox_target, outbox_two_relays, runs,
 };
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, database_url, drop_schema, fresh_database, wait_until,
@@ -448,4 +448,57 @@ async fn a_schema_named_like_a_keyword_works_and_its_notifications_wake_the_rela
     drop_schema(&database).await;
     database.close().await;
     broker.cleanup(OUTBOX_KEYWORD_SCHEMA_QUEUE).await;
+}
+
+#[tokio::test]
+async fn a_scheduled_row_for_a_named_exchange_goes_to_that_exchange_with_its_due_time() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    let broker = Broker::connect().await;
+    broker.reset(OUTBOX_EXCHANGE_QUEUE).await;
+    let channel = broker.channel().await;
+    channel
+        .queue_declare(
+            OUTBOX_EXCHANGE_QUEUE.into(),
+            QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            OUTBOX_EXCHANGE_QUEUE.into(),
+            "amq.direct".into(),
+            OUTBOX_EXCHANGE_QUEUE.into(),
+            QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let database = migrated("eda_test_outbox_exchange").await;
+    // Due in an hour: the consumer holds it back; the relay sends it now.
+    let due = eda_worker::wire::now_millis() + 3_600_000;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {}.outbox (message_id, exchange, routing_key, job, eta_ms, body) \
+         VALUES (gen_random_uuid(), 'amq.direct', $1, 'outbox_target', $2, '1')",
+        database.schema()
+    )))
+    .bind(OUTBOX_EXCHANGE_QUEUE)
+    .bind(i64::try_from(due).unwrap())
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let relay = start_relay(&database);
+    wait_until("the row is sent to the exchange", WAIT, || async {
+        broker.ready(OUTBOX_EXCHANGE_QUEUE).await == 1 && pending(&database).await == 0
+    })
+    .await;
+    stop_relay(relay).await;
+    let message = broker.get(OUTBOX_EXCHANGE_QUEUE).await.expect("a message");
+    assert_eq!(
+        eda_worker::wire::header_u64(&message.delivery.properties, eda_worker::wire::HEADER_ETA),
+        Some(due)
+    );
+    drop_schema(&database).await;
+    database.close().await;
+    broker.cleanup(OUTBOX_EXCHANGE_QUEUE).await;
 }
