@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
 use crate::config::{DEFAULT_MAX_MESSAGE_SIZE, amqp_url_from_env};
+use crate::retry::schedule::publish_delayed;
 use crate::wire::{Envelope, now_millis};
 use crate::{DelayQueues, Error, Job, QueueType};
 
@@ -380,12 +381,17 @@ impl Client {
             Some(eta) => {
                 self.ensure_delays_declared(&session.connection, queue)
                     .await?;
-                self.inner
-                    .options
-                    .delay_queues
-                    .publish(&session.publisher, queue, message_id, body, properties, eta)
-                    .await
-                    .map(|_bucket| ())
+                publish_delayed(
+                    &self.inner.options.delay_queues,
+                    &session.publisher,
+                    queue,
+                    message_id,
+                    body,
+                    properties,
+                    eta,
+                )
+                .await
+                .map(|_bucket| ())
             }
         }
     }

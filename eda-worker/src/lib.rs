@@ -24,8 +24,12 @@
 //! # let _ = id; Ok(()) }
 //! ```
 //!
-//! The wire format, broker layout and failure handling are described in the
-//! README; [`wire`] holds the header names.
+//! Where things are: [`job`] (the trait, the registry, the handler's
+//! context), [`Client`] (enqueue), [`Worker`] (the runtime), [`retry`]
+//! (backoff and delay queues), [`dead_letter`] (dead-letter queues and their
+//! tooling), [`postgres`] (migrations, the inbox, the [`outbox`]), [`cli`]
+//! (the `worker` command) and [`wire`] (header names). The repository's
+//! `docs/` describe the wire format, failure handling and operations.
 
 // Lets `#[job]` (which names `::eda_worker::...`) be used inside this crate's own tests.
 #[allow(unused_extern_crates)]
@@ -35,16 +39,11 @@ mod broker;
 pub mod cli;
 mod client;
 mod config;
-mod context;
-mod dead_letter;
-pub mod delay;
-pub mod dlq;
+pub mod dead_letter;
 mod error;
-mod job;
-pub mod outbox;
+pub mod job;
 pub mod postgres;
-mod registry;
-mod retry;
+pub mod retry;
 pub mod wire;
 mod worker;
 
@@ -54,14 +53,15 @@ pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig, amqp_url_from_env,
 };
-pub use context::{JobContext, JobTx};
-pub use delay::DelayQueues;
 pub use eda_worker_macros::job;
-pub use error::{Error, JobError, JobErrorKind, MAX_ERROR_TEXT, error_chain_text};
-pub use job::{DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobDefinition};
-pub use registry::Registry;
-pub use retry::{Backoff, DEFAULT_BACKOFF};
-pub use worker::{Worker, database_connections};
+pub use error::{Error, MAX_ERROR_TEXT, error_chain_text};
+pub use job::{
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobContext, JobDefinition, JobError,
+    JobErrorKind, JobTx, Registry,
+};
+pub use postgres::outbox;
+pub use retry::{Backoff, DEFAULT_BACKOFF, DelayQueues};
+pub use worker::Worker;
 
 /// What a job module needs: `use eda_worker::prelude::*;`.
 pub mod prelude {

@@ -7,7 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::Error;
 
@@ -28,16 +28,8 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// The suffix of a job queue's dead-letter queue.
-pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
-
-/// The dead-letter queue of `queue`.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}{DEAD_LETTER_SUFFIX}")
-}
-
 /// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
+pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -57,22 +49,22 @@ pub(crate) fn short_string(
 
 /// What identifies one job message on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// The message id, stable across retries.
-    pub message_id: String,
+    pub(crate) message_id: String,
     /// The request that caused this job, carried into every job it causes.
-    pub correlation_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
     /// The job's wire name (the `type` property).
-    pub job: Option<String>,
+    pub(crate) job: Option<String>,
     /// 0 on the first delivery.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     /// When the job is due (ms since the epoch), for delayed messages.
-    pub eta: Option<u64>,
+    pub(crate) eta: Option<u64>,
 }
 
 impl Envelope {
     /// The properties of a message carrying this envelope, sent now.
-    pub fn into_properties(self) -> Result<BasicProperties, Error> {
+    pub(crate) fn into_properties(self) -> Result<BasicProperties, Error> {
         let mut headers = FieldTable::default();
         headers.insert(
             HEADER_ATTEMPT.into(),
@@ -99,7 +91,7 @@ impl Envelope {
 
     /// Reads the envelope of a received message. A message without an id
     /// (published by something other than eda-worker) gets an empty one.
-    pub fn from_properties(properties: &BasicProperties) -> Self {
+    pub(crate) fn from_properties(properties: &BasicProperties) -> Self {
         Envelope {
             message_id: properties
                 .message_id()
@@ -150,19 +142,6 @@ pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Why a message is dead-lettered, and where it came from.
-#[derive(Debug, Clone)]
-pub struct DeadLetterReason<'a> {
-    /// The error text (already capped).
-    pub error: &'a str,
-    /// The job queue the message came from.
-    pub queue: &'a str,
-    /// The attempt that failed.
-    pub attempt: u32,
-    /// When it failed, ms since the epoch.
-    pub failed_at: u64,
-}
-
 /// Headers the broker adds when it dead-letters a message (from a delay
 /// queue, say). They grow with every hop and say nothing eda-worker needs, so
 /// a message eda-worker publishes again leaves them behind.
@@ -179,7 +158,7 @@ fn is_broker_death_header(name: &str) -> bool {
 /// is not the publishing connection's user), `CC`/`BCC` (they would route the
 /// copy into other queues, the source one too), and the broker's `x-death`
 /// headers.
-pub fn republished_properties(
+pub(crate) fn republished_properties(
     original: &BasicProperties,
     headers: impl IntoIterator<Item = (&'static str, AMQPValue)>,
 ) -> BasicProperties {
@@ -250,54 +229,8 @@ pub(crate) fn copy_properties(
     copy
 }
 
-/// The properties of a dead letter: the original ones (so the id, type and
-/// correlation survive) plus the error headers. See [`republished_properties`].
-pub fn dead_letter_properties(
-    original: &BasicProperties,
-    reason: &DeadLetterReason<'_>,
-) -> BasicProperties {
-    republished_properties(
-        original,
-        [
-            (
-                HEADER_ERROR,
-                AMQPValue::LongString(LongString::from(reason.error)),
-            ),
-            (
-                HEADER_FAILED_AT,
-                AMQPValue::LongLongInt(millis_i64(reason.failed_at)),
-            ),
-            (
-                HEADER_QUEUE,
-                AMQPValue::LongString(LongString::from(reason.queue)),
-            ),
-            (
-                HEADER_ATTEMPT,
-                AMQPValue::LongLongInt(i64::from(reason.attempt)),
-            ),
-        ],
-    )
-}
-
-/// The properties of the retry of a failed attempt: attempt `attempt`, due at
-/// `eta` (ms since the epoch), with the last error in `x-eda-error`.
-pub fn retry_properties(
-    original: &BasicProperties,
-    attempt: u32,
-    eta: u64,
-    error: &str,
-) -> BasicProperties {
-    republished_properties(
-        original,
-        [
-            (HEADER_ATTEMPT, AMQPValue::LongLongInt(i64::from(attempt))),
-            (HEADER_ETA, AMQPValue::LongLongInt(millis_i64(eta))),
-            (HEADER_ERROR, AMQPValue::LongString(LongString::from(error))),
-        ],
-    )
-}
-
-fn millis_i64(millis: u64) -> i64 {
+/// Milliseconds as an AMQP long-long, saturating.
+pub(crate) fn millis_i64(millis: u64) -> i64 {
     i64::try_from(millis).unwrap_or(i64::MAX)
 }
 
@@ -359,89 +292,5 @@ mod tests {
             envelope.into_properties(),
             Err(Error::TooLong { len: 300, .. })
         ));
-    }
-
-    #[test]
-    fn dead_letters_drop_ttl_user_and_extra_routing() {
-        let mut headers = FieldTable::default();
-        headers.insert("CC".into(), AMQPValue::LongString("other-queue".into()));
-        headers.insert("x-custom".into(), AMQPValue::LongString("kept".into()));
-        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
-        headers.insert(
-            "x-first-death-queue".into(),
-            AMQPValue::LongString("eda.delay.1s".into()),
-        );
-        let original = BasicProperties::default()
-            .with_expiration("1000".into())
-            .with_user_id("someone-else".into())
-            .with_message_id("m-1".into())
-            .with_headers(headers);
-        let reason = DeadLetterReason {
-            error: "boom",
-            queue: "email",
-            attempt: 0,
-            failed_at: 1,
-        };
-        let dead = dead_letter_properties(&original, &reason);
-        assert_eq!(*dead.expiration(), None);
-        assert_eq!(*dead.user_id(), None);
-        assert_eq!(
-            dead.message_id().as_ref().map(ShortString::as_str),
-            Some("m-1")
-        );
-        assert_eq!(header_text(&dead, "CC"), None);
-        assert_eq!(header_text(&dead, "x-first-death-queue"), None);
-        assert!(
-            dead.headers()
-                .as_ref()
-                .unwrap()
-                .inner()
-                .get("x-death")
-                .is_none()
-        );
-        assert_eq!(header_text(&dead, "x-custom").as_deref(), Some("kept"));
-    }
-
-    #[test]
-    fn dead_letters_keep_identity_and_add_reason() {
-        let original = envelope().into_properties().unwrap();
-        let reason = DeadLetterReason {
-            error: "boom",
-            queue: "email",
-            attempt: 3,
-            failed_at: 1_700_000_000_000,
-        };
-        let dead = dead_letter_properties(&original, &reason);
-        assert_eq!(dead.message_id(), original.message_id());
-        assert_eq!(dead.kind(), original.kind());
-        assert_eq!(header_text(&dead, HEADER_ERROR).as_deref(), Some("boom"));
-        assert_eq!(header_text(&dead, HEADER_QUEUE).as_deref(), Some("email"));
-        assert_eq!(header_u64(&dead, HEADER_FAILED_AT), Some(1_700_000_000_000));
-        assert_eq!(header_u64(&dead, HEADER_ATTEMPT), Some(3));
-    }
-}
-
-#[cfg(test)]
-mod retry_tests {
-    use super::*;
-
-    #[test]
-    fn retries_count_up_carry_the_due_time_and_the_error() {
-        let mut original = Envelope {
-            message_id: "m".into(),
-            correlation_id: Some("c".into()),
-            job: Some("j".into()),
-            attempt: 0,
-            eta: None,
-        }
-        .into_properties()
-        .unwrap();
-        original = original.with_expiration("5000".into());
-        let retry = retry_properties(&original, 1, 42_000, "boom");
-        let read = Envelope::from_properties(&retry);
-        assert_eq!((read.attempt, read.eta), (1, Some(42_000)));
-        assert_eq!(read.message_id, "m", "the id is stable across retries");
-        assert_eq!(header_text(&retry, HEADER_ERROR).as_deref(), Some("boom"));
-        assert_eq!(*retry.expiration(), None);
     }
 }

@@ -33,7 +33,7 @@ fn record(ctx: &JobContext, args: &impl Serialize) {
         correlation_id: ctx.correlation_id().map(str::to_owned),
         attempt: ctx.attempt(),
         args: serde_json::to_value(args).expect("args serialize"),
-        at_ms: eda_worker::wire::now_millis(),
+        at_ms: crate::now_millis(),
     };
     RUNS.lock()
         .unwrap_or_else(PoisonError::into_inner)

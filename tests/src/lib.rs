@@ -218,10 +218,20 @@ pub fn close_connection(pid: &str) {
     rabbitmqctl(&["close_connection", pid, "test: dropping the connection"]);
 }
 
+/// The test database on this machine, used when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("milliseconds fit in u64")
+}
+
 /// `DATABASE_URL`, or the test database on this machine.
 pub fn database_url() -> String {
-    eda_worker::postgres::database_url_from_env()
-        .unwrap_or_else(|| eda_worker::postgres::DEFAULT_DATABASE_URL.to_owned())
+    eda_worker::postgres::database_url_from_env().unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
 }
 
 /// A connection to the test database whose eda-worker schema is `schema`,

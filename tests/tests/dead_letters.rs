@@ -5,12 +5,12 @@
 use eda_worker::Client;
 use eda_worker::wire::{
     HEADER_ATTEMPT, HEADER_ERROR, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64,
-    now_millis,
 };
 use eda_worker_tests::jobs::{
     DEAD_LETTER_QUEUE, Numbered, dead_letter_echo, dead_letter_fails, dead_letter_panics,
     dead_letter_sleeps, runs,
 };
+use eda_worker_tests::now_millis;
 use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;

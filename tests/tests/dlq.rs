@@ -4,8 +4,7 @@
 
 use std::process::Stdio;
 
-use eda_worker::dlq::{DeadLetters, Replay};
-use eda_worker::wire::dead_letter_queue;
+use eda_worker::dead_letter::{DeadLetters, Replay, queue_name as dead_letter_queue};
 use eda_worker::{Client, Error, Job};
 use eda_worker_tests::jobs::{
     DLQ_TOOL_CLI_LIST_QUEUE, DLQ_TOOL_CLI_PURGE_QUEUE, DLQ_TOOL_FAILS, DLQ_TOOL_LIMIT_QUEUE,

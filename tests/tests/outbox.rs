@@ -476,7 +476,7 @@ async fn a_scheduled_row_for_a_named_exchange_goes_to_that_exchange_with_its_due
         .unwrap();
     let database = migrated("eda_test_outbox_exchange").await;
     // Due in an hour: the consumer holds it back; the relay sends it now.
-    let due = eda_worker::wire::now_millis() + 3_600_000;
+    let due = eda_worker_tests::now_millis() + 3_600_000;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {}.outbox (message_id, exchange, routing_key, job, eta_ms, body) \
          VALUES (gen_random_uuid(), 'amq.direct', $1, 'outbox_target', $2, '1')",

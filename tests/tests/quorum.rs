@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use eda_worker::dlq::{DeadLetters, Replay};
-use eda_worker::wire::{HEADER_ATTEMPT, HEADER_ERROR, header_text, header_u64, now_millis};
+use eda_worker::dead_letter::{DeadLetters, Replay};
+use eda_worker::wire::{HEADER_ATTEMPT, HEADER_ERROR, header_text, header_u64};
 use eda_worker::{Client, DelayQueues};
 use eda_worker_tests::jobs::{QUORUM_QUEUE, Run, quorum_echo, quorum_flaky, runs};
+use eda_worker_tests::now_millis;
 use eda_worker_tests::{
     Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, wait_until, worker_config,
 };

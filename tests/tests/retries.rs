@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use eda_worker::wire::{
-    HEADER_ATTEMPT, HEADER_ERROR, HEADER_ETA, HEADER_QUEUE, header_text, header_u64, now_millis,
+    HEADER_ATTEMPT, HEADER_ERROR, HEADER_ETA, HEADER_QUEUE, header_text, header_u64,
 };
 use eda_worker::{Client, ClientOptions, DelayQueues};
 use eda_worker_tests::jobs::{
@@ -14,6 +14,7 @@ use eda_worker_tests::jobs::{
     SCHEDULED_QUEUE, SUBSCRIBER_QUEUE, flaky, flaky_after_delay, flaky_each_second, hangs_once,
     never_succeeds, panics_once, rejects, runs, scheduled,
 };
+use eda_worker_tests::now_millis;
 use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions};

@@ -3,22 +3,21 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::Error;
+use crate::retry::Backoff;
 
 /// How hard to try before telling the user the broker is unreachable.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectPolicy {
     /// Attempts in all (at least 1).
     pub(crate) attempts: usize,
-    /// Delay before the second attempt; doubles up to `max_delay`.
-    pub(crate) min_delay: Duration,
-    /// Longest delay between two attempts.
-    pub(crate) max_delay: Duration,
+    /// The delays between attempts.
+    pub(crate) backoff: Backoff,
     /// How long one attempt (TCP, TLS, AMQP handshake) may take.
     pub(crate) attempt_timeout: Duration,
     /// Retry a refused login or vhost too (a running worker waits them out).
@@ -29,16 +28,16 @@ impl Default for ConnectPolicy {
     fn default() -> Self {
         ConnectPolicy {
             attempts: 5,
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(3),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(3)),
             attempt_timeout: Duration::from_secs(10),
             retry_refusals: false,
         }
     }
 }
 
-/// Connects to `url`, retrying with backoff (the maintained `backon` crate)
-/// and logging each failed attempt with the password redacted.
+/// Connects to `url`, retrying with the policy's [`Backoff`] (the retry loop
+/// is the maintained `backon` crate's) and logging each failed attempt with
+/// the password redacted.
 pub(crate) async fn connect(
     url: &str,
     name: &str,
@@ -47,11 +46,7 @@ pub(crate) async fn connect(
     let uri = parse_url(url)?;
     let redacted = redact_url(url);
     let retries = policy.attempts.max(1) - 1;
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_max_times(retries)
-        .with_jitter();
+    let backoff = policy.backoff.delays().take(retries);
     let properties = || ConnectionProperties::default().with_connection_name(name.into());
     let mut attempts = 0;
     (|| {

@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ErrorKind};
 
 use crate::Error;
-use crate::wire::dead_letter_queue;
+use crate::dead_letter::queue_name as dead_letter_queue;
 
 /// The RabbitMQ queue type of a job queue (`#[job(queue_type = "quorum")]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,7 +1,11 @@
 //! The inbox: a message id claimed in the handler's transaction, so that a
-//! message whose effects committed is never run again.
+//! message whose effects committed is never run again; and its pruning, so
+//! that it does not grow forever.
+
+use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use tokio_util::sync::CancellationToken;
 
 use super::Database;
 
@@ -33,7 +37,7 @@ pub(crate) async fn begin(
     job: &str,
     queue: &str,
     dedup: bool,
-    lock_timeout: std::time::Duration,
+    lock_timeout: Duration,
 ) -> Result<Begun, sqlx::Error> {
     let lock_timeout_ms = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
     let begin = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}");
@@ -66,10 +70,7 @@ const PRUNE_BATCH: i64 = 1000;
 /// 1000, and returns how many. A message redelivered after its row was
 /// pruned would run again: keep the retention well above any redelivery
 /// delay (the longest retry backoff, a broker outage).
-pub(crate) async fn prune(
-    database: &Database,
-    retention: std::time::Duration,
-) -> Result<u64, sqlx::Error> {
+pub(crate) async fn prune(database: &Database, retention: Duration) -> Result<u64, sqlx::Error> {
     let table = database.schema().table("inbox");
     let statement = format!(
         "DELETE FROM {table} WHERE (queue, message_id) IN (\
@@ -89,5 +90,36 @@ pub(crate) async fn prune(
         if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX) {
             return Ok(total);
         }
+    }
+}
+
+/// How often the worker prunes the inbox.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// How soon after the worker starts it prunes the inbox first.
+const FIRST_PRUNE: Duration = Duration::from_secs(5);
+
+/// Prunes the inbox soon after start and then every [`PRUNE_INTERVAL`],
+/// until `token` is cancelled. Failures are logged and tried next time.
+pub(crate) async fn prune_periodically(
+    database: Database,
+    retention: Duration,
+    token: CancellationToken,
+) {
+    let mut pause = FIRST_PRUNE;
+    // `timeout` of the cancellation: Ok once the token is cancelled.
+    while tokio::time::timeout(pause, token.cancelled())
+        .await
+        .is_err()
+    {
+        match database.prune_inbox(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, retention = ?retention, "pruned the inbox"),
+            Err(error) => tracing::warn!(
+                error = %crate::error::error_chain_text(&error),
+                "could not prune the inbox; trying again later"
+            ),
+        }
+        pause = PRUNE_INTERVAL;
     }
 }

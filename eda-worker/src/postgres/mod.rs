@@ -12,6 +12,7 @@
 
 pub(crate) mod inbox;
 mod migrate;
+pub mod outbox;
 
 pub use migrate::latest_version;
 
@@ -29,9 +30,6 @@ pub const MAX_SCHEMA_NAME: usize = 56;
 
 /// The schema of eda-worker's tables when not configured.
 pub const DEFAULT_SCHEMA: &str = "eda_worker";
-
-/// The database URL used when `DATABASE_URL` is not set (by the tests and the demo).
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// How long processed message ids are kept when not configured: a message
 /// redelivered later than this after its effects committed would run again.
@@ -101,6 +99,14 @@ pub fn database_url_from_env() -> Option<String> {
     std::env::var("DATABASE_URL")
         .ok()
         .filter(|url| !url.trim().is_empty())
+}
+
+/// Database connections a worker may use at once: one per running job, the
+/// relay's (LISTEN and its batches) and the pruner's.
+pub(crate) fn pool_size(concurrency: usize, queues: usize, relay: bool) -> u32 {
+    let jobs = concurrency.saturating_mul(queues);
+    let relay = if relay { outbox::RELAY_CONNECTIONS } else { 0 };
+    u32::try_from(jobs.saturating_add(relay).saturating_add(1)).unwrap_or(u32::MAX)
 }
 
 /// A connection pool and the schema of eda-worker's tables.

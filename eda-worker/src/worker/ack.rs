@@ -17,6 +17,18 @@ pub(crate) enum Settlement {
     Requeue,
 }
 
+impl Settlement {
+    /// How to settle a message after publishing a copy of it on (a retry, a
+    /// hop, a dead letter): ack it once the copy is confirmed; otherwise give
+    /// it back to the queue, so that it is neither lost nor duplicated.
+    pub(crate) fn after_republish<T, E>(published: &Result<T, E>) -> Self {
+        match published {
+            Ok(_) => Settlement::Ack,
+            Err(_) => Settlement::Requeue,
+        }
+    }
+}
+
 /// One frame to send to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AckOp<H> {
@@ -159,6 +171,18 @@ fn op<H>(slot: Slot<H>, multiple: bool, settlement: Settlement) -> AckOp<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_republished_message_is_acked_only_once_its_copy_is_confirmed() {
+        assert_eq!(
+            Settlement::after_republish(&Ok::<(), ()>(())),
+            Settlement::Ack
+        );
+        assert_eq!(
+            Settlement::after_republish(&Err::<(), _>("no confirm")),
+            Settlement::Requeue
+        );
+    }
 
     fn tracker(tags: std::ops::RangeInclusive<u64>) -> AckTracker<()> {
         let mut tracker = AckTracker::new();

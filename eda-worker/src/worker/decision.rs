@@ -1,10 +1,57 @@
-//! What the worker does with a delivery that did not succeed: a pure function
-//! of the failure and the message, testable without a broker.
+//! The worker's decisions, as pure functions testable without a broker: may
+//! a delivery run ([`admit`]), and what to do with one that did not succeed
+//! ([`decide`]: retry or dead-letter).
 
 use std::time::Duration;
 
 use crate::error::{MAX_ERROR_TEXT, cap_text};
+use crate::job::JobDefinition;
+use crate::wire::Envelope;
 use crate::{Backoff, JobError};
+
+/// What to do with a delivery before any handler runs.
+#[derive(Debug)]
+pub(crate) enum Admission<'a> {
+    /// Run this job.
+    Run(&'a JobDefinition),
+    /// Not due yet: send it on to a delay queue, due at `eta` (ms since the epoch).
+    NotDue { eta: u64 },
+    /// It cannot run: settle it as this failure.
+    Refuse(Failure),
+}
+
+/// The checks before a job runs, in order: a message over `max_size` bytes is
+/// refused unread; one due after `now` (ms since the epoch) waits, even for
+/// a job this worker does not know (a worker that does may take it later);
+/// then its `type` must name a job `lookup` finds on `queue`.
+pub(crate) fn admit<'a>(
+    size: usize,
+    max_size: usize,
+    envelope: &Envelope,
+    now: u64,
+    queue: &'static str,
+    lookup: impl FnOnce(&str) -> Option<&'a JobDefinition>,
+) -> Admission<'a> {
+    if size > max_size {
+        return Admission::Refuse(Failure::TooLarge {
+            size,
+            limit: max_size,
+        });
+    }
+    if let Some(eta) = envelope.eta.filter(|eta| *eta > now) {
+        return Admission::NotDue { eta };
+    }
+    let Some(name) = envelope.job.as_deref() else {
+        return Admission::Refuse(Failure::MissingType);
+    };
+    match lookup(name) {
+        Some(job) => Admission::Run(job),
+        None => Admission::Refuse(Failure::UnknownJob {
+            job: name.to_owned(),
+            queue,
+        }),
+    }
+}
 
 /// Why a delivery did not succeed.
 #[derive(Debug)]
@@ -155,6 +202,64 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prelude::*;
+
+    #[job(queue = "decision-test")]
+    async fn known(_ctx: JobContext, _args: ()) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    fn envelope(job: Option<&str>, eta: Option<u64>) -> Envelope {
+        Envelope {
+            message_id: "m".into(),
+            correlation_id: None,
+            job: job.map(str::to_owned),
+            attempt: 0,
+            eta,
+        }
+    }
+
+    fn admit_one(size: usize, envelope: &Envelope, now: u64) -> Admission<'static> {
+        static KNOWN: std::sync::LazyLock<JobDefinition> =
+            std::sync::LazyLock::new(|| JobDefinition::of::<known>("t::known"));
+        admit(size, 100, envelope, now, "decision-test", |name| {
+            (name == "known").then_some(&*KNOWN)
+        })
+    }
+
+    #[test]
+    fn a_known_job_that_is_due_runs() {
+        let due = envelope(Some("known"), Some(1_000));
+        assert!(matches!(admit_one(100, &due, 1_000), Admission::Run(job) if job.name == "known"));
+        assert!(matches!(
+            admit_one(10, &envelope(Some("known"), None), 5),
+            Admission::Run(_)
+        ));
+    }
+
+    #[test]
+    fn size_is_checked_first_then_the_due_time_then_the_job() {
+        let early_unknown = envelope(Some("nope"), Some(2_000));
+        assert!(matches!(
+            admit_one(101, &early_unknown, 1_000),
+            Admission::Refuse(Failure::TooLarge {
+                size: 101,
+                limit: 100
+            })
+        ));
+        assert!(matches!(
+            admit_one(1, &early_unknown, 1_000),
+            Admission::NotDue { eta: 2_000 }
+        ));
+        assert!(matches!(
+            admit_one(1, &early_unknown, 2_000),
+            Admission::Refuse(Failure::UnknownJob { ref job, queue: "decision-test" }) if job == "nope"
+        ));
+        assert!(matches!(
+            admit_one(1, &envelope(None, None), 0),
+            Admission::Refuse(Failure::MissingType)
+        ));
+    }
 
     #[test]
     fn reasons_name_what_was_wrong() {

@@ -1,43 +1,32 @@
-//! Running one delivery: find the job by its `type`, decode the arguments,
-//! run the handler under its timeout with panics caught, and dead-letter what
-//! did not succeed.
+//! Running one delivery: admit it (size, due time, job), run the handler
+//! under its timeout with panics caught, end its transaction, and settle
+//! what did not succeed: a retry through the delay queues or a dead letter,
+//! each confirmed before the original is acked.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
-use sqlx::{Postgres, Transaction};
 use tracing::Instrument;
 
 use super::ack::Settlement;
-use super::decision::{DeadLetterWhy, Decision, Failure, RetryPolicy, decide, panic_message};
+use super::decision::{
+    Admission, DeadLetterWhy, Decision, Failure, RetryPolicy, admit, decide, panic_message,
+};
+use super::follow_ups::publish_follow_ups;
+use super::transaction::{self, Ending, ending};
 use crate::broker::Publisher;
-use crate::broker::{self, QueueSpec};
-use crate::context::{FollowUps, SharedTx, TxSlot};
 use crate::dead_letter::publish_dead_letter;
-use crate::job::JobDefinition;
+use crate::error::error_chain_text;
+use crate::job::{JobDefinition, TxSlot};
 use crate::outbox::Outbox;
 use crate::postgres::Database;
-use crate::postgres::inbox::{self, Begun};
-use crate::wire::{Envelope, now_millis, republished_properties, retry_properties};
+use crate::postgres::inbox::Begun;
+use crate::retry::schedule::{Retry, publish_hop, publish_retry};
+use crate::wire::{Envelope, now_millis};
 use crate::{DelayQueues, JobContext, QueueType};
-
-/// Added to a job's timeout for the time its inbox claim may wait on another
-/// copy of its message (see [`inbox::begin`]).
-const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
-
-/// How long the commit waits for a task the handler spawned to drop its
-/// `ctx.tx()` guard.
-const TX_RELEASE_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a failed attempt waits for its transaction's rollback.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(2);
-
-/// SQLSTATE 25P02: a statement failed earlier in the transaction.
-const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
 
 /// The jobs consumed from one queue, by wire name.
 #[derive(Debug)]
@@ -75,12 +64,9 @@ impl QueueJobs {
         self.jobs.values()
     }
 
-    fn resolve(&self, envelope: &Envelope) -> Result<&JobDefinition, Failure> {
-        let name = envelope.job.as_deref().ok_or(Failure::MissingType)?;
-        self.jobs.get(name).ok_or_else(|| Failure::UnknownJob {
-            job: name.to_owned(),
-            queue: self.queue,
-        })
+    /// The job with wire name `name`, if this queue's.
+    pub(crate) fn get(&self, name: &str) -> Option<&JobDefinition> {
+        self.jobs.get(name)
     }
 }
 
@@ -110,20 +96,18 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         attempt = envelope.attempt,
     );
     async {
-        let size = delivery.data.len();
-        if size > dispatch.max_message_size {
-            let failure = Failure::TooLarge {
-                size,
-                limit: dispatch.max_message_size,
-            };
-            return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
-        }
-        if let Some(eta) = envelope.eta.filter(|eta| *eta > now_millis()) {
-            return hop(&delivery, &envelope, eta, dispatch).await;
-        }
-        let job = match dispatch.jobs.resolve(&envelope) {
-            Ok(job) => job,
-            Err(failure) => {
+        let admission = admit(
+            delivery.data.len(),
+            dispatch.max_message_size,
+            &envelope,
+            now_millis(),
+            dispatch.jobs.queue,
+            |name| dispatch.jobs.get(name),
+        );
+        let job = match admission {
+            Admission::Run(job) => job,
+            Admission::NotDue { eta } => return hop(&delivery, &envelope, eta, dispatch).await,
+            Admission::Refuse(failure) => {
                 return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
             }
         };
@@ -131,7 +115,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
             retries: job.retries,
             backoff: job.backoff,
         });
-        let tx = match begin_transaction(&envelope, job, dispatch).await {
+        let tx = match transaction::begin(&envelope, job, dispatch).await {
             Ok(Some(Begun::Open(tx))) => Some(TxSlot::new(tx)),
             Ok(Some(Begun::AlreadyProcessed)) => {
                 tracing::info!("already processed (its inbox row exists); acked without running");
@@ -154,14 +138,14 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         }
         let follow_ups = ctx.follow_ups();
         let ran = run_attempt(&delivery, ctx, job).await;
-        let outcome = match (ran, tx) {
-            (Ok(()), Some(tx)) => commit(&tx).await,
-            (Ok(()), None) => publish_follow_ups(&follow_ups, dispatch).await,
-            (ran, Some(tx)) => {
-                roll_back(&tx).await;
-                ran
+        let outcome = match ending(ran, tx) {
+            Ending::Commit(tx) => transaction::commit(&tx).await,
+            Ending::PublishFollowUps => publish_follow_ups(&follow_ups, dispatch).await,
+            Ending::RollBack(tx, failure) => {
+                transaction::roll_back(&tx).await;
+                Err(failure)
             }
-            (ran, None) => ran,
+            Ending::Fail(failure) => Err(failure),
         };
         match outcome {
             Ok(()) => {
@@ -173,160 +157,6 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
     }
     .instrument(span)
     .await
-}
-
-/// Begins the handler's transaction when a database is configured, claiming
-/// the message in the inbox unless the job opted out of dedup.
-async fn begin_transaction(
-    envelope: &Envelope,
-    job: &JobDefinition,
-    dispatch: &Dispatch,
-) -> Result<Option<Begun>, Failure> {
-    let Some(database) = &dispatch.database else {
-        return Ok(None);
-    };
-    // A message without an id (from a foreign producer) cannot be deduplicated.
-    let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
-    // A copy of this message still running past its own timeout is stuck.
-    let lock_timeout = job.timeout.saturating_add(LOCK_TIMEOUT_MARGIN);
-    inbox::begin(
-        database,
-        &envelope.message_id,
-        job.name,
-        job.queue,
-        dedup,
-        lock_timeout,
-    )
-    .await
-    .map(Some)
-    .map_err(|error| Failure::Database {
-        operation: "begin of the job's transaction",
-        error,
-    })
-}
-
-/// Commits the handler's transaction (its writes and the inbox row).
-///
-/// PostgreSQL answers `COMMIT` of a transaction in which a statement failed
-/// with a rollback, not an error: a handler that ignored a failed statement
-/// and returned `Ok` would lose its effects and have its message acked. A
-/// statement before the commit fails in such a transaction, so that case is
-/// a failed attempt (checked when the handler borrowed the transaction).
-async fn commit(shared: &SharedTx) -> Result<(), Failure> {
-    // Taken out: a task the handler spawned can no longer use it.
-    let Some(mut tx) = take(shared, TX_RELEASE_WAIT).await? else {
-        return Err(Failure::Uncommitted(
-            "its transaction was finished before the worker could commit it",
-        ));
-    };
-    // Only a handler that borrowed the transaction can have failed in it.
-    if shared.was_borrowed()
-        && let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await
-    {
-        let aborted = error
-            .as_database_error()
-            .and_then(|error| error.code())
-            .is_some_and(|code| code == IN_FAILED_SQL_TRANSACTION);
-        return Err(if aborted {
-            Failure::Uncommitted(
-                "a statement in its transaction failed (the handler went on and returned Ok), \
-                 so PostgreSQL would roll it back; nothing was committed. Use a savepoint \
-                 (tx.begin()) around a statement whose failure the handler tolerates",
-            )
-        } else {
-            Failure::Database {
-                operation: "check of the job's transaction before its commit",
-                error,
-            }
-        });
-    }
-    tx.commit().await.map_err(|error| Failure::Database {
-        operation: "commit of the job's transaction",
-        error,
-    })
-}
-
-/// Rolls back the handler's transaction after a failed attempt, so that its
-/// connection and its inbox row lock are released before the retry. When a
-/// task the handler spawned still holds it, that task's end rolls it back.
-async fn roll_back(shared: &SharedTx) {
-    match take(shared, Duration::ZERO).await {
-        // Bounded: after a timeout the connection may still be running the
-        // handler's abandoned statement, which the rollback waits for. Past
-        // the bound the transaction is dropped, and sqlx rolls it back when
-        // the connection is next used.
-        Ok(Some(tx)) => match tokio::time::timeout(ROLLBACK_WAIT, tx.rollback()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "rollback of the job's transaction failed; its connection is closed");
-            }
-            Err(_) => tracing::warn!(
-                wait = ?ROLLBACK_WAIT,
-                "rollback of the job's transaction still waits on the connection; left to finish in the background"
-            ),
-        },
-        Ok(None) => {}
-        Err(_) => tracing::warn!(
-            "a task the handler spawned still holds the job's transaction: it rolls back when that task lets go"
-        ),
-    }
-}
-
-/// Takes the transaction out of the context, waiting up to `wait` for a task
-/// the handler spawned to let go of it.
-async fn take(
-    shared: &SharedTx,
-    wait: Duration,
-) -> Result<Option<Transaction<'static, Postgres>>, Failure> {
-    match tokio::time::timeout(wait, shared.tx.lock()).await {
-        Ok(mut guard) => Ok(guard.take()),
-        Err(_) => Err(Failure::Uncommitted(
-            "a task the handler spawned still held its transaction (a `ctx.tx()` guard) after the handler returned",
-        )),
-    }
-}
-
-/// Publishes, confirmed, the jobs a handler enqueued without a database,
-/// after it succeeded and before its message is acked.
-async fn publish_follow_ups(follow_ups: &FollowUps, dispatch: &Dispatch) -> Result<(), Failure> {
-    let follow_ups = std::mem::take(
-        &mut *follow_ups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    );
-    for follow_up in follow_ups {
-        let published = async {
-            let declared = dispatch
-                .declared
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(follow_up.queue);
-            if !declared {
-                let spec = QueueSpec::job(follow_up.queue, follow_up.queue_type);
-                broker::declare_queue(dispatch.publisher.connection(), &spec).await?;
-                dispatch
-                    .declared
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(follow_up.queue);
-            }
-            let message_id = follow_up.envelope.message_id.clone();
-            let properties = follow_up.envelope.into_properties()?;
-            dispatch
-                .publisher
-                .publish(
-                    "",
-                    follow_up.queue,
-                    &message_id,
-                    &follow_up.body,
-                    properties,
-                )
-                .await
-        }
-        .await;
-        published.map_err(Failure::FollowUp)?;
-    }
-    Ok(())
 }
 
 async fn run_attempt(
@@ -356,37 +186,31 @@ async fn hop(
     eta: u64,
     dispatch: &Dispatch,
 ) -> Settlement {
-    let properties = republished_properties(&delivery.properties, std::iter::empty());
-    let published = dispatch
-        .delays
-        .publish(
-            &dispatch.publisher,
-            dispatch.jobs.queue,
-            &envelope.message_id,
-            &delivery.data,
-            properties,
-            eta,
-        )
-        .await;
-    match published {
-        Ok(bucket) => {
-            tracing::debug!(
-                due_in_ms = eta.saturating_sub(now_millis()),
-                delay_queue = %dispatch.delays.name(dispatch.jobs.queue, bucket),
-                "not due yet; sent on to a delay queue"
-            );
-            Settlement::Ack
-        }
-        Err(error) => {
-            tracing::error!(
-                error = %crate::error::error_chain_text(&error),
-                "could not send a message that is not due yet to a delay queue; returning it to the queue"
-            );
-            Settlement::Requeue
-        }
+    let published = publish_hop(
+        &dispatch.delays,
+        &dispatch.publisher,
+        dispatch.jobs.queue,
+        &envelope.message_id,
+        &delivery.data,
+        &delivery.properties,
+        eta,
+    )
+    .await;
+    match &published {
+        Ok(bucket) => tracing::debug!(
+            due_in_ms = eta.saturating_sub(now_millis()),
+            delay_queue = %dispatch.delays.name(dispatch.jobs.queue, *bucket),
+            "not due yet; sent on to a delay queue"
+        ),
+        Err(error) => tracing::error!(
+            error = %error_chain_text(error),
+            "could not send a message that is not due yet to a delay queue; returning it to the queue"
+        ),
     }
+    Settlement::after_republish(&published)
 }
 
+/// Retries or dead-letters a failed delivery, as [`decide`] says.
 async fn settle_failure(
     delivery: &Delivery,
     envelope: &Envelope,
@@ -398,34 +222,32 @@ async fn settle_failure(
     let queue = dispatch.jobs.queue;
     match decide(&failure, envelope.attempt, policy, fastrand::f64()) {
         Decision::Retry { attempt, delay } => {
-            let eta =
-                now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-            let properties = retry_properties(&delivery.properties, attempt, eta, &reason);
-            let published = dispatch
-                .delays
-                .publish(
-                    &dispatch.publisher,
-                    queue,
-                    &envelope.message_id,
-                    &delivery.data,
-                    properties,
-                    eta,
-                )
-                .await;
-            match published {
-                Ok(_) => {
+            let retry = Retry {
+                queue,
+                message_id: &envelope.message_id,
+                attempt,
+                delay,
+                error: &reason,
+            };
+            let published = publish_retry(
+                &dispatch.delays,
+                &dispatch.publisher,
+                retry,
+                &delivery.data,
+                &delivery.properties,
+            )
+            .await;
+            match &published {
+                Ok(()) => {
                     tracing::warn!(error = %reason, next_attempt = attempt, retry_in = ?delay, "job failed; retrying");
-                    Settlement::Ack
                 }
-                Err(error) => {
-                    tracing::error!(
-                        error = %reason,
-                        retry_error = %crate::error::error_chain_text(&error),
-                        "job failed and its retry could not be scheduled; returning it to the queue"
-                    );
-                    Settlement::Requeue
-                }
+                Err(error) => tracing::error!(
+                    error = %reason,
+                    retry_error = %error_chain_text(error),
+                    "job failed and its retry could not be scheduled; returning it to the queue"
+                ),
             }
+            Settlement::after_republish(&published)
         }
         Decision::DeadLetter { why } => {
             let published = publish_dead_letter(
@@ -437,30 +259,23 @@ async fn settle_failure(
                 envelope.attempt,
             )
             .await;
-            match published {
-                Ok(()) => {
-                    match why {
-                        DeadLetterWhy::RetriesSpent => tracing::warn!(
-                            error = %reason,
-                            "job failed and its retries are spent; moved to the dead-letter queue"
-                        ),
-                        DeadLetterWhy::NotRetryable => tracing::warn!(
-                            error = %reason,
-                            "job failed and cannot be retried; moved to the dead-letter queue"
-                        ),
-                    }
-                    Settlement::Ack
-                }
-                Err(error) => {
-                    // Not acked, so not lost: the broker gets it back and it is tried again.
-                    tracing::error!(
-                        error = %reason,
-                        dead_letter_error = %crate::error::error_chain_text(&error),
-                        "job failed and could not be dead-lettered; returning it to the queue"
-                    );
-                    Settlement::Requeue
-                }
+            match (&published, why) {
+                (Ok(()), DeadLetterWhy::RetriesSpent) => tracing::warn!(
+                    error = %reason,
+                    "job failed and its retries are spent; moved to the dead-letter queue"
+                ),
+                (Ok(()), DeadLetterWhy::NotRetryable) => tracing::warn!(
+                    error = %reason,
+                    "job failed and cannot be retried; moved to the dead-letter queue"
+                ),
+                // Not acked, so not lost: the broker gets it back and it is tried again.
+                (Err(error), _) => tracing::error!(
+                    error = %reason,
+                    dead_letter_error = %error_chain_text(error),
+                    "job failed and could not be dead-lettered; returning it to the queue"
+                ),
             }
+            Settlement::after_republish(&published)
         }
     }
 }

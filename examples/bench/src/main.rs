@@ -29,6 +29,17 @@ use crate::raw::Format;
 use crate::report::{Latencies, Row, Table};
 
 /// Queue of the raw lapin baselines.
+/// The database when `DATABASE_URL` is not set.
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Milliseconds since the Unix epoch.
+fn now_millis() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
 const RAW_QUEUE: &str = "eda-bench.raw";
 /// Queue of the eda-worker figures.
 const EDA_QUEUE: &str = "eda-bench.noop";

@@ -58,7 +58,7 @@ pub(crate) struct Figures {
 
 pub(crate) async fn database() -> anyhow::Result<Database> {
     let url = eda_worker::postgres::database_url_from_env()
-        .unwrap_or_else(|| eda_worker::postgres::DEFAULT_DATABASE_URL.to_owned());
+        .unwrap_or_else(|| crate::DEFAULT_DATABASE_URL.to_owned());
     Ok(Database::connect(&url, Schema::new(SCHEMA)?).await?)
 }
 

@@ -304,9 +304,7 @@ pub(crate) async fn fail_once_drain(
         headers.insert("x-eda-attempt".into(), AMQPValue::LongLongInt(1));
         headers.insert(
             "x-eda-eta".into(),
-            AMQPValue::LongLongInt(
-                i64::try_from(eda_worker::wire::now_millis() + 1000).unwrap_or(i64::MAX),
-            ),
+            AMQPValue::LongLongInt(i64::try_from(crate::now_millis() + 1000).unwrap_or(i64::MAX)),
         );
         headers.insert(
             "x-eda-error".into(),

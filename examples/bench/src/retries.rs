@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::now_millis;
 use anyhow::{Context, bail};
 use eda_worker::prelude::*;
-use eda_worker::wire::now_millis;
 use eda_worker::{DelayQueues, Worker, WorkerConfig, amqp_url_from_env};
 use serde::{Deserialize as De, Serialize as Ser};
 use tokio::sync::Notify;

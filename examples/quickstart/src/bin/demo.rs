@@ -8,7 +8,7 @@ use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use eda_worker::dlq::DeadLetters;
+use eda_worker::dead_letter::DeadLetters;
 use eda_worker::{Client, EnqueueOptions, Worker, WorkerConfig, amqp_url_from_env, redact_url};
 use quickstart::{SENT, Welcome, send_welcome};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     while !ids.iter().all(|id| ran(id))
         || !dead
             .iter()
-            .any(|d: &eda_worker::dlq::DeadLetter| d.message_id == bad_id)
+            .any(|d: &eda_worker::dead_letter::DeadLetter| d.message_id == bad_id)
     {
         if waited.elapsed() > DEADLINE {
             token.cancel();

@@ -20,17 +20,18 @@
 //! at insert, so a re-send after a relay crash is dropped by the consuming
 //! job's inbox.
 
+mod batch;
+mod publish;
 mod relay;
+mod status;
 
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgConnection};
 use uuid::Uuid;
 
-pub use relay::{
-    DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, FailingRow, OutboxStatus, RELAY_CONNECTIONS, Relay,
-    status,
-};
+pub use relay::{DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, RELAY_CONNECTIONS, Relay};
+pub use status::{FailingRow, OutboxStatus, status};
 
 use crate::postgres::Schema;
 use crate::wire::now_millis;

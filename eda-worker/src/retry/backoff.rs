@@ -1,5 +1,7 @@
-//! When a failed job runs again: exponential backoff with jitter between the
-//! bounds a job sets with `#[job(backoff = "1s..10m")]`.
+//! The one backoff of eda-worker: exponential with jitter between two bounds.
+//! It spaces a failed job's retries (`#[job(backoff = "1s..10m")]`), a
+//! failing outbox row's next tries, connection attempts (through `backon`,
+//! as an iterator of delays) and the pauses of the reconnect loops.
 //!
 //! The schedule is a pure function of the attempt and a random number, so it
 //! is tested without clocks or a broker:
@@ -81,6 +83,42 @@ impl Backoff {
     pub fn delay_now(&self, retry: u32) -> Duration {
         self.delay(retry, fastrand::f64())
     }
+
+    /// The delays before the second, third... try, with fresh jitter each:
+    /// an endless iterator, which `backon` takes as its schedule.
+    pub(crate) fn delays(self) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
+        (0..=u32::MAX).map(move |retry| self.delay_now(retry))
+    }
+}
+
+/// The pauses of a loop that tries again until it succeeds or is stopped
+/// (a reconnect loop): the delays of a [`Backoff`] in turn, from its
+/// minimum again after [`Pauses::reset`].
+#[derive(Debug, Clone)]
+pub(crate) struct Pauses {
+    backoff: Backoff,
+    failures: u32,
+}
+
+impl Pauses {
+    pub(crate) const fn new(backoff: Backoff) -> Self {
+        Pauses {
+            backoff,
+            failures: 0,
+        }
+    }
+
+    /// The pause after one more failure.
+    pub(crate) fn next_pause(&mut self) -> Duration {
+        let pause = self.backoff.delay_now(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    /// After a success: the next pause is the shortest again.
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +163,33 @@ mod tests {
             assert_eq!(backoff.delay(0, random), SECOND);
             assert_eq!(backoff.delay(5, random), SECOND);
         }
+    }
+
+    #[test]
+    fn pauses_grow_until_reset() {
+        let mut pauses = Pauses::new(Backoff::new(SECOND, Duration::from_secs(30)));
+        let within = |pause: Duration, nominal: f64| {
+            let secs = pause.as_secs_f64();
+            secs >= (nominal * (1.0 - JITTER)).max(1.0) - 1e-3
+                && secs <= nominal * (1.0 + JITTER) + 1e-3
+        };
+        for nominal in [1.0, 2.0, 4.0, 8.0, 16.0] {
+            let pause = pauses.next_pause();
+            assert!(within(pause, nominal), "{pause:?} for {nominal} s");
+        }
+        assert!(pauses.next_pause() <= Duration::from_secs(30));
+        pauses.reset();
+        assert!(within(pauses.next_pause(), 1.0));
+    }
+
+    #[test]
+    fn the_delays_iterator_follows_the_schedule() {
+        let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        let delays: Vec<_> = backoff.delays().take(6).collect();
+        assert_eq!(delays.len(), 6);
+        assert!(delays[0] <= Duration::from_millis(250));
+        assert!(delays[3] >= Duration::from_millis(1200));
+        assert!(delays.iter().all(|delay| *delay <= Duration::from_secs(3)));
     }
 
     #[test]

@@ -1,25 +1,5 @@
-//! Dead-letter queue tooling: look at what is in `<queue>.dlq`, send dead
-//! letters back to their job queue, or throw them away.
-//!
-//! These are the operations behind `worker dlq list|replay|purge`, as a
-//! library so that an app can offer them from its own admin endpoint. Every
-//! function takes the *job* queue's name; its dead letters live in
-//! [`dead_letter_queue`]`(queue)`.
-//!
-//! ```no_run
-//! use eda_worker::dlq::{DeadLetters, Replay};
-//!
-//! # async fn admin() -> Result<(), eda_worker::Error> {
-//! let dead_letters = DeadLetters::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
-//! for letter in dead_letters.list("email", 20).await? {
-//!     println!("{} {:?} failed: {:?}", letter.message_id, letter.job, letter.error);
-//! }
-//! // Once the bug is fixed: run them all again, as first attempts.
-//! let replayed = dead_letters.replay("email", Replay::All).await?;
-//! println!("replayed {replayed} jobs");
-//! dead_letters.close().await?;
-//! # Ok(()) }
-//! ```
+//! [`DeadLetters`]: look at what is in `<queue>.dlq`, send dead letters back
+//! to their job queue, or throw them away.
 //!
 //! Listing and replaying borrow messages with `basic.get` without acking them
 //! and give back the ones they do not remove, so a classic queue keeps its
@@ -34,14 +14,12 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
+use super::queue_name as dead_letter_queue;
 use crate::Error;
 use crate::broker::{self, ConnectPolicy, Publisher};
-use crate::wire::{dead_letter_queue, short_string};
+use crate::wire::short_string;
 
-mod letter;
-
-pub use letter::DeadLetter;
-use letter::replay_properties;
+use super::letter::{DeadLetter, replay_properties};
 
 /// The connection's name, as RabbitMQ's management tools show it.
 const CONNECTION_NAME: &str = "eda-worker dlq";

@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(greeting.queue, "registry-test");
         assert_eq!(greeting.retries, 5);
         assert_eq!(greeting.timeout, Duration::from_secs(90));
-        assert_eq!(greeting.function_path, "eda_worker::registry::tests::greet");
+        assert_eq!(
+            greeting.function_path,
+            "eda_worker::job::registry::tests::greet"
+        );
         assert_eq!(
             greeting.backoff,
             crate::Backoff::new(Duration::from_secs(2), Duration::from_secs(60))

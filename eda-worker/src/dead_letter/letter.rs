@@ -150,7 +150,7 @@ mod tests {
     use lapin::types::{FieldArray, LongString};
 
     use super::*;
-    use crate::wire::{DeadLetterReason, dead_letter_properties};
+    use crate::dead_letter::publish::{DeadLetterReason, dead_letter_properties};
 
     fn job_properties() -> BasicProperties {
         Envelope {

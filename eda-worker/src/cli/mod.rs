@@ -23,10 +23,10 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE,
 };
-use crate::delay::DEFAULT_DELAY_BUCKETS;
+use crate::retry::DEFAULT_DELAY_BUCKETS;
 use crate::{DelayQueues, Registry, Worker, WorkerConfig};
 
-mod dlq;
+mod dead_letter;
 
 /// Exit status when a second signal cuts the graceful stop short.
 const EXIT_INTERRUPTED: u8 = 130;
@@ -50,7 +50,7 @@ enum Command {
     Jobs,
     /// List, replay or purge the dead letters of a job queue (QUEUE.dlq).
     #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq(dead_letter::DlqCommand),
     /// Create or update eda-worker's tables in PostgreSQL.
     Migrate(DatabaseArgs),
     /// Publish the outbox to RabbitMQ until SIGTERM or SIGINT (without consuming jobs).
@@ -212,7 +212,7 @@ pub async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => run(args).await.map_err(CommandError::from),
         Command::Jobs => list_jobs().map_err(CommandError::from),
-        Command::Dlq(command) => dlq::run(command).await,
+        Command::Dlq(command) => dead_letter::run(command).await,
         Command::Migrate(args) => migrate(args).await.map_err(CommandError::from),
         Command::Relay(args) => relay(args).await.map_err(CommandError::from),
         Command::Outbox(OutboxCommand::Status { database, json }) => {
@@ -246,7 +246,7 @@ async fn run(args: RunArgs) -> Result<(), crate::Error> {
     } else {
         config.queues.len()
     };
-    let pool_size = crate::database_connections(config.concurrency, queues, relay);
+    let pool_size = crate::postgres::pool_size(config.concurrency, queues, relay);
     match database.connect_with_pool_size(pool_size).await? {
         Some(database) => config = config.database(database).migrate_on_start(migrate),
         None if migrate => {

@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use eda_worker::DelayQueues;
+//! use eda_worker::retry::DelayQueues;
 //!
 //! let delays = DelayQueues::default();
 //! assert_eq!(delays.name("email", Duration::from_secs(5)), "email.delay.5s");
@@ -30,11 +30,10 @@
 
 use std::time::Duration;
 
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
 
 use crate::Error;
-use crate::broker::{Publisher, QueueSpec, declare_queue};
-use crate::wire::now_millis;
+use crate::broker::{QueueSpec, declare_queue};
 
 /// What a delay queue's name adds to its job queue's: `.delay.` and the TTL.
 pub const DELAY_SUFFIX: &str = ".delay.";
@@ -154,26 +153,6 @@ impl DelayQueues {
             declare_queue(connection, &spec).await?;
         }
         Ok(())
-    }
-
-    /// Publishes a message that is due at `eta_ms` (ms since the epoch) for
-    /// `queue` into the delay queue of its next hop, confirmed. `properties`
-    /// must already carry the `x-eda-eta` header. Returns the bucket used.
-    pub(crate) async fn publish(
-        &self,
-        publisher: &Publisher,
-        queue: &str,
-        message_id: &str,
-        body: &[u8],
-        properties: BasicProperties,
-        eta_ms: u64,
-    ) -> Result<Duration, Error> {
-        let remaining = Duration::from_millis(eta_ms.saturating_sub(now_millis()));
-        let bucket = self.plan(remaining);
-        publisher
-            .publish("", &self.name(queue, bucket), message_id, body, properties)
-            .await?;
-        Ok(bucket)
     }
 }
 

@@ -1,5 +1,15 @@
-//! The job trait that `#[job]` implements, and the type-erased form the
-//! registry keeps of every job.
+//! Jobs: the [`Job`] trait that `#[job]` implements, the type-erased
+//! [`JobDefinition`] the [`Registry`] keeps of every job, the [`JobContext`]
+//! a handler gets, and the [`JobError`] it returns.
+
+mod context;
+mod error;
+mod registry;
+
+pub(crate) use context::{FollowUps, SharedTx, TxSlot};
+pub use context::{JobContext, JobTx};
+pub use error::{JobError, JobErrorKind};
+pub use registry::Registry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,8 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::QueueType;
 use crate::retry::{Backoff, DEFAULT_BACKOFF};
-use crate::{JobContext, JobError, QueueType};
 
 /// Retries after the first attempt when `#[job]` does not say.
 pub const DEFAULT_RETRIES: u32 = 3;

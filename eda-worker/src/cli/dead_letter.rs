@@ -7,8 +7,7 @@ use clap::{ArgGroup, Args, Subcommand};
 
 use super::{CommandError, render_table};
 use crate::config::DEFAULT_AMQP_URL;
-use crate::dlq::{DeadLetter, DeadLetters, Replay};
-use crate::wire::dead_letter_queue;
+use crate::dead_letter::{DeadLetter, DeadLetters, Replay, queue_name as dead_letter_queue};
 
 /// Dead letters shown by `list` when `--limit` is not given.
 const DEFAULT_LIST_LIMIT: usize = 20;

@@ -1,0 +1,211 @@
+//! The worker's broker sessions: connect and declare the topology, run a
+//! consumer per queue until shutdown or a loss, and reconnect with backoff
+//! after a loss.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
+use super::dispatch::Dispatch;
+use super::{Worker, jobs_outliving};
+use crate::Error;
+use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
+use crate::error::error_chain_text;
+use crate::retry::{Backoff, Pauses};
+
+/// How often acks are flushed when a batch has not filled.
+const ACK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The pauses between two sessions: from 1 s, doubling, at most 30 s.
+const RECONNECT_BACKOFF: Backoff = Backoff {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// A session that lived this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Confirm channels for retries, hops and dead letters, shared by the queues
+/// of a worker: one publish in flight per channel (see `broker::Publisher`).
+const REPUBLISH_CHANNELS: usize = 64;
+
+/// Errors that reconnecting cannot fix.
+fn is_fatal(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::QueueMismatch { .. } | Error::Connect { .. } | Error::InvalidUrl { .. }
+    )
+}
+
+impl Worker {
+    /// Runs broker sessions until `token` is cancelled or an error that
+    /// reconnecting cannot fix.
+    pub(super) async fn run_sessions(self, token: CancellationToken) -> Result<(), Error> {
+        let consumer_timeout = self.config.consumer_timeout;
+        for job in jobs_outliving(
+            self.queues.iter().flat_map(|jobs| jobs.definitions()),
+            consumer_timeout,
+        ) {
+            tracing::warn!(
+                job = job.name,
+                timeout = %humantime::format_duration(job.timeout),
+                consumer_timeout = %humantime::format_duration(consumer_timeout),
+                "this job may run longer than the broker's consumer_timeout: RabbitMQ would close the channel under it and the job would run again; raise consumer_timeout in rabbitmq.conf above the job's timeout (plus the time a prefetched message waits) and pass it with --consumer-timeout, or lower the job's timeout"
+            );
+        }
+        let mut started = false;
+        let mut pauses = Pauses::new(RECONNECT_BACKOFF);
+        loop {
+            let opened = tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                opened = self.open(started) => opened,
+            };
+            let connection = match opened {
+                Ok(connection) => Arc::new(connection),
+                Err(error) if !started || is_fatal(&error) => return Err(error),
+                Err(error) => {
+                    let pause = pauses.next_pause();
+                    tracing::error!(error = %error_chain_text(&error), retry_in = ?pause, "cannot set up the broker session; retrying");
+                    if cancelled_within(pause, &token).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            started = true;
+            let session_started = tokio::time::Instant::now();
+            let end = self.run_session(&connection, &token).await;
+            close_connection(&connection).await;
+            match end {
+                Ok(()) => return Ok(()),
+                Err(error) if token.is_cancelled() => {
+                    // Stopping anyway; what was not acked is redelivered (and run again).
+                    tracing::warn!(error = %error_chain_text(&error), "the broker went away while stopping; unacked messages will be redelivered");
+                    return Ok(());
+                }
+                Err(error) if is_fatal(&error) => return Err(error),
+                Err(error) => {
+                    // A session that keeps dying at once (a deleted dead-letter queue that
+                    // cannot be declared, say) backs off instead of spinning.
+                    if session_started.elapsed() >= STABLE_SESSION {
+                        pauses.reset();
+                    }
+                    let pause = pauses.next_pause();
+                    tracing::error!(error = %error_chain_text(&error), retry_in = ?pause, "lost the broker; reconnecting");
+                    if cancelled_within(pause, &token).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects and declares every queue, its dead-letter queue and its delay
+    /// queues. Before the first session the configured attempts apply; after
+    /// it, attempts are unbounded (the caller stops them with the token).
+    async fn open(&self, started: bool) -> Result<Connection, Error> {
+        let policy = if started {
+            ConnectPolicy {
+                attempts: usize::MAX,
+                backoff: Backoff::new(Duration::from_millis(200), RECONNECT_BACKOFF.max),
+                ..ConnectPolicy::default()
+            }
+        } else {
+            ConnectPolicy {
+                attempts: self.config.connect_attempts,
+                ..ConnectPolicy::default()
+            }
+        };
+        let connection =
+            broker::connect(&self.config.amqp_url, &self.config.connection_name, policy).await?;
+        for jobs in &self.queues {
+            broker::declare_queue(&connection, &QueueSpec::job(jobs.queue, jobs.queue_type))
+                .await?;
+            broker::declare_queue(&connection, &QueueSpec::dead_letter(jobs.queue)).await?;
+            self.config
+                .delay_queues
+                .declare(&connection, jobs.queue)
+                .await?;
+        }
+        Ok(connection)
+    }
+
+    /// One connection's life: a consumer per queue until shutdown or a loss.
+    async fn run_session(
+        &self,
+        connection: &Arc<Connection>,
+        token: &CancellationToken,
+    ) -> Result<(), Error> {
+        let publisher = Arc::new(Publisher::new(connection.clone(), REPUBLISH_CHANNELS));
+        let delays = Arc::new(self.config.delay_queues.clone());
+        let settings = ConsumerSettings {
+            concurrency: self.config.concurrency,
+            prefetch: self.config.effective_prefetch(),
+            ack_batch: self.config.ack_batch(),
+            ack_interval: ACK_INTERVAL,
+            shutdown_timeout: self.config.shutdown_timeout,
+        };
+        // A loss on one queue stops the others too, so that the session reconnects whole.
+        let session = token.child_token();
+        let mut consumers = JoinSet::new();
+        for jobs in &self.queues {
+            let connection = connection.clone();
+            let dispatch = Arc::new(Dispatch {
+                jobs: jobs.clone(),
+                publisher: publisher.clone(),
+                delays: delays.clone(),
+                max_message_size: self.config.max_message_size,
+                database: self.config.database.clone(),
+                declared: std::sync::Mutex::default(),
+            });
+            let session = session.clone();
+            consumers.spawn(async move {
+                consume_queue(&connection, dispatch, settings, session).await
+            });
+        }
+        let mut first_error = None;
+        while let Some(joined) = consumers.join_next().await {
+            let end = joined.unwrap_or_else(|join_error| {
+                ConsumerEnd::Lost(Error::Config(format!(
+                    "a consumer task failed: {join_error}"
+                )))
+            });
+            if let ConsumerEnd::Lost(error) = end {
+                session.cancel();
+                first_error.get_or_insert(error);
+            }
+        }
+        if tokio::time::timeout(BROKER_CALL_TIMEOUT, publisher.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the broker did not answer the close of the republishing channels in time"
+            );
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Closes the session's connection, bounded: a blocked connection (memory or
+/// disk alarm) answers nothing.
+async fn close_connection(connection: &Connection) {
+    if !connection.status().connected() {
+        return;
+    }
+    let close = connection.close(200, "worker stopped".into());
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(error = %error, "connection close failed"),
+        Err(_) => tracing::warn!("the broker did not answer the connection close in time"),
+    }
+}
+
+/// Waits up to `pause` for `token`; true when it was cancelled meanwhile.
+async fn cancelled_within(pause: Duration, token: &CancellationToken) -> bool {
+    tokio::time::timeout(pause, token.cancelled()).await.is_ok()
+}
