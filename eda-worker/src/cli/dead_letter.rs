@@ -5,7 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{ArgGroup, Args, Subcommand};
 
-use super::{CommandError, render_table};
+use super::CommandError;
+use super::table::render_table;
 use crate::config::DEFAULT_AMQP_URL;
 use crate::dead_letter::{DeadLetter, DeadLetters, Replay, queue_name as dead_letter_queue};
 

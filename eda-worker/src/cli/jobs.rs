@@ -1,0 +1,41 @@
+//! `worker jobs`: the registered jobs and their options.
+
+use super::table::render_table;
+use crate::Registry;
+
+pub(super) fn list_jobs() -> Result<(), crate::Error> {
+    let registry = Registry::from_linked_jobs()?;
+    print!("{}", jobs_table(&registry));
+    Ok(())
+}
+
+fn jobs_table(registry: &Registry) -> String {
+    let rows: Vec<[String; 7]> = registry
+        .jobs()
+        .map(|job| {
+            [
+                job.name.to_owned(),
+                job.queue.to_owned(),
+                job.queue_type.to_string(),
+                job.retries.to_string(),
+                format!(
+                    "{}..{}",
+                    humantime::format_duration(job.backoff.min),
+                    humantime::format_duration(job.backoff.max)
+                ),
+                humantime::format_duration(job.timeout).to_string(),
+                job.function_path.to_owned(),
+            ]
+        })
+        .collect();
+    let mut table = render_table(
+        [
+            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION",
+        ],
+        &rows,
+    );
+    if rows.is_empty() {
+        table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
+    }
+    table
+}
