@@ -24,7 +24,7 @@
 //! # let _ = id; Ok(()) }
 //! ```
 //!
-//! Where things are: [`job`] (the trait, the registry, the handler's
+//! Where things are: [`job`](mod@job) (the trait, the registry, the handler's
 //! context), [`Client`] (enqueue), [`Worker`] (the runtime), [`retry`]
 //! (backoff and delay queues), [`dead_letter`] (dead-letter queues and their
 //! tooling), [`postgres`] (migrations, the inbox, the [`outbox`]), [`cli`]

@@ -1,19 +1,24 @@
 //! [`Client`]: enqueue jobs from any async code, with broker confirms.
 
+mod options;
+
+use options::Due;
+pub use options::{ClientOptions, EnqueueOptions};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lapin::Connection;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
-use crate::config::{DEFAULT_MAX_MESSAGE_SIZE, amqp_url_from_env};
+use crate::config::amqp_url_from_env;
 use crate::retry::schedule::publish_delayed;
 use crate::wire::{Envelope, now_millis};
-use crate::{DelayQueues, Error, Job, QueueType};
+use crate::{Error, Job, QueueType};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
 /// connection and a pool of confirm-mode channels, across which the confirms
@@ -45,9 +50,9 @@ struct Inner {
     /// that found the connection dead.
     reconnect: tokio::sync::Mutex<()>,
     /// Queues declared by this client, so each is declared once, not per publish.
-    declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
+    declared: Declared,
     /// Each job queue's delay queues, declared on its first scheduled enqueue.
-    delays_declared: Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>,
+    delays_declared: Declared,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
     /// Reconnects that failed, so that callers who waited on one give up with it.
@@ -70,115 +75,6 @@ impl Session {
             connection,
             publisher,
         })
-    }
-}
-
-/// How a [`Client`] connects and publishes.
-///
-/// ```
-/// use eda_worker::ClientOptions;
-///
-/// let options = ClientOptions::default()
-///     .connection_name("checkout-web")
-///     .max_message_size(512 * 1024);
-/// # let _ = options;
-/// ```
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ClientOptions {
-    /// The connection's name, as RabbitMQ's management tools show it.
-    pub connection_name: String,
-    /// The delay queues scheduled jobs go through (the workers' set).
-    pub delay_queues: DelayQueues,
-    /// Larger arguments are refused with [`Error::MessageTooLarge`].
-    pub max_message_size: usize,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            connection_name: "eda-worker client".to_owned(),
-            delay_queues: DelayQueues::default(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-        }
-    }
-}
-
-impl ClientOptions {
-    /// Names the connection (e.g. after the app: `"checkout-web"`).
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = name.into();
-        self
-    }
-
-    /// The delay queues scheduled jobs go through.
-    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
-        self.delay_queues = delays;
-        self
-    }
-
-    /// The largest arguments (as JSON bytes) this client enqueues.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
-}
-
-/// Options of one enqueue.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct EnqueueOptions {
-    /// The correlation id to carry (e.g. the web request's id). A fresh one
-    /// (the message id) when `None`.
-    pub correlation_id: Option<String>,
-    /// The message id to use instead of a fresh UUID (e.g. for idempotent producers).
-    pub message_id: Option<Uuid>,
-    /// When the job is due; `None` (or a time past) runs it as soon as a worker can.
-    due: Option<Due>,
-}
-
-/// When a scheduled job is due.
-#[derive(Debug, Clone, Copy)]
-enum Due {
-    In(Duration),
-    At(SystemTime),
-}
-
-impl Due {
-    /// Milliseconds since the epoch, saturating (a delay of centuries is
-    /// still a due time, not a panic).
-    fn eta_millis(self) -> u64 {
-        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        match self {
-            Due::In(delay) => now_millis().saturating_add(millis(delay)),
-            Due::At(time) => time.duration_since(UNIX_EPOCH).map_or(0, millis),
-        }
-    }
-}
-
-impl EnqueueOptions {
-    /// Carries `correlation_id` into the job and every job it causes.
-    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
-        self.correlation_id = Some(correlation_id.into());
-        self
-    }
-
-    /// Uses `message_id` instead of a fresh UUID.
-    pub fn message_id(mut self, message_id: Uuid) -> Self {
-        self.message_id = Some(message_id);
-        self
-    }
-
-    /// Runs the job no earlier than `delay` after it is enqueued.
-    pub fn delay(mut self, delay: Duration) -> Self {
-        self.due = Some(Due::In(delay));
-        self
-    }
-
-    /// Runs the job no earlier than `time`.
-    pub fn at(mut self, time: SystemTime) -> Self {
-        self.due = Some(Due::At(time));
-        self
     }
 }
 
@@ -239,7 +135,7 @@ impl Client {
     }
 
     /// Enqueues `job` to run no earlier than `delay` from now, through the
-    /// delay queues (see [`crate::delay`]). Returns once the broker has
+    /// delay queues (see [`crate::retry`]). Returns once the broker has
     /// confirmed the message in its delay queue.
     ///
     /// ```no_run
@@ -478,19 +374,10 @@ impl Client {
         queue: &'static str,
         queue_type: QueueType,
     ) -> Result<(), Error> {
-        let cell = {
-            let mut declared = self
-                .inner
-                .declared
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            declared.entry(queue).or_default().clone()
-        };
-        cell.get_or_try_init(|| async {
+        declare_once(&self.inner.declared, queue, || async move {
             broker::declare_queue(connection, &QueueSpec::job(queue, queue_type)).await
         })
         .await
-        .map(|_| ())
     }
 
     async fn ensure_delays_declared(
@@ -498,17 +385,10 @@ impl Client {
         connection: &Connection,
         queue: &'static str,
     ) -> Result<(), Error> {
-        let cell = self
-            .inner
-            .delays_declared
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(queue)
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| self.inner.options.delay_queues.declare(connection, queue))
-            .await
-            .map(|_| ())
+        declare_once(&self.inner.delays_declared, queue, || {
+            self.inner.options.delay_queues.declare(connection, queue)
+        })
+        .await
     }
 
     /// Forgets that `queue` and its delay queues were declared.
@@ -524,6 +404,29 @@ impl Client {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(queue);
     }
+}
+
+/// Queues declared by a client, each once: concurrent first enqueues to one
+/// queue share one declaration.
+type Declared = Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>;
+
+/// Runs `declare` for `queue` unless it succeeded before (and was not forgotten since).
+async fn declare_once<F, Fut>(
+    declared: &Declared,
+    queue: &'static str,
+    declare: F,
+) -> Result<(), Error>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let cell = declared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(queue)
+        .or_default()
+        .clone();
+    cell.get_or_try_init(declare).await.map(|_| ())
 }
 
 impl std::fmt::Debug for Client {

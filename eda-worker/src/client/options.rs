@@ -1,0 +1,119 @@
+//! [`ClientOptions`] (how a client connects and publishes) and
+//! [`EnqueueOptions`] (correlation id, message id and due time of one enqueue).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::DelayQueues;
+use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::wire::now_millis;
+
+/// How a [`Client`] connects and publishes.
+///
+/// ```
+/// use eda_worker::ClientOptions;
+///
+/// let options = ClientOptions::default()
+///     .connection_name("checkout-web")
+///     .max_message_size(512 * 1024);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// The connection's name, as RabbitMQ's management tools show it.
+    pub connection_name: String,
+    /// The delay queues scheduled jobs go through (the workers' set).
+    pub delay_queues: DelayQueues,
+    /// Larger arguments are refused with [`Error::MessageTooLarge`].
+    pub max_message_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connection_name: "eda-worker client".to_owned(),
+            delay_queues: DelayQueues::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Names the connection (e.g. after the app: `"checkout-web"`).
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// The delay queues scheduled jobs go through.
+    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
+        self.delay_queues = delays;
+        self
+    }
+
+    /// The largest arguments (as JSON bytes) this client enqueues.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+}
+
+/// Options of one enqueue.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct EnqueueOptions {
+    /// The correlation id to carry (e.g. the web request's id). A fresh one
+    /// (the message id) when `None`.
+    pub correlation_id: Option<String>,
+    /// The message id to use instead of a fresh UUID (e.g. for idempotent producers).
+    pub message_id: Option<Uuid>,
+    /// When the job is due; `None` (or a time past) runs it as soon as a worker can.
+    pub(super) due: Option<Due>,
+}
+
+/// When a scheduled job is due.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Due {
+    In(Duration),
+    At(SystemTime),
+}
+
+impl Due {
+    /// Milliseconds since the epoch, saturating (a delay of centuries is
+    /// still a due time, not a panic).
+    pub(super) fn eta_millis(self) -> u64 {
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        match self {
+            Due::In(delay) => now_millis().saturating_add(millis(delay)),
+            Due::At(time) => time.duration_since(UNIX_EPOCH).map_or(0, millis),
+        }
+    }
+}
+
+impl EnqueueOptions {
+    /// Carries `correlation_id` into the job and every job it causes.
+    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// Uses `message_id` instead of a fresh UUID.
+    pub fn message_id(mut self, message_id: Uuid) -> Self {
+        self.message_id = Some(message_id);
+        self
+    }
+
+    /// Runs the job no earlier than `delay` after it is enqueued.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.due = Some(Due::In(delay));
+        self
+    }
+
+    /// Runs the job no earlier than `time`.
+    pub fn at(mut self, time: SystemTime) -> Self {
+        self.due = Some(Due::At(time));
+        self
+    }
+}
