@@ -157,6 +157,17 @@ pub enum Error {
         second: &'static str,
     },
 
+    /// A job's queue name breaks the rules of [`crate::job::queue_name`].
+    #[error("job `{job}` cannot use queue `{queue}`: {reason}")]
+    InvalidQueueName {
+        /// The queue name.
+        queue: &'static str,
+        /// The job's function.
+        job: &'static str,
+        /// Which rule it breaks, and what to do.
+        reason: String,
+    },
+
     /// Two `#[job]`s on one queue declare different queue types.
     #[error(
         "jobs `{first}` ({first_type}) and `{second}` ({second_type}) share queue `{queue}` but declare different queue types; give them the same `queue_type`"

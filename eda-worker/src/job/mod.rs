@@ -4,6 +4,7 @@
 
 mod context;
 mod error;
+pub mod queue_name;
 mod registry;
 
 pub(crate) use context::{FollowUps, SharedTx, TxSlot};

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
+use super::{JobDefinition, queue_name};
 use crate::Error;
-use crate::job::JobDefinition;
 
 /// The jobs known to this binary, indexed by wire name.
 #[derive(Debug, Clone)]
@@ -28,6 +28,15 @@ impl Registry {
         let mut jobs = BTreeMap::new();
         let mut queue_types: BTreeMap<&'static str, &JobDefinition> = BTreeMap::new();
         let definitions: Vec<JobDefinition> = definitions.into_iter().collect();
+        for definition in &definitions {
+            if let Some(reason) = queue_name::problem(definition.queue) {
+                return Err(Error::InvalidQueueName {
+                    queue: definition.queue,
+                    job: definition.function_path,
+                    reason,
+                });
+            }
+        }
         for definition in &definitions {
             let first = queue_types.entry(definition.queue).or_insert(definition);
             if first.queue_type != definition.queue_type {
@@ -174,6 +183,31 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "jobs `app::on_classic` (classic) and `app::on_quorum` (quorum) share queue `shared` but declare different queue types; give them the same `queue_type`"
+        );
+    }
+
+    /// A hand-written job whose queue is another queue's dead-letter queue.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct OnADeadLetterQueue;
+
+    impl Job for OnADeadLetterQueue {
+        type Args = ();
+        const NAME: &'static str = "on_a_dead_letter_queue";
+        const QUEUE: &'static str = "email.dlq";
+        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn queue_names_are_checked_for_hand_written_jobs_too() {
+        let error = Registry::from_definitions([JobDefinition::of::<OnADeadLetterQueue>(
+            "app::on_a_dead_letter_queue",
+        )])
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "job `app::on_a_dead_letter_queue` cannot use queue `email.dlq`: it collides with the dead-letter queue of `email`; choose a name that does not end in `.dlq`"
         );
     }
 
