@@ -229,6 +229,20 @@ pub(crate) fn copy_properties(
     copy
 }
 
+#[cfg(test)]
+impl Envelope {
+    /// A first attempt of job `send_welcome`, for tests.
+    pub(crate) fn sample() -> Self {
+        Envelope {
+            message_id: "7f1c".into(),
+            correlation_id: Some("req-1".into()),
+            job: Some("send_welcome".into()),
+            attempt: 0,
+            eta: None,
+        }
+    }
+}
+
 /// Milliseconds as an AMQP long-long, saturating.
 pub(crate) fn millis_i64(millis: u64) -> i64 {
     i64::try_from(millis).unwrap_or(i64::MAX)
@@ -240,11 +254,9 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
-            message_id: "7f1c".into(),
-            correlation_id: Some("req-1".into()),
-            job: Some("send_welcome".into()),
             attempt: 2,
             eta: Some(1_700_000_000_123),
+            ..Envelope::sample()
         }
     }
 

@@ -153,25 +153,11 @@ mod tests {
     use crate::dead_letter::publish::{DeadLetterReason, dead_letter_properties};
 
     fn job_properties() -> BasicProperties {
-        Envelope {
-            message_id: "7f1c".into(),
-            correlation_id: Some("req-1".into()),
-            job: Some("send_welcome".into()),
-            attempt: 0,
-            eta: None,
-        }
-        .into_properties()
-        .unwrap()
+        Envelope::sample().into_properties().unwrap()
     }
 
     fn eda_dead_letter() -> BasicProperties {
-        let reason = DeadLetterReason {
-            error: "smtp server said no",
-            queue: "email",
-            attempt: 3,
-            failed_at: 1_700_000_000_123,
-        };
-        dead_letter_properties(&job_properties(), &reason)
+        dead_letter_properties(&job_properties(), &DeadLetterReason::sample())
     }
 
     /// What RabbitMQ adds when it dead-letters a message itself.

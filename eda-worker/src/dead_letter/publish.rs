@@ -83,6 +83,19 @@ pub(crate) fn dead_letter_properties(
 }
 
 #[cfg(test)]
+impl DeadLetterReason<'static> {
+    /// Attempt 3 of a job of queue `email` that failed, for tests.
+    pub(crate) fn sample() -> Self {
+        DeadLetterReason {
+            error: "smtp server said no",
+            queue: "email",
+            attempt: 3,
+            failed_at: 1_700_000_000_123,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use lapin::types::{FieldTable, ShortString};
 
@@ -104,13 +117,7 @@ mod tests {
             .with_user_id("someone-else".into())
             .with_message_id("m-1".into())
             .with_headers(headers);
-        let reason = DeadLetterReason {
-            error: "boom",
-            queue: "email",
-            attempt: 0,
-            failed_at: 1,
-        };
-        let dead = dead_letter_properties(&original, &reason);
+        let dead = dead_letter_properties(&original, &DeadLetterReason::sample());
         assert_eq!(*dead.expiration(), None);
         assert_eq!(*dead.user_id(), None);
         assert_eq!(
@@ -132,27 +139,16 @@ mod tests {
 
     #[test]
     fn dead_letters_keep_identity_and_add_reason() {
-        let original = Envelope {
-            message_id: "7f1c".into(),
-            correlation_id: Some("req-1".into()),
-            job: Some("send_welcome".into()),
-            attempt: 2,
-            eta: None,
-        }
-        .into_properties()
-        .unwrap();
-        let reason = DeadLetterReason {
-            error: "boom",
-            queue: "email",
-            attempt: 3,
-            failed_at: 1_700_000_000_000,
-        };
-        let dead = dead_letter_properties(&original, &reason);
+        let original = Envelope::sample().into_properties().unwrap();
+        let dead = dead_letter_properties(&original, &DeadLetterReason::sample());
         assert_eq!(dead.message_id(), original.message_id());
         assert_eq!(dead.kind(), original.kind());
-        assert_eq!(header_text(&dead, HEADER_ERROR).as_deref(), Some("boom"));
+        assert_eq!(
+            header_text(&dead, HEADER_ERROR).as_deref(),
+            Some("smtp server said no")
+        );
         assert_eq!(header_text(&dead, HEADER_QUEUE).as_deref(), Some("email"));
-        assert_eq!(header_u64(&dead, HEADER_FAILED_AT), Some(1_700_000_000_000));
+        assert_eq!(header_u64(&dead, HEADER_FAILED_AT), Some(1_700_000_000_123));
         assert_eq!(header_u64(&dead, HEADER_ATTEMPT), Some(3));
     }
 }

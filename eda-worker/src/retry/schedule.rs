@@ -122,20 +122,14 @@ mod tests {
 
     #[test]
     fn retries_count_up_carry_the_due_time_and_the_error() {
-        let mut original = Envelope {
-            message_id: "m".into(),
-            correlation_id: Some("c".into()),
-            job: Some("j".into()),
-            attempt: 0,
-            eta: None,
-        }
-        .into_properties()
-        .unwrap();
-        original = original.with_expiration("5000".into());
+        let original = Envelope::sample()
+            .into_properties()
+            .unwrap()
+            .with_expiration("5000".into());
         let retry = retry_properties(&original, 1, 42_000, "boom");
         let read = Envelope::from_properties(&retry);
         assert_eq!((read.attempt, read.eta), (1, Some(42_000)));
-        assert_eq!(read.message_id, "m", "the id is stable across retries");
+        assert_eq!(read.message_id, "7f1c", "the id is stable across retries");
         assert_eq!(header_text(&retry, HEADER_ERROR).as_deref(), Some("boom"));
         assert_eq!(*retry.expiration(), None);
     }
