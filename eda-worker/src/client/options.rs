@@ -9,7 +9,7 @@ use crate::DelayQueues;
 use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::wire::now_millis;
 
-/// How a [`Client`] connects and publishes.
+/// How a [`Client`](crate::Client) connects and publishes.
 ///
 /// ```
 /// use eda_worker::ClientOptions;
@@ -26,7 +26,7 @@ pub struct ClientOptions {
     pub connection_name: String,
     /// The delay queues scheduled jobs go through (the workers' set).
     pub delay_queues: DelayQueues,
-    /// Larger arguments are refused with [`Error::MessageTooLarge`].
+    /// Larger arguments are refused with [`Error::MessageTooLarge`](crate::Error::MessageTooLarge).
     pub max_message_size: usize,
 }
 
