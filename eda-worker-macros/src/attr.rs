@@ -18,6 +18,8 @@ use syn::{Expr, Ident, Token};
 use self::queue_name::queue_name;
 use self::values::{Literal, backoff, dedup, queue_type, retries, timeout, wire_name};
 
+pub(crate) use self::values::QueueTypeAttr;
+
 /// An option's keyword, as `syn::custom_keyword!` declares it, with the name
 /// it answers to.
 trait Key: Parse {
@@ -89,8 +91,7 @@ pub(crate) struct JobAttr {
     pub(crate) timeout: Option<Duration>,
     /// `(min, max)` of the retry delays.
     pub(crate) backoff: Option<(Duration, Duration)>,
-    /// `true` for a quorum queue.
-    pub(crate) quorum: Option<bool>,
+    pub(crate) queue_type: Option<QueueTypeAttr>,
     /// Inbox dedup, when written.
     pub(crate) dedup: Option<bool>,
     /// The options written, valid or not: a repeated one is an error, and an
@@ -135,7 +136,7 @@ impl JobAttr {
                 options.parse::<kw::backoff, _, _>(&mut self.backoff, "\"1s..10m\"", backoff)?;
             } else if lookahead.peek(kw::queue_type) {
                 options.parse::<kw::queue_type, _, _>(
-                    &mut self.quorum,
+                    &mut self.queue_type,
                     "\"quorum\"",
                     queue_type,
                 )?;

@@ -133,11 +133,18 @@ pub(super) fn dedup(lit: &LitBool) -> syn::Result<bool> {
     Ok(lit.value)
 }
 
-/// `"classic"` or `"quorum"`: true for quorum.
-pub(super) fn queue_type(lit: &LitStr) -> syn::Result<bool> {
+/// The `queue_type` option: the kind of RabbitMQ queue the job queue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueTypeAttr {
+    Classic,
+    Quorum,
+}
+
+/// `"classic"` or `"quorum"`.
+pub(super) fn queue_type(lit: &LitStr) -> syn::Result<QueueTypeAttr> {
     match lit.value().as_str() {
-        "classic" => Ok(false),
-        "quorum" => Ok(true),
+        "classic" => Ok(QueueTypeAttr::Classic),
+        "quorum" => Ok(QueueTypeAttr::Quorum),
         other => Err(syn::Error::new(
             lit.span(),
             format!("unknown queue type {other:?}: `queue_type` is \"classic\" or \"quorum\""),
