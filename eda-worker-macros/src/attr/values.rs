@@ -22,13 +22,25 @@ pub(super) trait Literal: Sized {
         if let Some(literal) = literal(value) {
             return Ok(literal);
         }
+        let integer = |expr: &Expr| {
+            matches!(
+                expr,
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(_),
+                    ..
+                })
+            )
+        };
         let message = match value {
-            // `-1` is a negation, not a literal: say what is wrong with it.
+            // `-1` is a negation, not a literal: when the option takes an
+            // integer, say what is wrong with it.
             Expr::Unary(ExprUnary {
                 op: UnOp::Neg(_),
                 expr,
                 ..
-            }) if literal(expr).is_some() => format!("`{option}` cannot be negative"),
+            }) if integer(expr) && literal(expr).is_some() => {
+                format!("`{option}` cannot be negative")
+            }
             _ => format!("`{option}` takes {}, e.g. {option} = {example}", Self::WHAT),
         };
         Err(syn::Error::new_spanned(value, message))
