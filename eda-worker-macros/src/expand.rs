@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{FnArg, Item, ItemFn, PatType, ReturnType, Signature, Type};
 
-use crate::attr::{Errors, JobAttr};
+use crate::attr::{Errors, JobAttr, QueueTypeAttr};
 
 pub(crate) fn job(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
@@ -82,11 +82,10 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
                 ::eda_worker::__private::Backoff::new(#min, #max);
         }
     });
-    let queue_type = attr.quorum.map(|quorum| {
-        let variant = if quorum {
-            quote! { Quorum }
-        } else {
-            quote! { Classic }
+    let queue_type = attr.queue_type.map(|queue_type| {
+        let variant = match queue_type {
+            QueueTypeAttr::Classic => quote! { Classic },
+            QueueTypeAttr::Quorum => quote! { Quorum },
         };
         quote! {
             const QUEUE_TYPE: ::eda_worker::__private::QueueType =

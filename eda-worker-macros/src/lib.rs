@@ -6,13 +6,19 @@
 //! everything the job does at run time lives in `eda_worker`. Use it through
 //! `eda_worker::prelude::*`:
 //!
-//! ```ignore
+//! ```
 //! use eda_worker::prelude::*;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Welcome {
+//!     pub user_id: i64,
+//! }
 //!
 //! #[job(queue = "email", retries = 3, timeout = "30s")]
 //! pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
 //!     Ok(())
 //! }
+//! # fn main() {}
 //! ```
 
 mod attr;
@@ -24,9 +30,67 @@ use proc_macro::TokenStream;
 /// function, which implements `eda_worker::Job` and registers itself with
 /// the worker.
 ///
-/// Options: `queue = "..."` (required), `retries = N` (default 3),
-/// `name = "..."` (wire name, default the function name),
-/// `timeout = "30s"` (default 15 minutes).
+/// The function must be `async fn name(ctx: JobContext, args: Args) ->
+/// Result<(), JobError>`, with `Args` serializable and deserializable. The
+/// handle enqueues the job (`client.enqueue(send_welcome, args)`) and runs
+/// its body directly in a unit test
+/// (`send_welcome.call(JobContext::for_test(), args).await`).
+///
+/// ```
+/// use eda_worker::prelude::*;
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Welcome {
+///     pub user_id: i64,
+/// }
+///
+/// #[job(
+///     queue = "email",
+///     retries = 5,
+///     name = "welcome:v2",
+///     timeout = "30s",
+///     backoff = "1s..5m",
+///     queue_type = "quorum",
+///     dedup = false,
+/// )]
+/// pub async fn send_welcome(ctx: JobContext, args: Welcome) -> Result<(), JobError> {
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// # Options
+///
+/// Each option is written once, as `key = literal`; only `queue` is required.
+///
+/// | option | value | default | example |
+/// |---|---|---|---|
+/// | `queue` | string: the queue the job is published to and consumed from (see [Queue names](#queue-names)) | required | `queue = "email"` |
+/// | `retries` | integer: retries after the first attempt | `3` | `retries = 5` |
+/// | `name` | string: the wire name, the message's `type` property | the function's name | `name = "welcome:v2"` |
+/// | `timeout` | string: a duration above zero (`ms`, `s`, `m`, `h`, `d`) that one attempt may run | 15 minutes | `timeout = "30s"` |
+/// | `backoff` | string `"MIN..MAX"`: the delay before the first retry and the longest delay between attempts | `"5s..10m"` | `backoff = "1s..5m"` |
+/// | `queue_type` | string: `"classic"` or `"quorum"` | `"classic"` | `queue_type = "quorum"` |
+/// | `dedup` | bool: inbox dedup, so a message whose effects committed is not run again | on when a database is configured | `dedup = false` |
+///
+/// `dedup = true` requires a database (the worker refuses to start without
+/// one); `dedup = false` opts out even when one is configured.
+///
+/// # Queue names
+///
+/// A queue name must
+/// - use only letters, digits, `.`, `_`, `-` and `:`, and not be empty;
+/// - not start with `amq.`, which RabbitMQ reserves;
+/// - be at most 236 bytes long, so that the names of its delay queues fit
+///   in AMQP's 255;
+/// - not be the name of another job queue's dead-letter queue (`<queue>.dlq`)
+///   or delay queue (`<queue>.delay.<ttl>`, with a TTL such as `100ms`,
+///   `5s`, `15m` or `1h`): every job queue `email` owns `email.dlq` and
+///   `email.delay.5s`, so these are refused, while `email.dlq-audit` and
+///   `email.delayed` are fine.
+///
+/// A wrong option, value or signature is a compile error on the offending
+/// token.
 #[proc_macro_attribute]
 pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::job(attr.into(), item.into())
