@@ -162,6 +162,16 @@ impl Broker {
     }
 }
 
+/// The properties a foreign producer sets on a raw message: its id and,
+/// unless `None`, its `type` (the job's wire name).
+pub fn foreign_properties(message_id: &str, kind: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default().with_message_id(message_id.into());
+    match kind {
+        Some(kind) => properties.with_type(kind.into()),
+        None => properties,
+    }
+}
+
 /// The message's `message_id` property, or `""` when it has none.
 pub fn message_id(message: &BasicGetMessage) -> String {
     message
@@ -198,6 +208,45 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A RabbitMQ policy set for one test, cleared when dropped, so that a
+/// failing test does not leave it to change the next run.
+pub struct Policy {
+    name: String,
+}
+
+impl Policy {
+    /// Sets a policy with `definition` (JSON) on the queues whose names
+    /// match `pattern`, named `<prefix>-<uuid>`.
+    pub fn on_queues(prefix: &str, pattern: &str, definition: &str) -> Self {
+        let name = format!("{prefix}-{}", uuid::Uuid::new_v4());
+        rabbitmqctl(&[
+            "set_policy",
+            &name,
+            pattern,
+            definition,
+            "--apply-to",
+            "queues",
+        ]);
+        Policy { name }
+    }
+
+    /// Whether the broker applies this policy to `queue` now.
+    pub fn applies_to(&self, queue: &str) -> bool {
+        rabbitmqctl(&["list_queues", "-q", "name", "policy"])
+            .lines()
+            .any(|line| line.starts_with(queue) && line.contains(&self.name))
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        // Not `rabbitmqctl()`: a failure to clean up must not panic in a drop.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.name])
+            .output();
+    }
 }
 
 /// The RabbitMQ process id of the connection named `name`.

@@ -1,18 +1,22 @@
 //! One [`Scene`] per test: its queues reset, an optional fresh database
 //! schema, a client, workers running in this process, and the teardown.
 //!
-//! ```ignore
+//! ```no_run
+//! # use eda_worker_tests::Scene;
+//! # use eda_worker_tests::jobs::retries::flaky;
+//! # async fn example() {
 //! let mut scene = Scene::of(flaky).start().await;
-//! let id = scene.client.enqueue(flaky, 2).await.unwrap();
-//! // ... wait for effects ...
+//! scene.enqueue(flaky, 2).await;
+//! // ... wait for the effects ...
 //! scene.stop_workers().await;
-//! // ... assert on what the broker and the database hold ...
+//! assert_eq!(scene.dead_letters_ready().await, 0);
 //! scene.finish().await;
+//! # }
 //! ```
 
 use eda_worker::postgres::Database;
 use eda_worker::wire::dead_letter_queue;
-use eda_worker::{Client, ClientOptions, DelayQueues, Job, Worker, WorkerConfig};
+use eda_worker::{Client, ClientOptions, DelayQueues, EnqueueOptions, Job, Worker, WorkerConfig};
 use lapin::message::BasicGetMessage;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +87,27 @@ impl Scene {
             .expect("the scene was built with `.database(schema)`")
     }
 
+    /// Enqueues `job` with `args` through the scene's client; returns the
+    /// message id.
+    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> String {
+        self.enqueue_with(job, args, EnqueueOptions::default())
+            .await
+    }
+
+    /// [`Scene::enqueue`] with `options`.
+    pub async fn enqueue_with<J: Job>(
+        &self,
+        job: J,
+        args: J::Args,
+        options: EnqueueOptions,
+    ) -> String {
+        self.client
+            .enqueue_with(job, args, options)
+            .await
+            .unwrap_or_else(|error| panic!("enqueue {}: {error}", J::NAME))
+            .to_string()
+    }
+
     /// Messages ready in the main queue.
     pub async fn ready(&self) -> u32 {
         self.broker.ready(self.queue()).await
@@ -100,6 +125,13 @@ impl Scene {
             self.broker.ready(&dlq).await == count
         })
         .await;
+    }
+
+    /// Waits until the main queue's dead-letter queue holds `count` messages,
+    /// then stops the workers (so that nothing changes while the test looks).
+    pub async fn stop_once_dead_lettered(&mut self, count: u32) {
+        self.wait_for_dead_letters(count).await;
+        self.stop_workers().await;
     }
 
     /// Takes every message off the main queue's dead-letter queue.

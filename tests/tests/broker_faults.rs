@@ -43,7 +43,7 @@ async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection(
         .start()
         .await;
     let queue = <reconnect_echo as Job>::QUEUE;
-    scene.client.enqueue(reconnect_echo, 1).await.unwrap();
+    scene.enqueue(reconnect_echo, 1).await;
     wait_until("the first job ran", WAIT, || async {
         runs(queue).len() == 1
     })
@@ -56,7 +56,7 @@ async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection(
     })
     .await;
 
-    scene.client.enqueue(reconnect_echo, 2).await.unwrap();
+    scene.enqueue(reconnect_echo, 2).await;
     wait_until("the second job ran", WAIT, || async {
         runs(queue).len() == 2
     })
@@ -80,7 +80,7 @@ async fn a_queue_deleted_under_a_running_worker_is_declared_again_and_consumed()
         scene.broker.consumers(queue).await == 1
     })
     .await;
-    scene.client.enqueue(deleted_queue_echo, 7).await.unwrap();
+    scene.enqueue(deleted_queue_echo, 7).await;
     wait_until("the job ran", WAIT, || async { runs(queue).len() == 1 }).await;
     assert!(scene.workers_running());
     scene.finish().await;
@@ -91,16 +91,10 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_the_failure_still_lan
     let mut scene = Scene::of(always_fails).start().await;
     scene.broker.delete_queue(&scene.dead_letter_queue()).await;
 
-    let id = scene
-        .client
-        .enqueue(always_fails, 3)
-        .await
-        .unwrap()
-        .to_string();
+    let id = scene.enqueue(always_fails, 3).await;
     // The first dead-lettering is unroutable: the message goes back to its queue, the
     // worker reconnects (declaring the DLQ again), and the next attempt lands there.
-    scene.wait_for_dead_letters(1).await;
-    scene.stop_workers().await;
+    scene.stop_once_dead_lettered(1).await;
     let dead = scene.take_dead_letters().await;
     assert_eq!(dead.len(), 1, "the dead letter");
     assert_eq!(message_id(&dead[0]), id);

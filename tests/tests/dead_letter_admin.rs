@@ -30,7 +30,7 @@ impl Dead {
             .await;
         let mut ids = Vec::new();
         for n in 0..count {
-            let id = scene.client.enqueue(job, Numbered { n }).await.unwrap();
+            let id = scene.enqueue(job, Numbered { n }).await;
             ids.push(id.to_string());
         }
         scene.wait_for_dead_letters(count).await;

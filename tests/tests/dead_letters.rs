@@ -4,14 +4,13 @@
 
 use eda_worker::Job;
 use eda_worker::wire::{HEADER_ATTEMPT, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64};
-use eda_worker_tests::broker::{error_header, find_message};
+use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
 use eda_worker_tests::jobs::Numbered;
 use eda_worker_tests::jobs::dead_letters::{
     dead_letter_echo, dead_letter_fails, dead_letter_panics, dead_letter_sleeps,
 };
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
-use lapin::BasicProperties;
 
 #[tokio::test]
 async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_next_one_runs() {
@@ -58,32 +57,13 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         ),
     ];
     for (id, kind, body, _) in &poison {
-        let mut properties = BasicProperties::default().with_message_id((*id).into());
-        if let Some(kind) = kind {
-            properties = properties.with_type((*kind).into());
-        }
+        let properties = foreign_properties(id, *kind);
         scene.broker.publish_raw("", queue, body, properties).await;
     }
-    let mut enqueued = Vec::new();
-    for (n, words) in [
-        (5, "smtp server said no to 5"),
-        (6, "handler panicked: handler exploded on 6"),
-        (7, "handler timed out after 200ms"),
-    ] {
-        let args = Numbered { n };
-        let id = match n {
-            5 => scene.client.enqueue(dead_letter_fails, args).await,
-            6 => scene.client.enqueue(dead_letter_panics, args).await,
-            _ => scene.client.enqueue(dead_letter_sleeps, args).await,
-        };
-        enqueued.push((id.unwrap().to_string(), format!(r#"{{"n":{n}}}"#), words));
-    }
-    let good = scene
-        .client
-        .enqueue(dead_letter_echo, Numbered { n: 8 })
-        .await
-        .unwrap()
-        .to_string();
+    let failed = scene.enqueue(dead_letter_fails, Numbered { n: 5 }).await;
+    let panicked = scene.enqueue(dead_letter_panics, Numbered { n: 6 }).await;
+    let timed_out = scene.enqueue(dead_letter_sleeps, Numbered { n: 7 }).await;
+    let good = scene.enqueue(dead_letter_echo, Numbered { n: 8 }).await;
 
     wait_until("the good message ran", WAIT, || async {
         runs(queue).iter().any(|run| run.message_id == good)
@@ -102,9 +82,13 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         .iter()
         .map(|(id, _, body, words)| (id.to_string(), *body, *words))
         .collect();
-    for (id, body, words) in &enqueued {
-        expectations.push((id.clone(), body.as_bytes(), words));
-    }
+    expectations.push((failed, br#"{"n":5}"#, "smtp server said no to 5"));
+    expectations.push((
+        panicked,
+        br#"{"n":6}"#,
+        "handler panicked: handler exploded on 6",
+    ));
+    expectations.push((timed_out, br#"{"n":7}"#, "handler timed out after 200ms"));
     for (id, body, words) in expectations {
         let message = find_message(&dead, &id);
         let properties = &message.delivery.properties;

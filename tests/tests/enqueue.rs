@@ -3,14 +3,14 @@
 
 use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
 use eda_worker::{Client, ClientOptions, EnqueueOptions, Error, Job};
-use eda_worker_tests::broker::unique_connection_name;
+use eda_worker_tests::broker::{Policy, unique_connection_name};
 use eda_worker_tests::jobs::enqueue::{
     Signup, after_reconnect, confirmed, oversized, refused, roundtrip, to_deleted_queue,
     to_kept_queue,
 };
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{
-    Scene, WAIT, amqp_url, close_connection, connection_pid, now_millis, rabbitmqctl, wait_until,
+    Scene, WAIT, amqp_url, close_connection, connection_pid, now_millis, wait_until,
 };
 
 fn signup() -> Signup {
@@ -29,14 +29,12 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
 
     // On the wire, before any worker runs.
     let id = scene
-        .client
         .enqueue_with(
             roundtrip,
             signup(),
             EnqueueOptions::default().correlation_id("req-7"),
         )
-        .await
-        .unwrap();
+        .await;
     let message = scene
         .broker
         .get(&queue)
@@ -67,7 +65,7 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
     assert_eq!(body, signup());
 
     // Through a worker, into the typed handler.
-    let id = scene.client.enqueue(roundtrip, signup()).await.unwrap();
+    let id = scene.enqueue(roundtrip, signup()).await;
     scene.start_worker().await;
     wait_until("the job ran", WAIT, || async { !runs(&queue).is_empty() }).await;
     scene.stop_workers().await;
@@ -136,35 +134,44 @@ async fn concurrent_enqueues_share_one_client_and_all_are_confirmed() {
     scene.finish().await;
 }
 
-#[tokio::test]
-async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
-    let error = Client::connect("amqp://guest:hunter2@127.0.0.1:1/%2f")
+/// Connects a client to `url`, which must fail after `attempts` attempt(s)
+/// with an error whose text (with its causes) says `says` and does not show
+/// `password`.
+async fn assert_connect_fails(url: &str, attempts: usize, says: &str, password: &str) {
+    let error = Client::connect(url)
         .await
-        .expect_err("nothing listens on port 1");
+        .expect_err("the connection must fail");
     let text = eda_worker::error_chain_text(&error);
     assert!(
-        matches!(error, Error::Connect { attempts: 5, .. }),
-        "{text}"
+        matches!(error, Error::Connect { attempts: made, .. } if made == attempts),
+        "{attempts} attempt(s) expected: {text}"
     );
-    assert!(text.contains("amqp://guest:***@127.0.0.1:1/%2f"), "{text}");
-    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    assert!(text.contains(says), "{text}");
+    assert!(!text.contains(password), "the password leaked: {text}");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
+    // Nothing listens on port 1: the client retries, then gives up.
+    assert_connect_fails(
+        "amqp://guest:hunter2@127.0.0.1:1/%2f",
+        5,
+        "amqp://guest:***@127.0.0.1:1/%2f",
+        "hunter2",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn refused_credentials_fail_at_once_without_the_password() {
-    let error = Client::connect("amqp://guest:wrong-hunter2@127.0.0.1:5672/%2f")
-        .await
-        .expect_err("the broker refuses the login");
-    let text = eda_worker::error_chain_text(&error);
-    assert!(
-        matches!(error, Error::Connect { attempts: 1, .. }),
-        "no retry of a refused login: {text}"
-    );
-    assert!(text.contains("ACCESS_REFUSED"), "{text}");
-    assert!(
-        !text.contains("wrong-hunter2"),
-        "the password leaked: {text}"
-    );
+    // No retry of a refused login.
+    assert_connect_fails(
+        "amqp://guest:wrong-hunter2@127.0.0.1:5672/%2f",
+        1,
+        "ACCESS_REFUSED",
+        "wrong-hunter2",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -177,27 +184,19 @@ async fn a_publish_the_broker_nacks_is_an_error() {
         .await;
     // A policy (not queue arguments, so the client's plain declaration still
     // matches) makes the broker nack publishes once the queue holds one message.
-    let policy = format!("eda-test-nack-{}", uuid::Uuid::new_v4());
-    let definition = r#"{"max-length":1,"overflow":"reject-publish"}"#;
-    let pattern = format!("^{}$", queue.replace('.', r"\."));
-    rabbitmqctl(&[
-        "set_policy",
-        &policy,
-        &pattern,
-        definition,
-        "--apply-to",
-        "queues",
-    ]);
+    let policy = Policy::on_queues(
+        "eda-test-nack",
+        &format!("^{}$", queue.replace('.', r"\.")),
+        r#"{"max-length":1,"overflow":"reject-publish"}"#,
+    );
     wait_until("the policy applies to the queue", WAIT, || async {
-        rabbitmqctl(&["list_queues", "-q", "name", "policy"])
-            .lines()
-            .any(|line| line.starts_with(queue) && line.contains(&policy))
+        policy.applies_to(queue)
     })
     .await;
 
     let first = scene.client.enqueue(refused, 1).await;
     let second = scene.client.enqueue(refused, 2).await;
-    rabbitmqctl(&["clear_policy", &policy]);
+    drop(policy);
     first.expect("the first publish fits and is confirmed");
     let error = second.expect_err("the broker nacks a publish into the full queue");
     assert!(
@@ -225,8 +224,8 @@ async fn concurrent_verdicts_match_what_the_broker_stored() {
         <to_kept_queue as Job>::QUEUE,
     );
     let client = &scene.client;
-    client.enqueue(to_deleted_queue, 0).await.unwrap();
-    client.enqueue(to_kept_queue, 0).await.unwrap();
+    scene.enqueue(to_deleted_queue, 0).await;
+    scene.enqueue(to_kept_queue, 0).await;
     // Deleted under the client, which still believes it declared it.
     scene.broker.reset(deleted).await;
     scene.broker.purge(kept).await;
@@ -285,7 +284,7 @@ async fn the_client_reconnects_when_the_broker_drops_its_connection() {
         .client_options(ClientOptions::default().connection_name(&name))
         .start()
         .await;
-    scene.client.enqueue(after_reconnect, 1).await.unwrap();
+    scene.enqueue(after_reconnect, 1).await;
 
     let pid = connection_pid(&name).expect("the client's connection is listed");
     close_connection(&pid);

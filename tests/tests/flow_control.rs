@@ -20,7 +20,7 @@ async fn prefetch_and_concurrency_bound_what_the_worker_takes() {
         .start()
         .await;
     for n in 0..JOBS {
-        scene.client.enqueue(gated, n).await.unwrap();
+        scene.enqueue(gated, n).await;
     }
     scene.start_worker().await;
 

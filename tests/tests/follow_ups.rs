@@ -24,14 +24,12 @@ async fn check<P: Job<Args = Chain>, C: Job>(parent: P, child: C, schema: Option
 
     for (n, fail, correlation_id) in [(1, true, "req-fail"), (2, false, "req-ok")] {
         scene
-            .client
             .enqueue_with(
                 parent,
                 Chain { n, fail },
                 EnqueueOptions::default().correlation_id(correlation_id),
             )
-            .await
-            .unwrap();
+            .await;
         if fail {
             scene.wait_for_dead_letters(1).await;
         }
@@ -106,11 +104,7 @@ async fn enqueueing_while_holding_the_transaction_is_an_error_and_tx_enqueue_wor
         .start()
         .await;
     let child_queue = <tx_held_child as Job>::QUEUE;
-    scene
-        .client
-        .enqueue(enqueues_while_holding_the_tx, 7)
-        .await
-        .unwrap();
+    scene.enqueue(enqueues_while_holding_the_tx, 7).await;
     // The relay inside the worker sends the child the handler put in the outbox.
     wait_until("the child arrives", WAIT, || async {
         scene.broker.ready(child_queue).await == 1

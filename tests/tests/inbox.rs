@@ -43,10 +43,8 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
     let args = DbWrite::new(&table, 1);
     let options = EnqueueOptions::default().message_id(id);
     scene
-        .client
         .enqueue_with(inbox_dedup, args.clone(), options.clone())
-        .await
-        .unwrap();
+        .await;
     let id = id.to_string();
     wait_until("the job ran", WAIT, || async {
         inbox_rows(&database, &id).await == 1
@@ -54,11 +52,7 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
     .await;
     // The same message again, as RabbitMQ redelivers it when a worker died
     // after the commit and before the ack.
-    scene
-        .client
-        .enqueue_with(inbox_dedup, args, options)
-        .await
-        .unwrap();
+    scene.enqueue_with(inbox_dedup, args, options).await;
     wait_until("both deliveries are acked", WAIT, || async {
         scene.ready().await == 0
     })
@@ -122,14 +116,8 @@ async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
         fail: true,
         ..DbWrite::new(&table, 3)
     };
-    let id = scene
-        .client
-        .enqueue(inbox_rollback, args)
-        .await
-        .unwrap()
-        .to_string();
-    scene.wait_for_dead_letters(1).await;
-    scene.stop_workers().await;
+    let id = scene.enqueue(inbox_rollback, args).await;
+    scene.stop_once_dead_lettered(1).await;
 
     let database = scene.database();
     assert_eq!(runs_of(queue, &id).len(), 1);
@@ -145,9 +133,8 @@ async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
 #[tokio::test]
 async fn without_a_database_ctx_tx_is_a_clear_error_and_dedup_true_stops_the_worker() {
     let mut scene = Scene::of(needs_a_transaction).start().await;
-    scene.client.enqueue(needs_a_transaction, 1).await.unwrap();
-    scene.wait_for_dead_letters(1).await;
-    scene.stop_workers().await;
+    scene.enqueue(needs_a_transaction, 1).await;
+    scene.stop_once_dead_lettered(1).await;
     let dead = scene.take_dead_letters().await;
     assert_eq!(
         error_header(&dead[0]),
@@ -197,13 +184,9 @@ async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
         inbox_scene(swallows_a_failed_statement, "eda_test_inbox_swallowed").await;
     let queue = <swallows_a_failed_statement as Job>::QUEUE;
     let id = scene
-        .client
         .enqueue(swallows_a_failed_statement, DbWrite::new(&table, 4))
-        .await
-        .unwrap()
-        .to_string();
-    scene.wait_for_dead_letters(1).await;
-    scene.stop_workers().await;
+        .await;
+    scene.stop_once_dead_lettered(1).await;
 
     let dead = scene.take_dead_letters().await;
     let error = error_header(&dead[0]);
@@ -237,15 +220,9 @@ async fn one_message_id_on_two_queues_runs_once_in_each() {
     let args = DbWrite::new(&table, 5);
     let options = EnqueueOptions::default().message_id(id);
     scene
-        .client
         .enqueue_with(inbox_per_queue_a, args.clone(), options.clone())
-        .await
-        .unwrap();
-    scene
-        .client
-        .enqueue_with(inbox_per_queue_b, args, options)
-        .await
-        .unwrap();
+        .await;
+    scene.enqueue_with(inbox_per_queue_b, args, options).await;
     let id = id.to_string();
     wait_until("both ran", WAIT, || async {
         inbox_rows(&database, &id).await == 2
@@ -288,12 +265,7 @@ async fn a_worker_killed_after_its_commit_and_before_its_ack_does_not_run_the_jo
         scene.broker.consumers(queue).await == 1
     })
     .await;
-    let id = scene
-        .client
-        .enqueue(inbox_ack_lost, DbWrite::new(&table, 6))
-        .await
-        .unwrap()
-        .to_string();
+    let id = scene.enqueue(inbox_ack_lost, DbWrite::new(&table, 6)).await;
     wait_until("the first worker is committing", WAIT, || async {
         sleeping_in(&database, "COMMIT").await
     })
@@ -346,17 +318,14 @@ async fn a_claim_that_waits_past_the_lock_timeout_fails_the_attempt_without_runn
     .await
     .unwrap();
     scene
-        .client
         .enqueue_with(
             inbox_locked,
             DbWrite::new(&table, 8),
             EnqueueOptions::default().message_id(id),
         )
-        .await
-        .unwrap();
+        .await;
     // The job's timeout is 1 s: the claim gives up after 6 s.
-    scene.wait_for_dead_letters(1).await;
-    scene.stop_workers().await;
+    scene.stop_once_dead_lettered(1).await;
     stuck.rollback().await.unwrap();
 
     let dead = scene.take_dead_letters().await;

@@ -6,19 +6,16 @@ use eda_worker::postgres::Database;
 use eda_worker_tests::database::{execute, fresh_database, migrated_database, remove_database};
 use eda_worker_tests::process::database_env;
 use eda_worker_tests::worker_command;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 async fn tables(database: &Database) -> Vec<String> {
-    sqlx::query(
+    sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
     )
     .bind(database.schema().as_str())
     .fetch_all(database.pool())
     .await
     .unwrap()
-    .iter()
-    .map(|row| row.get::<String, _>(0))
-    .collect()
 }
 
 async fn applied(database: &Database) -> Vec<i64> {
@@ -26,13 +23,10 @@ async fn applied(database: &Database) -> Vec<i64> {
         "SELECT version FROM {}._sqlx_migrations ORDER BY version",
         database.schema()
     );
-    sqlx::query(AssertSqlSafe(statement))
+    sqlx::query_scalar(AssertSqlSafe(statement))
         .fetch_all(database.pool())
         .await
         .unwrap()
-        .iter()
-        .map(|row| row.get::<i64, _>(0))
-        .collect()
 }
 
 /// Runs `worker migrate` with `args` and only the database settings of

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
 use eda_worker::{DelayQueues, Job};
-use eda_worker_tests::broker::{error_header, find_message};
+use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
 use eda_worker_tests::jobs::quorum_queues::{quorum_echo, quorum_flaky};
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::{
     DeadLetters, Replay, Scene, WAIT, amqp_url, now_millis, rabbitmqctl, wait_until,
 };
-use lapin::BasicProperties;
 
 fn queue_type(queue: &str) -> Option<String> {
     rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "name", "type"])
@@ -27,7 +26,6 @@ async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
     // `quorum_echo` shares the queue of `quorum_flaky`.
     let mut scene = Scene::of(quorum_flaky).start().await;
     let queue = <quorum_flaky as Job>::QUEUE;
-    let client = &scene.client;
     assert_eq!(queue_type(queue).as_deref(), Some("quorum"));
     assert_eq!(
         queue_type(&scene.dead_letter_queue()).as_deref(),
@@ -37,22 +35,21 @@ async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
     let one_second = DelayQueues::default().name(queue, Duration::from_secs(1));
     assert_eq!(queue_type(&one_second).as_deref(), Some("quorum"));
 
-    let recovers = client.enqueue(quorum_flaky, 1).await.unwrap().to_string();
-    let spent = client.enqueue(quorum_flaky, 9).await.unwrap().to_string();
+    let recovers = scene.enqueue(quorum_flaky, 1).await;
+    let spent = scene.enqueue(quorum_flaky, 9).await;
     let due = now_millis() + 600;
-    let scheduled = client
+    let scheduled = scene
+        .client
         .enqueue_in(quorum_echo, 5, Duration::from_millis(600))
         .await
         .unwrap()
         .to_string();
-    let poison = BasicProperties::default()
-        .with_message_id("quorum-poison".into())
-        .with_type("quorum_echo".into());
+    let poison = foreign_properties("quorum-poison", Some("quorum_echo"));
     scene
         .broker
         .publish_raw("", queue, b"{not json", poison)
         .await;
-    let good = client.enqueue(quorum_echo, 3).await.unwrap().to_string();
+    let good = scene.enqueue(quorum_echo, 3).await;
 
     scene.wait_for_dead_letters(2).await;
     wait_until("the scheduled job ran", WAIT, || async {

@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use eda_worker::wire::{HEADER_ATTEMPT, HEADER_ETA, HEADER_QUEUE, header_text, header_u64};
 use eda_worker::{DelayQueues, Job};
-use eda_worker_tests::broker::{error_header, find_message};
+use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
 use eda_worker_tests::jobs::retries::{
     flaky, flaky_after_delay, flaky_each_second, hangs_once, never_succeeds, panics_once, rejects,
     scheduled, subscriber_flaky,
 };
 use eda_worker_tests::jobs::{Run, runs_of};
 use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
-use lapin::BasicProperties;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -48,7 +47,7 @@ async fn a_job_failing_twice_runs_three_times_on_schedule_and_is_acked() {
     let mut scene = Scene::of(flaky).start().await;
     let queue = <flaky as Job>::QUEUE;
 
-    let id = scene.client.enqueue(flaky, 2).await.unwrap().to_string();
+    let id = scene.enqueue(flaky, 2).await;
     let ran = wait_for_runs(queue, &id, 3).await;
     assert_eq!(attempts(queue, &id), [0, 1, 2]);
     // backoff 200ms..10s with ±25 % jitter: 200..250 ms, then 300..500 ms.
@@ -91,12 +90,7 @@ async fn a_one_second_retry_is_not_held_up_by_a_job_scheduled_in_an_hour() {
         .await
         .unwrap()
         .to_string();
-    let id = scene
-        .client
-        .enqueue(flaky_each_second, 1)
-        .await
-        .unwrap()
-        .to_string();
+    let id = scene.enqueue(flaky_each_second, 1).await;
     let ran = wait_for_runs(queue, &id, 2).await;
     assert_eq!(ran[1].attempt, 1);
     assert_gap(
@@ -150,10 +144,7 @@ async fn scheduled_jobs_run_no_earlier_than_due_even_past_the_largest_bucket() {
         HEADER_ETA.into(),
         AMQPValue::LongLongInt(i64::try_from(foreign_due).unwrap()),
     );
-    let properties = BasicProperties::default()
-        .with_message_id("foreign-eta".into())
-        .with_type("scheduled".into())
-        .with_headers(headers);
+    let properties = foreign_properties("foreign-eta", Some("scheduled")).with_headers(headers);
     scene.broker.publish_raw("", queue, b"4", properties).await;
 
     let past_run = wait_for_runs(queue, &past, 1).await;
@@ -184,15 +175,9 @@ async fn spent_retries_and_permanent_errors_land_in_the_dlq_with_their_headers()
     let mut scene = Scene::of(never_succeeds).start().await;
     let queue = <never_succeeds as Job>::QUEUE;
 
-    let spent = scene
-        .client
-        .enqueue(never_succeeds, 7)
-        .await
-        .unwrap()
-        .to_string();
-    let permanent = scene.client.enqueue(rejects, 8).await.unwrap().to_string();
-    scene.wait_for_dead_letters(2).await;
-    scene.stop_workers().await;
+    let spent = scene.enqueue(never_succeeds, 7).await;
+    let permanent = scene.enqueue(rejects, 8).await;
+    scene.stop_once_dead_lettered(2).await;
 
     assert_eq!(
         attempts(queue, &spent),
@@ -231,18 +216,8 @@ async fn a_panic_and_a_timeout_are_failed_attempts_that_retry() {
     let mut scene = Scene::of(panics_once).start().await;
     let queue = <panics_once as Job>::QUEUE;
 
-    let panicked = scene
-        .client
-        .enqueue(panics_once, 1)
-        .await
-        .unwrap()
-        .to_string();
-    let hung = scene
-        .client
-        .enqueue(hangs_once, 2)
-        .await
-        .unwrap()
-        .to_string();
+    let panicked = scene.enqueue(panics_once, 1).await;
+    let hung = scene.enqueue(hangs_once, 2).await;
     for id in [&panicked, &hung] {
         wait_for_runs(queue, id, 2).await;
         assert_eq!(attempts(queue, id), [0, 1]);
@@ -295,9 +270,7 @@ async fn an_event_handlers_retry_reaches_only_its_own_queue() {
             .await
             .unwrap();
     }
-    let properties = BasicProperties::default()
-        .with_message_id("event-1".into())
-        .with_type("subscriber_flaky".into());
+    let properties = foreign_properties("event-1", Some("subscriber_flaky"));
     scene
         .broker
         .publish_raw(&exchange, "order.created", b"1", properties)
@@ -323,33 +296,27 @@ async fn a_deleted_delay_queue_is_declared_again_by_the_client_and_the_worker() 
     let mut scene = Scene::of(flaky_after_delay).start().await;
     let queue = <flaky_after_delay as Job>::QUEUE;
     let shortest = DelayQueues::default().name(queue, Duration::from_millis(100));
-    let client = &scene.client;
 
     // The client: its delayed publish comes back unroutable, it declares the
     // delay queues again and publishes once more.
-    let first = client
-        .enqueue_in(flaky_after_delay, 0, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .to_string();
-    wait_for_runs(queue, &first, 1).await;
-    scene.broker.delete_queue(&shortest).await;
-    let second = client
-        .enqueue_in(flaky_after_delay, 0, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .to_string();
-    wait_for_runs(queue, &second, 1).await;
+    for delete_first in [false, true] {
+        if delete_first {
+            scene.broker.delete_queue(&shortest).await;
+        }
+        let id = scene
+            .client
+            .enqueue_in(flaky_after_delay, 0, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .to_string();
+        wait_for_runs(queue, &id, 1).await;
+    }
 
     // The worker: the retry cannot be published, so the failed delivery goes
     // back to the queue, and the worker reconnects and declares the delay
     // queues again; the retry then runs.
     scene.broker.delete_queue(&shortest).await;
-    let retried = client
-        .enqueue(flaky_after_delay, 1)
-        .await
-        .unwrap()
-        .to_string();
+    let retried = scene.enqueue(flaky_after_delay, 1).await;
     wait_until(
         "the retry ran after the delay queue came back",
         WAIT,

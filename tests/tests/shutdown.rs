@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use eda_worker::{Client, Job};
+use eda_worker::Job;
 use eda_worker_tests::jobs::enqueue::refused;
 use eda_worker_tests::jobs::shutdown::{Effect, deadline_effect, long_effect, slow_effect};
 use eda_worker_tests::{Scene, WAIT, wait_until, worker_command};
@@ -80,7 +80,7 @@ impl WorkerProcess {
 
 /// Enqueues `count` jobs of `job`, each logging its id to `log` and working `work_ms`.
 async fn enqueue_effects<J: Job<Args = Effect>>(
-    client: &Client,
+    scene: &Scene,
     job: J,
     log: &Path,
     count: u32,
@@ -92,7 +92,7 @@ async fn enqueue_effects<J: Job<Args = Effect>>(
             log: log.display().to_string(),
             work_ms,
         };
-        client.enqueue(job, args).await.unwrap();
+        scene.enqueue(job, args).await;
     }
 }
 
@@ -123,7 +123,7 @@ async fn terminate_while_every_job_runs<J: Job<Args = Effect>>(
 ) -> (Scene, WorkerProcess, PathBuf) {
     let scene = Scene::of(job).workers(0).start().await;
     let log = effect_log(J::NAME);
-    enqueue_effects(&scene.client, job, &log, jobs, work_ms).await;
+    enqueue_effects(&scene, job, &log, jobs, work_ms).await;
     let worker = WorkerProcess::spawn(J::QUEUE, extra);
     wait_until("every job started", WAIT, || async {
         effects(&log).len() == jobs as usize
@@ -133,13 +133,24 @@ async fn terminate_while_every_job_runs<J: Job<Args = Effect>>(
     (scene, worker, log)
 }
 
+/// Waits until all `jobs` are back on the scene's queue (not acked, so not
+/// lost: the broker has them back), then tears the scene down.
+async fn every_job_back_then_finish(scene: Scene, jobs: u32, log: PathBuf) {
+    wait_until("the unfinished jobs are back", WAIT, || async {
+        scene.ready().await == jobs
+    })
+    .await;
+    scene.finish().await;
+    let _ = std::fs::remove_file(log);
+}
+
 #[tokio::test]
 async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     const JOBS: u32 = 200;
     let queue = <slow_effect as Job>::QUEUE;
     let scene = Scene::of(slow_effect).workers(0).start().await;
     let log = effect_log("shutdown");
-    enqueue_effects(&scene.client, slow_effect, &log, JOBS, 50).await;
+    enqueue_effects(&scene, slow_effect, &log, JOBS, 50).await;
 
     let options = ["--concurrency", "8", "--prefetch", "16"];
     let mut first = WorkerProcess::spawn(queue, &options);
@@ -211,13 +222,7 @@ async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue()
         waited < Duration::from_secs(20),
         "it did not wait for the 60 s jobs ({waited:?})"
     );
-    // Not acked, so not lost: the broker has them back.
-    wait_until("the unfinished jobs are back", WAIT, || async {
-        scene.ready().await == JOBS
-    })
-    .await;
-    scene.finish().await;
-    let _ = std::fs::remove_file(log);
+    every_job_back_then_finish(scene, JOBS, log).await;
 }
 
 #[tokio::test]
@@ -240,12 +245,7 @@ async fn jobs_still_running_at_the_shutdown_deadline_are_not_acked() {
         waited < Duration::from_secs(15),
         "it stopped at the deadline, not after the jobs ({waited:?})"
     );
-    wait_until("the unfinished jobs are back", WAIT, || async {
-        scene.ready().await == JOBS
-    })
-    .await;
-    scene.finish().await;
-    let _ = std::fs::remove_file(log);
+    every_job_back_then_finish(scene, JOBS, log).await;
 }
 
 #[tokio::test]

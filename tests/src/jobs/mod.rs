@@ -27,12 +27,14 @@ use eda_worker::prelude::*;
 /// family differ only in their attribute (their queue, as each test has its
 /// own, and options).
 ///
-/// ```ignore
-/// job_family! {
+/// ```no_run
+/// use eda_worker_tests::jobs::record_run;
+///
+/// eda_worker_tests::job_family! {
 ///     /// Records its run.
 ///     fn(u32) => record_run;
-///     reconnect_echo(queue = "eda-test.reconnect");
-///     scheduled(queue = "eda-test.scheduled");
+///     audit_signup(queue = "example.audit-signup");
+///     audit_login(queue = "example.audit-login", retries = 0);
 /// }
 /// ```
 #[macro_export]
