@@ -7,6 +7,8 @@
 //! Every test deletes its queues (and drops its schema) before and after it
 //! runs, so a crashed earlier run cannot leave state that changes the outcome.
 
+#![warn(missing_docs)]
+
 pub mod broker;
 pub mod database;
 pub mod jobs;
@@ -17,7 +19,7 @@ pub mod wait;
 
 pub use broker::{Broker, close_connection, connection_pid, rabbitmqctl};
 pub use eda_worker::amqp_url_from_env as amqp_url;
-pub use scene::Scene;
+pub use scene::{Scene, SceneBuilder};
 pub use wait::{WAIT, wait_until};
 
 /// The dead-letter tooling, imported here only: it is about to move to

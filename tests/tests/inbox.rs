@@ -17,17 +17,13 @@ use eda_worker_tests::jobs::inbox::{
 };
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::process::database_env;
-use eda_worker_tests::{Scene, WAIT, wait_until, worker_command, worker_config};
+use eda_worker_tests::{Scene, SceneBuilder, WAIT, wait_until, worker_command, worker_config};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-/// A scene on `job`'s queue with a migrated schema named `schema`, an app
-/// table for the job's effects (returned), and a worker.
-async fn inbox_scene<J: Job>(job: J, schema: &str) -> (Scene, String) {
-    inbox_scene_with(Scene::of(job).database(schema)).await
-}
-
-async fn inbox_scene_with(builder: eda_worker_tests::scene::SceneBuilder) -> (Scene, String) {
+/// Starts the scene (built with a database) and creates the app table the
+/// jobs write their effects into; returns both.
+async fn inbox_scene(builder: SceneBuilder) -> (Scene, String) {
     let scene = builder.start().await;
     let table = effects_table(scene.database()).await;
     (scene, table)
@@ -35,7 +31,8 @@ async fn inbox_scene_with(builder: eda_worker_tests::scene::SceneBuilder) -> (Sc
 
 #[tokio::test]
 async fn a_redelivered_message_whose_effects_committed_is_acked_without_running() {
-    let (mut scene, table) = inbox_scene(inbox_dedup, "eda_test_inbox_dedup").await;
+    let (mut scene, table) =
+        inbox_scene(Scene::of(inbox_dedup).database("eda_test_inbox_dedup")).await;
     let queue = <inbox_dedup as Job>::QUEUE;
     let database = scene.database().clone();
 
@@ -69,7 +66,7 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
 #[tokio::test]
 async fn two_copies_racing_on_two_workers_run_the_handler_once() {
     // One message at a time per worker, so that the broker hands one copy to each.
-    let (mut scene, table) = inbox_scene_with(
+    let (mut scene, table) = inbox_scene(
         Scene::of(inbox_race)
             .database("eda_test_inbox_race")
             .worker_config(|config| config.concurrency(1).prefetch(1))
@@ -109,7 +106,8 @@ async fn two_copies_racing_on_two_workers_run_the_handler_once() {
 
 #[tokio::test]
 async fn a_failed_handler_leaves_neither_its_writes_nor_the_inbox_row() {
-    let (mut scene, table) = inbox_scene(inbox_rollback, "eda_test_inbox_rollback").await;
+    let (mut scene, table) =
+        inbox_scene(Scene::of(inbox_rollback).database("eda_test_inbox_rollback")).await;
     let queue = <inbox_rollback as Job>::QUEUE;
 
     let args = DbWrite {
@@ -181,7 +179,8 @@ async fn pruning_deletes_only_rows_older_than_the_retention() {
 #[tokio::test]
 async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
     let (mut scene, table) =
-        inbox_scene(swallows_a_failed_statement, "eda_test_inbox_swallowed").await;
+        inbox_scene(Scene::of(swallows_a_failed_statement).database("eda_test_inbox_swallowed"))
+            .await;
     let queue = <swallows_a_failed_statement as Job>::QUEUE;
     let id = scene
         .enqueue(swallows_a_failed_statement, DbWrite::new(&table, 4))
@@ -204,7 +203,7 @@ async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
 
 #[tokio::test]
 async fn one_message_id_on_two_queues_runs_once_in_each() {
-    let (mut scene, table) = inbox_scene_with(
+    let (mut scene, table) = inbox_scene(
         Scene::of(inbox_per_queue_a)
             .also(inbox_per_queue_b)
             .database("eda_test_inbox_per_queue"),
@@ -237,7 +236,7 @@ async fn one_message_id_on_two_queues_runs_once_in_each() {
 
 #[tokio::test]
 async fn a_worker_killed_after_its_commit_and_before_its_ack_does_not_run_the_job_twice() {
-    let (mut scene, table) = inbox_scene_with(
+    let (mut scene, table) = inbox_scene(
         Scene::of(inbox_ack_lost)
             .database("eda_test_inbox_ack_lost")
             .workers(0),
@@ -302,7 +301,8 @@ async fn a_worker_killed_after_its_commit_and_before_its_ack_does_not_run_the_jo
 
 #[tokio::test]
 async fn a_claim_that_waits_past_the_lock_timeout_fails_the_attempt_without_running() {
-    let (mut scene, table) = inbox_scene(inbox_locked, "eda_test_inbox_locked").await;
+    let (mut scene, table) =
+        inbox_scene(Scene::of(inbox_locked).database("eda_test_inbox_locked")).await;
     let queue = <inbox_locked as Job>::QUEUE;
     let database = scene.database().clone();
     // Another transaction, stuck, holds this message's inbox row.

@@ -7,6 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use eda_worker::Job;
+use eda_worker_tests::jobs::dead_letters::dead_letter_sleeps;
 use eda_worker_tests::jobs::enqueue::refused;
 use eda_worker_tests::jobs::shutdown::{Effect, deadline_effect, long_effect, slow_effect};
 use eda_worker_tests::{Scene, WAIT, wait_until, worker_command};
@@ -294,7 +295,7 @@ async fn worker_jobs_lists_every_linked_job() {
         row,
         [
             "dead_letter_sleeps",
-            "eda-test.dead-letters",
+            <dead_letter_sleeps as Job>::QUEUE,
             "classic",
             "0",
             "5s..10m",
