@@ -2,54 +2,28 @@
 //! reason, the original is acked, and the worker keeps consuming. (The jobs
 //! here have `retries = 0`; retries are in `retries.rs`.)
 
-use eda_worker::Client;
-use eda_worker::wire::{
-    HEADER_ATTEMPT, HEADER_ERROR, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64,
+use eda_worker::Job;
+use eda_worker::wire::{HEADER_ATTEMPT, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64};
+use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
+use eda_worker_tests::jobs::Numbered;
+use eda_worker_tests::jobs::dead_letters::{
+    dead_letter_echo, dead_letter_fails, dead_letter_panics, dead_letter_sleeps,
 };
-use eda_worker_tests::jobs::{
-    DEAD_LETTER_QUEUE, Numbered, dead_letter_echo, dead_letter_fails, dead_letter_panics,
-    dead_letter_sleeps, runs,
-};
-use eda_worker_tests::now_millis;
-use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
-
-const DLQ: &str = "eda-test.dead-letters.dlq";
-
-/// Publishes a raw message, as a foreign or broken producer would.
-async fn publish_raw(broker: &Broker, kind: Option<&str>, id: &str, body: &[u8]) {
-    let mut properties = BasicProperties::default().with_message_id(id.into());
-    if let Some(kind) = kind {
-        properties = properties.with_type(kind.into());
-    }
-    broker
-        .channel()
-        .await
-        .basic_publish(
-            "".into(),
-            DEAD_LETTER_QUEUE.into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-}
+use eda_worker_tests::jobs::runs;
+use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
 
 #[tokio::test]
 async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_next_one_runs() {
-    let broker = Broker::connect().await;
-    broker.reset(DEAD_LETTER_QUEUE).await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    let config = worker_config().max_message_size(4096);
-    let worker = RunningWorker::start(&broker, DEAD_LETTER_QUEUE, config).await;
+    let mut scene = Scene::of(dead_letter_echo)
+        .worker_config(|config| config.max_message_size(4096))
+        .start()
+        .await;
+    let queue = <dead_letter_echo as Job>::QUEUE;
     let started = now_millis();
     let oversize = format!(r#"{{"n":1,"padding":"{}"}}"#, "x".repeat(5000));
 
-    // (message id, body, expected words in x-eda-error)
+    // (message id, type, body, expected words in x-eda-error), published
+    // raw as a foreign or broken producer would.
     let poison: Vec<(&str, Option<&str>, &[u8], &str)> = vec![
         (
             "bad-json",
@@ -83,60 +57,27 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         ),
     ];
     for (id, kind, body, _) in &poison {
-        publish_raw(&broker, *kind, id, body).await;
+        let properties = foreign_properties(id, *kind);
+        scene.broker.publish_raw("", queue, body, properties).await;
     }
-    let failed = client
-        .enqueue(dead_letter_fails, Numbered { n: 5 })
-        .await
-        .unwrap()
-        .to_string();
-    let panicked = client
-        .enqueue(dead_letter_panics, Numbered { n: 6 })
-        .await
-        .unwrap()
-        .to_string();
-    let timed_out = client
-        .enqueue(dead_letter_sleeps, Numbered { n: 7 })
-        .await
-        .unwrap()
-        .to_string();
-    let good = client
-        .enqueue(dead_letter_echo, Numbered { n: 8 })
-        .await
-        .unwrap()
-        .to_string();
+    let failed = scene.enqueue(dead_letter_fails, Numbered { n: 5 }).await;
+    let panicked = scene.enqueue(dead_letter_panics, Numbered { n: 6 }).await;
+    let timed_out = scene.enqueue(dead_letter_sleeps, Numbered { n: 7 }).await;
+    let good = scene.enqueue(dead_letter_echo, Numbered { n: 8 }).await;
 
     wait_until("the good message ran", WAIT, || async {
-        runs(DEAD_LETTER_QUEUE)
-            .iter()
-            .any(|run| run.message_id == good)
+        runs(queue).iter().any(|run| run.message_id == good)
     })
     .await;
-    wait_until("8 dead letters arrived", WAIT, || async {
-        broker.ready(DLQ).await == 8
-    })
-    .await;
-    assert!(worker.is_running(), "bad messages do not stop the worker");
-    worker.stop().await.unwrap();
-
-    assert_eq!(
-        broker.ready(DEAD_LETTER_QUEUE).await,
-        0,
-        "every original was acked"
+    scene.wait_for_dead_letters(8).await;
+    assert!(
+        scene.workers_running(),
+        "bad messages do not stop the worker"
     );
-    let dead = broker.drain(DLQ).await;
-    let find = |id: &str| {
-        dead.iter()
-            .find(|message| {
-                message
-                    .delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .is_some_and(|m| m.as_str() == id)
-            })
-            .unwrap_or_else(|| panic!("message {id} is in the DLQ"))
-    };
+    scene.stop_workers().await;
+
+    assert_eq!(scene.ready().await, 0, "every original was acked");
+    let dead = scene.take_dead_letters().await;
     let mut expectations: Vec<(String, &[u8], &str)> = poison
         .iter()
         .map(|(id, _, body, words)| (id.to_string(), *body, *words))
@@ -149,17 +90,17 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
     ));
     expectations.push((timed_out, br#"{"n":7}"#, "handler timed out after 200ms"));
     for (id, body, words) in expectations {
-        let message = find(&id);
+        let message = find_message(&dead, &id);
         let properties = &message.delivery.properties;
         assert_eq!(message.delivery.data, body, "{id}: body unchanged");
-        let error = header_text(properties, HEADER_ERROR).unwrap_or_default();
+        let error = error_header(message);
         assert!(
             error.contains(words),
             "{id}: x-eda-error {error:?} should say {words:?}"
         );
         assert_eq!(
             header_text(properties, HEADER_QUEUE).as_deref(),
-            Some(DEAD_LETTER_QUEUE),
+            Some(queue),
             "{id}: x-eda-queue"
         );
         assert_eq!(
@@ -178,9 +119,7 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
             "{id}: dead letters are persistent"
         );
     }
-    let ran = runs(DEAD_LETTER_QUEUE);
+    let ran = runs(queue);
     assert_eq!(ran.len(), 1, "only the good message ran: {ran:?}");
-
-    client.close().await.unwrap();
-    broker.cleanup(DEAD_LETTER_QUEUE).await;
+    scene.finish().await;
 }

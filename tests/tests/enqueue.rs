@@ -1,13 +1,16 @@
 //! Enqueue: confirmed publishes with the wire format of DESIGN.md, typed
 //! arguments that arrive intact, and loud failures.
 
-use eda_worker::wire::{self, HEADER_ATTEMPT};
-use eda_worker::{Client, EnqueueOptions, Error};
-use eda_worker_tests::jobs::{
-    CONFIRMS_QUEUE, OVERSIZE_QUEUE, ROUNDTRIP_QUEUE, Signup, confirmed, oversized, roundtrip, runs,
+use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
+use eda_worker::{Client, ClientOptions, EnqueueOptions, Error, Job};
+use eda_worker_tests::broker::{Policy, unique_connection_name};
+use eda_worker_tests::jobs::enqueue::{
+    Signup, after_reconnect, confirmed, oversized, refused, roundtrip, to_deleted_queue,
+    to_kept_queue,
 };
+use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{
-    Broker, RunningWorker, WAIT, amqp_url, rabbitmqctl, wait_until, worker_config,
+    Scene, WAIT, amqp_url, close_connection, connection_pid, now_millis, wait_until,
 };
 
 fn signup() -> Signup {
@@ -21,21 +24,20 @@ fn signup() -> Signup {
 
 #[tokio::test]
 async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact() {
-    let broker = Broker::connect().await;
-    broker.reset(ROUNDTRIP_QUEUE).await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
+    let mut scene = Scene::of(roundtrip).workers(0).start().await;
+    let queue = scene.queue().to_owned();
 
     // On the wire, before any worker runs.
-    let id = client
+    let id = scene
         .enqueue_with(
             roundtrip,
             signup(),
             EnqueueOptions::default().correlation_id("req-7"),
         )
-        .await
-        .unwrap();
-    let message = broker
-        .get(ROUNDTRIP_QUEUE)
+        .await;
+    let message = scene
+        .broker
+        .get(&queue)
         .await
         .expect("the enqueued message is on the queue");
     let properties = &message.delivery.properties;
@@ -55,22 +57,19 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
     assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
     let sent_at = properties.timestamp().expect("timestamp is set");
     assert!(
-        sent_at.abs_diff(eda_worker_tests::now_millis() / 1000) < 60,
+        sent_at.abs_diff(now_millis() / 1000) < 60,
         "timestamp is now, in seconds"
     );
-    assert_eq!(wire::header_u64(properties, HEADER_ATTEMPT), Some(0));
+    assert_eq!(header_u64(properties, HEADER_ATTEMPT), Some(0));
     let body: Signup = serde_json::from_slice(&message.delivery.data).unwrap();
     assert_eq!(body, signup());
 
     // Through a worker, into the typed handler.
-    let id = client.enqueue(roundtrip, signup()).await.unwrap();
-    let worker = RunningWorker::start(&broker, ROUNDTRIP_QUEUE, worker_config()).await;
-    wait_until("the job ran", WAIT, || async {
-        !runs(ROUNDTRIP_QUEUE).is_empty()
-    })
-    .await;
-    worker.stop().await.unwrap();
-    let ran = runs(ROUNDTRIP_QUEUE);
+    let id = scene.enqueue(roundtrip, signup()).await;
+    scene.start_worker().await;
+    wait_until("the job ran", WAIT, || async { !runs(&queue).is_empty() }).await;
+    scene.stop_workers().await;
+    let ran = runs(&queue);
     assert_eq!(ran.len(), 1, "the job ran once: {ran:?}");
     assert_eq!(ran[0].message_id, id.to_string());
     assert_eq!(
@@ -80,22 +79,19 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
     );
     assert_eq!(ran[0].attempt, 0);
     assert_eq!(ran[0].args, serde_json::to_value(signup()).unwrap());
-    assert_eq!(broker.ready(ROUNDTRIP_QUEUE).await, 0);
-    assert_eq!(broker.ready(&format!("{ROUNDTRIP_QUEUE}.dlq")).await, 0);
-
-    client.close().await.unwrap();
-    broker.cleanup(ROUNDTRIP_QUEUE).await;
+    assert_eq!(scene.ready().await, 0);
+    assert_eq!(scene.dead_letters_ready().await, 0);
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn concurrent_enqueues_share_one_client_and_all_are_confirmed() {
-    let broker = Broker::connect().await;
-    broker.reset(CONFIRMS_QUEUE).await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
+    let scene = Scene::of(confirmed).workers(0).start().await;
+    let queue = <confirmed as Job>::QUEUE;
 
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..200u32 {
-        let client = client.clone();
+        let client = scene.client.clone();
         tasks.spawn(async move { client.enqueue(confirmed, n).await });
     }
     let mut ids = std::collections::HashSet::new();
@@ -104,25 +100,27 @@ async fn concurrent_enqueues_share_one_client_and_all_are_confirmed() {
     }
     assert_eq!(ids.len(), 200, "every message has its own id");
     // Confirmed means stored: all 200 are on the queue right now.
-    assert_eq!(broker.ready(CONFIRMS_QUEUE).await, 200);
+    assert_eq!(scene.ready().await, 200);
 
     // A queue deleted under the client: the publish is returned, and that is an error.
-    broker.reset(CONFIRMS_QUEUE).await;
-    let error = client
+    scene.broker.reset(queue).await;
+    let error = scene
+        .client
         .enqueue(confirmed, 1)
         .await
         .expect_err("an unroutable publish is not a success");
     assert!(
-        matches!(error, Error::Unroutable { ref routing_key, .. } if routing_key == CONFIRMS_QUEUE),
+        matches!(error, Error::Unroutable { ref routing_key, .. } if routing_key == queue),
         "{error}"
     );
     assert!(error.to_string().contains("reached no queue"), "{error}");
     // The client declares the queue again on the next enqueue.
-    client
+    scene
+        .client
         .enqueue(confirmed, 2)
         .await
         .expect("the queue is declared again");
-    assert_eq!(broker.ready(CONFIRMS_QUEUE).await, 1);
+    assert_eq!(scene.ready().await, 1);
 
     // A closed connection is an error too, never a silent success.
     let closed = Client::connect(&amqp_url()).await.unwrap();
@@ -132,116 +130,105 @@ async fn concurrent_enqueues_share_one_client_and_all_are_confirmed() {
         .await
         .expect_err("a closed client does not publish");
     assert!(matches!(error, Error::ClientClosed), "{error}");
-    assert_eq!(
-        broker.ready(CONFIRMS_QUEUE).await,
-        1,
-        "nothing more was published"
-    );
+    assert_eq!(scene.ready().await, 1, "nothing more was published");
+    scene.finish().await;
+}
 
-    client.close().await.unwrap();
-    broker.cleanup(CONFIRMS_QUEUE).await;
+/// Connects a client to `url`, which must fail after `attempts` attempt(s)
+/// with an error whose text (with its causes) says `says` and does not show
+/// `password`.
+async fn assert_connect_fails(url: &str, attempts: usize, says: &str, password: &str) {
+    let error = Client::connect(url)
+        .await
+        .expect_err("the connection must fail");
+    let text = eda_worker::error_chain_text(&error);
+    assert!(
+        matches!(error, Error::Connect { attempts: made, .. } if made == attempts),
+        "{attempts} attempt(s) expected: {text}"
+    );
+    assert!(text.contains(says), "{text}");
+    assert!(!text.contains(password), "the password leaked: {text}");
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_is_a_clear_error_without_the_password() {
-    let error = Client::connect("amqp://guest:hunter2@127.0.0.1:1/%2f")
-        .await
-        .expect_err("nothing listens on port 1");
-    let text = eda_worker::error_chain_text(&error);
-    assert!(
-        matches!(error, Error::Connect { attempts: 5, .. }),
-        "{text}"
-    );
-    assert!(text.contains("amqp://guest:***@127.0.0.1:1/%2f"), "{text}");
-    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    // Nothing listens on port 1: the client retries, then gives up.
+    assert_connect_fails(
+        "amqp://guest:hunter2@127.0.0.1:1/%2f",
+        5,
+        "amqp://guest:***@127.0.0.1:1/%2f",
+        "hunter2",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn refused_credentials_fail_at_once_without_the_password() {
-    let error = Client::connect("amqp://guest:wrong-hunter2@127.0.0.1:5672/%2f")
-        .await
-        .expect_err("the broker refuses the login");
-    let text = eda_worker::error_chain_text(&error);
-    assert!(
-        matches!(error, Error::Connect { attempts: 1, .. }),
-        "no retry of a refused login: {text}"
-    );
-    assert!(text.contains("ACCESS_REFUSED"), "{text}");
-    assert!(
-        !text.contains("wrong-hunter2"),
-        "the password leaked: {text}"
-    );
+    // No retry of a refused login.
+    assert_connect_fails(
+        "amqp://guest:wrong-hunter2@127.0.0.1:5672/%2f",
+        1,
+        "ACCESS_REFUSED",
+        "wrong-hunter2",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_publish_the_broker_nacks_is_an_error() {
-    use eda_worker_tests::jobs::{NACK_QUEUE, refused};
-    let broker = Broker::connect().await;
-    broker.reset(NACK_QUEUE).await;
-    let durable = lapin::options::QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    broker
-        .channel()
-        .await
-        .queue_declare(NACK_QUEUE.into(), durable, Default::default())
-        .await
-        .unwrap();
+    let scene = Scene::of(refused).workers(0).start().await;
+    let queue = <refused as Job>::QUEUE;
+    scene
+        .broker
+        .declare_durable(queue, Default::default())
+        .await;
     // A policy (not queue arguments, so the client's plain declaration still
     // matches) makes the broker nack publishes once the queue holds one message.
-    let policy = format!("eda-test-nack-{}", uuid::Uuid::new_v4());
-    let definition = r#"{"max-length":1,"overflow":"reject-publish"}"#;
-    rabbitmqctl(&[
-        "set_policy",
-        &policy,
-        r"^eda-test\.nack$",
-        definition,
-        "--apply-to",
-        "queues",
-    ]);
+    let policy = Policy::on_queues(
+        "eda-test-nack",
+        &format!("^{}$", queue.replace('.', r"\.")),
+        r#"{"max-length":1,"overflow":"reject-publish"}"#,
+    );
     wait_until("the policy applies to the queue", WAIT, || async {
-        rabbitmqctl(&["list_queues", "-q", "name", "policy"])
-            .lines()
-            .any(|line| line.starts_with(NACK_QUEUE) && line.contains(&policy))
+        policy.applies_to(queue)
     })
     .await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
 
-    let first = client.enqueue(refused, 1).await;
-    let second = client.enqueue(refused, 2).await;
-    rabbitmqctl(&["clear_policy", &policy]);
+    let first = scene.client.enqueue(refused, 1).await;
+    let second = scene.client.enqueue(refused, 2).await;
+    drop(policy);
     first.expect("the first publish fits and is confirmed");
     let error = second.expect_err("the broker nacks a publish into the full queue");
     assert!(
-        matches!(error, Error::Nacked { ref routing_key, .. } if routing_key == NACK_QUEUE),
+        matches!(error, Error::Nacked { ref routing_key, .. } if routing_key == queue),
         "{error}"
     );
     assert!(error.to_string().contains("it was not stored"), "{error}");
     assert_eq!(
-        broker.ready(NACK_QUEUE).await,
+        scene.ready().await,
         1,
         "the queue holds exactly what was confirmed"
     );
-
-    client.close().await.unwrap();
-    broker.cleanup(NACK_QUEUE).await;
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn concurrent_verdicts_match_what_the_broker_stored() {
-    use eda_worker_tests::jobs::{
-        ROUTABLE_QUEUE, UNROUTABLE_QUEUE, to_deleted_queue, to_kept_queue,
-    };
-    let broker = Broker::connect().await;
-    broker.reset(UNROUTABLE_QUEUE).await;
-    broker.reset(ROUTABLE_QUEUE).await;
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    client.enqueue(to_deleted_queue, 0).await.unwrap();
-    client.enqueue(to_kept_queue, 0).await.unwrap();
+    let scene = Scene::of(to_deleted_queue)
+        .also(to_kept_queue)
+        .workers(0)
+        .start()
+        .await;
+    let (deleted, kept) = (
+        <to_deleted_queue as Job>::QUEUE,
+        <to_kept_queue as Job>::QUEUE,
+    );
+    let client = &scene.client;
+    scene.enqueue(to_deleted_queue, 0).await;
+    scene.enqueue(to_kept_queue, 0).await;
     // Deleted under the client, which still believes it declared it.
-    broker.reset(UNROUTABLE_QUEUE).await;
-    broker.purge(ROUTABLE_QUEUE).await;
+    scene.broker.reset(deleted).await;
+    scene.broker.purge(kept).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..100u32 {
@@ -265,7 +252,7 @@ async fn concurrent_verdicts_match_what_the_broker_stored() {
             // publishes to it may well be stored: what matters is that each verdict is true.
             (false, Ok(_)) => deleted_ok += 1,
             (false, Err(Error::Unroutable { routing_key, .. })) => {
-                assert_eq!(routing_key, UNROUTABLE_QUEUE);
+                assert_eq!(routing_key, deleted);
                 unroutable += 1;
             }
             (false, Err(other)) => panic!("unexpected error: {other}"),
@@ -277,30 +264,27 @@ async fn concurrent_verdicts_match_what_the_broker_stored() {
         "publishes to the deleted queue were returned"
     );
     assert_eq!(
-        broker.ready(ROUTABLE_QUEUE).await,
+        scene.broker.ready(kept).await,
         kept_ok,
         "a confirmed message is stored"
     );
     assert_eq!(
-        broker.ready(UNROUTABLE_QUEUE).await,
+        scene.broker.ready(deleted).await,
         deleted_ok,
         "exactly the confirmed ones were stored"
     );
-
-    client.close().await.unwrap();
-    broker.reset(UNROUTABLE_QUEUE).await;
-    broker.cleanup(ROUTABLE_QUEUE).await;
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn the_client_reconnects_when_the_broker_drops_its_connection() {
-    use eda_worker_tests::jobs::{CLIENT_RECONNECT_QUEUE, after_reconnect};
-    use eda_worker_tests::{close_connection, connection_pid};
-    let broker = Broker::connect().await;
-    broker.reset(CLIENT_RECONNECT_QUEUE).await;
-    let name = format!("eda-test-client-{}", uuid::Uuid::new_v4());
-    let client = Client::connect_named(&amqp_url(), &name).await.unwrap();
-    client.enqueue(after_reconnect, 1).await.unwrap();
+    let name = unique_connection_name("eda-test-client");
+    let scene = Scene::of(after_reconnect)
+        .workers(0)
+        .client_options(ClientOptions::default().connection_name(&name))
+        .start()
+        .await;
+    scene.enqueue(after_reconnect, 1).await;
 
     let pid = connection_pid(&name).expect("the client's connection is listed");
     close_connection(&pid);
@@ -308,7 +292,8 @@ async fn the_client_reconnects_when_the_broker_drops_its_connection() {
         connection_pid(&name).is_none()
     })
     .await;
-    client
+    scene
+        .client
         .enqueue(after_reconnect, 2)
         .await
         .expect("the next enqueue reconnects");
@@ -316,20 +301,18 @@ async fn the_client_reconnects_when_the_broker_drops_its_connection() {
         connection_pid(&name).is_some_and(|new_pid| new_pid != pid),
         "a new connection"
     );
-    assert_eq!(broker.ready(CLIENT_RECONNECT_QUEUE).await, 2);
-
-    client.close().await.unwrap();
-    broker.cleanup(CLIENT_RECONNECT_QUEUE).await;
+    assert_eq!(scene.ready().await, 2);
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn arguments_over_the_size_limit_are_refused_before_publishing() {
-    let broker = Broker::connect().await;
-    broker.reset(OVERSIZE_QUEUE).await;
-    let options = eda_worker::ClientOptions::default().max_message_size(64);
-    let client = Client::connect_with_options(&amqp_url(), options)
-        .await
-        .unwrap();
+    let scene = Scene::of(oversized)
+        .workers(0)
+        .client_options(ClientOptions::default().max_message_size(64))
+        .start()
+        .await;
+    let client = &scene.client;
     client.enqueue(oversized, "x".repeat(62)).await.unwrap();
     let error = client.enqueue(oversized, "x".repeat(63)).await.unwrap_err();
     assert!(
@@ -348,11 +331,6 @@ async fn arguments_over_the_size_limit_are_refused_before_publishing() {
             .to_string()
             .contains("are 65 bytes as JSON, more than the maximum message size of 64 bytes")
     );
-    assert_eq!(
-        broker.ready(OVERSIZE_QUEUE).await,
-        1,
-        "only the first was published"
-    );
-    client.close().await.unwrap();
-    broker.cleanup(OVERSIZE_QUEUE).await;
+    assert_eq!(scene.ready().await, 1, "only the first was published");
+    scene.finish().await;
 }

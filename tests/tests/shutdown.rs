@@ -6,17 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use eda_worker::{Client, Job};
-use eda_worker_tests::jobs::{
-    DEADLINE_QUEUE, Effect, INTERRUPT_QUEUE, SHUTDOWN_QUEUE, deadline_effect, long_effect,
-    slow_effect,
-};
-use eda_worker_tests::{Broker, WAIT, amqp_url, wait_until};
+use eda_worker::Job;
+use eda_worker_tests::jobs::dead_letters::dead_letter_sleeps;
+use eda_worker_tests::jobs::enqueue::refused;
+use eda_worker_tests::jobs::shutdown::{Effect, deadline_effect, long_effect, slow_effect};
+use eda_worker_tests::{Scene, WAIT, wait_until, worker_command};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::mpsc;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
 
 /// A `worker run` subprocess whose log lines are collected.
 struct WorkerProcess {
@@ -26,16 +23,13 @@ struct WorkerProcess {
 
 impl WorkerProcess {
     fn spawn(queue: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(WORKER)
-            .args(["run", "--queues", queue])
+        let mut child = worker_command!("run", "--queues", queue)
             .args(extra)
-            .env("AMQP_URL", amqp_url())
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn test-worker");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -87,7 +81,7 @@ impl WorkerProcess {
 
 /// Enqueues `count` jobs of `job`, each logging its id to `log` and working `work_ms`.
 async fn enqueue_effects<J: Job<Args = Effect>>(
-    client: &Client,
+    scene: &Scene,
     job: J,
     log: &Path,
     count: u32,
@@ -99,7 +93,7 @@ async fn enqueue_effects<J: Job<Args = Effect>>(
             log: log.display().to_string(),
             work_ms,
         };
-        client.enqueue(job, args).await.unwrap();
+        scene.enqueue(job, args).await;
     }
 }
 
@@ -118,17 +112,49 @@ fn effects(path: &Path) -> BTreeMap<u32, usize> {
     counts
 }
 
+/// Starts a worker process on `job`'s queue with `extra` options once
+/// `jobs` of `job` (each working `work_ms`) wait there, and waits until
+/// each has started; then sends SIGTERM. Returns the scene, the worker and
+/// the effect log.
+async fn terminate_while_every_job_runs<J: Job<Args = Effect>>(
+    job: J,
+    jobs: u32,
+    work_ms: u64,
+    extra: &[&str],
+) -> (Scene, WorkerProcess, PathBuf) {
+    let scene = Scene::of(job).workers(0).start().await;
+    let log = effect_log(J::NAME);
+    enqueue_effects(&scene, job, &log, jobs, work_ms).await;
+    let worker = WorkerProcess::spawn(J::QUEUE, extra);
+    wait_until("every job started", WAIT, || async {
+        effects(&log).len() == jobs as usize
+    })
+    .await;
+    worker.signal("TERM");
+    (scene, worker, log)
+}
+
+/// Waits until all `jobs` are back on the scene's queue (not acked, so not
+/// lost: the broker has them back), then tears the scene down.
+async fn every_job_back_then_finish(scene: Scene, jobs: u32, log: PathBuf) {
+    wait_until("the unfinished jobs are back", WAIT, || async {
+        scene.ready().await == jobs
+    })
+    .await;
+    scene.finish().await;
+    let _ = std::fs::remove_file(log);
+}
+
 #[tokio::test]
 async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     const JOBS: u32 = 200;
-    let broker = Broker::connect().await;
-    broker.reset(SHUTDOWN_QUEUE).await;
+    let queue = <slow_effect as Job>::QUEUE;
+    let scene = Scene::of(slow_effect).workers(0).start().await;
     let log = effect_log("shutdown");
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    enqueue_effects(&client, slow_effect, &log, JOBS, 50).await;
+    enqueue_effects(&scene, slow_effect, &log, JOBS, 50).await;
 
     let options = ["--concurrency", "8", "--prefetch", "16"];
-    let mut first = WorkerProcess::spawn(SHUTDOWN_QUEUE, &options);
+    let mut first = WorkerProcess::spawn(queue, &options);
     first.wait_for_log("consuming").await;
     wait_until("some jobs ran", WAIT, || async {
         effects(&log).len() >= 40
@@ -149,11 +175,11 @@ async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     // Everything the first worker did not finish is back on the queue, ready.
     let left = JOBS - after_first.len() as u32;
     wait_until("unfinished jobs are back on the queue", WAIT, || async {
-        broker.ready(SHUTDOWN_QUEUE).await == left
+        scene.ready().await == left
     })
     .await;
 
-    let mut second = WorkerProcess::spawn(SHUTDOWN_QUEUE, &options);
+    let mut second = WorkerProcess::spawn(queue, &options);
     second.wait_for_log("consuming").await;
     wait_until("the second worker drained the rest", WAIT, || async {
         effects(&log).len() == JOBS as usize
@@ -173,36 +199,22 @@ async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
         all.values().all(|&count| count == 1),
         "none ran twice: {all:?}"
     );
-    assert_eq!(
-        broker.ready(SHUTDOWN_QUEUE).await,
-        0,
-        "nothing left on the queue"
-    );
-    assert_eq!(broker.consumers(SHUTDOWN_QUEUE).await, 0);
-
-    client.close().await.unwrap();
-    broker.cleanup(SHUTDOWN_QUEUE).await;
+    assert_eq!(scene.ready().await, 0, "nothing left on the queue");
+    assert_eq!(scene.broker.consumers(queue).await, 0);
+    scene.finish().await;
     let _ = std::fs::remove_file(log);
 }
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue() {
     const JOBS: u32 = 3;
-    let broker = Broker::connect().await;
-    broker.reset(INTERRUPT_QUEUE).await;
-    let log = effect_log("interrupt");
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    enqueue_effects(&client, long_effect, &log, JOBS, 60_000).await;
-
-    let mut worker = WorkerProcess::spawn(
-        INTERRUPT_QUEUE,
+    let (scene, mut worker, log) = terminate_while_every_job_runs(
+        long_effect,
+        JOBS,
+        60_000,
         &["--concurrency", "4", "--shutdown-timeout", "60s"],
-    );
-    wait_until("every job started", WAIT, || async {
-        effects(&log).len() == JOBS as usize
-    })
+    )
     .await;
-    worker.signal("TERM");
     worker.wait_for_log("stop signal received").await;
     worker.signal("INT");
     let (status, waited) = worker.exit().await;
@@ -211,35 +223,19 @@ async fn a_second_signal_exits_at_once_and_unfinished_jobs_return_to_the_queue()
         waited < Duration::from_secs(20),
         "it did not wait for the 60 s jobs ({waited:?})"
     );
-    // Not acked, so not lost: the broker has them back.
-    wait_until("the unfinished jobs are back", WAIT, || async {
-        broker.ready(INTERRUPT_QUEUE).await == JOBS
-    })
-    .await;
-
-    client.close().await.unwrap();
-    broker.cleanup(INTERRUPT_QUEUE).await;
-    let _ = std::fs::remove_file(log);
+    every_job_back_then_finish(scene, JOBS, log).await;
 }
 
 #[tokio::test]
 async fn jobs_still_running_at_the_shutdown_deadline_are_not_acked() {
     const JOBS: u32 = 2;
-    let broker = Broker::connect().await;
-    broker.reset(DEADLINE_QUEUE).await;
-    let log = effect_log("deadline");
-    let client = Client::connect(&amqp_url()).await.unwrap();
-    enqueue_effects(&client, deadline_effect, &log, JOBS, 30_000).await;
-
-    let worker = WorkerProcess::spawn(
-        DEADLINE_QUEUE,
+    let (scene, worker, log) = terminate_while_every_job_runs(
+        deadline_effect,
+        JOBS,
+        30_000,
         &["--concurrency", "4", "--shutdown-timeout", "1s"],
-    );
-    wait_until("every job started", WAIT, || async {
-        effects(&log).len() == JOBS as usize
-    })
+    )
     .await;
-    worker.signal("TERM");
     let (status, waited) = worker.exit().await;
     assert_eq!(
         status.code(),
@@ -250,31 +246,17 @@ async fn jobs_still_running_at_the_shutdown_deadline_are_not_acked() {
         waited < Duration::from_secs(15),
         "it stopped at the deadline, not after the jobs ({waited:?})"
     );
-    wait_until("the unfinished jobs are back", WAIT, || async {
-        broker.ready(DEADLINE_QUEUE).await == JOBS
-    })
-    .await;
-
-    client.close().await.unwrap();
-    broker.cleanup(DEADLINE_QUEUE).await;
-    let _ = std::fs::remove_file(log);
+    every_job_back_then_finish(scene, JOBS, log).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_fails_the_command_with_a_redacted_one_line_error() {
-    let output = Command::new(WORKER)
-        // One queue whose jobs need no database (the test worker also links a
-        // job with `dedup = true`, which refuses to start without one).
-        .args([
-            "run",
-            "--queues",
-            "eda-test.nack",
-            "--connect-attempts",
-            "2",
-        ])
+    // One queue whose jobs need no database (the test worker also links a
+    // job with `dedup = true`, which refuses to start without one).
+    let queue = <refused as Job>::QUEUE;
+    let output = worker_command!("run", "--queues", queue, "--connect-attempts", "2")
         .env("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:1/%2f")
         .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
         .output()
         .await
         .unwrap();
@@ -290,7 +272,7 @@ async fn an_unreachable_broker_fails_the_command_with_a_redacted_one_line_error(
 
 #[tokio::test]
 async fn worker_jobs_lists_every_linked_job() {
-    let output = Command::new(WORKER).arg("jobs").output().await.unwrap();
+    let output = worker_command!("jobs").output().await.unwrap();
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut lines = stdout.lines();
@@ -313,12 +295,12 @@ async fn worker_jobs_lists_every_linked_job() {
         row,
         [
             "dead_letter_sleeps",
-            "eda-test.dead-letters",
+            <dead_letter_sleeps as Job>::QUEUE,
             "classic",
             "0",
             "5s..10m",
             "200ms",
-            "eda_worker_tests::jobs::dead_letter_sleeps"
+            "eda_worker_tests::jobs::dead_letters::dead_letter_sleeps"
         ]
     );
 }

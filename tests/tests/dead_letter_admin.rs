@@ -2,27 +2,19 @@
 //! was, `replay` runs jobs again as first attempts and removes only what it
 //! replayed, `purge` empties it; and the `worker dlq` command does the same.
 
-use std::process::Stdio;
-
-use eda_worker::dead_letter::{DeadLetters, Replay, queue_name as dead_letter_queue};
-use eda_worker::{Client, Error, Job};
-use eda_worker_tests::jobs::{
-    DLQ_TOOL_CLI_LIST_QUEUE, DLQ_TOOL_CLI_PURGE_QUEUE, DLQ_TOOL_FAILS, DLQ_TOOL_LIMIT_QUEUE,
-    DLQ_TOOL_LIST_QUEUE, DLQ_TOOL_PURGE_QUEUE, DLQ_TOOL_REPLAY_ALL_QUEUE, DLQ_TOOL_REPLAY_ID_QUEUE,
-    DLQ_TOOL_UNKNOWN_ID_QUEUE, Numbered, dlq_tool_cli_list, dlq_tool_cli_purge, dlq_tool_limit,
-    dlq_tool_list, dlq_tool_purge, dlq_tool_replay_all, dlq_tool_replay_id, dlq_tool_unknown_id,
-    runs,
+use eda_worker::{Error, Job};
+use eda_worker_tests::broker::message_id;
+use eda_worker_tests::jobs::Numbered;
+use eda_worker_tests::jobs::dead_letter_admin::{
+    DLQ_TOOL_FAILS, dlq_tool_cli_list, dlq_tool_cli_purge, dlq_tool_limit, dlq_tool_list,
+    dlq_tool_purge, dlq_tool_replay_all, dlq_tool_replay_id, dlq_tool_unknown_id,
 };
-use eda_worker_tests::{Broker, RunningWorker, WAIT, amqp_url, wait_until, worker_config};
-use tokio::process::Command;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_test-worker");
+use eda_worker_tests::jobs::runs;
+use eda_worker_tests::{DeadLetters, Replay, Scene, WAIT, amqp_url, wait_until, worker_command};
 
 /// A job queue with real dead letters, made by a worker that still runs.
 struct Dead {
-    broker: Broker,
-    client: Client,
-    worker: RunningWorker,
+    scene: Scene,
     /// The dead letters' message ids, oldest first.
     ids: Vec<String>,
 }
@@ -31,60 +23,47 @@ impl Dead {
     /// Runs `job` `count` times while it fails, one at a time (so the DLQ
     /// holds them in enqueue order), and waits until all are dead letters.
     async fn letters<J: Job<Args = Numbered>>(job: J, count: u32) -> Self {
-        let broker = Broker::connect().await;
-        broker.reset(J::QUEUE).await;
         DLQ_TOOL_FAILS.set(J::QUEUE, true);
-        let client = Client::connect(&amqp_url()).await.unwrap();
-        let config = worker_config().concurrency(1).prefetch(1);
-        let worker = RunningWorker::start(&broker, J::QUEUE, config).await;
+        let scene = Scene::of(job)
+            .worker_config(|config| config.concurrency(1).prefetch(1))
+            .start()
+            .await;
         let mut ids = Vec::new();
         for n in 0..count {
-            let id = client.enqueue(job, Numbered { n }).await.unwrap();
+            let id = scene.enqueue(job, Numbered { n }).await;
             ids.push(id.to_string());
         }
-        let dlq = dead_letter_queue(J::QUEUE);
-        wait_until("every job is a dead letter", WAIT, || async {
-            broker.ready(&dlq).await == count
-        })
-        .await;
-        Dead {
-            broker,
-            client,
-            worker,
-            ids,
-        }
+        scene.wait_for_dead_letters(count).await;
+        Dead { scene, ids }
     }
 
     /// Waits until the DLQ holds `count` ready messages (borrowed ones are
     /// given back asynchronously), takes them all off and returns their ids,
     /// in queue order.
-    async fn drain_ids(&self, queue: &str, count: usize) -> Vec<String> {
-        let dlq = dead_letter_queue(queue);
-        wait_until("the DLQ holds the expected dead letters", WAIT, || async {
-            usize::try_from(self.broker.ready(&dlq).await).unwrap() == count
-        })
-        .await;
-        self.broker
-            .drain(&dlq)
+    async fn drain_ids(&self, count: u32) -> Vec<String> {
+        self.scene.wait_for_dead_letters(count).await;
+        self.scene
+            .take_dead_letters()
             .await
             .iter()
-            .map(|message| message_id(&message.delivery.properties))
+            .map(message_id)
             .collect()
     }
 
-    async fn finish(self, queue: &str) {
-        self.worker.stop().await.unwrap();
-        self.client.close().await.unwrap();
-        self.broker.cleanup(queue).await;
+    /// [`Dead::drain_ids`] of all the dead letters made.
+    async fn drain_all_ids(&self) -> Vec<String> {
+        self.drain_ids(u32::try_from(self.ids.len()).unwrap()).await
     }
-}
 
-fn message_id(properties: &lapin::BasicProperties) -> String {
-    properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.as_str().to_owned())
-        .unwrap_or_default()
+    /// Waits until the tool counts all the dead letters made again (a
+    /// listing borrows them and gives them back).
+    async fn wait_until_all_back(&self, tool: &DeadLetters) {
+        let count = u32::try_from(self.ids.len()).unwrap();
+        wait_until("the listed dead letters are back", WAIT, || async {
+            tool.count(self.scene.queue()).await.unwrap() == count
+        })
+        .await;
+    }
 }
 
 async fn tool() -> DeadLetters {
@@ -93,7 +72,7 @@ async fn tool() -> DeadLetters {
 
 #[tokio::test]
 async fn list_shows_the_dead_letters_and_leaves_them_in_place_and_in_order() {
-    let queue = DLQ_TOOL_LIST_QUEUE;
+    let queue = <dlq_tool_list as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_list, 5).await;
     let tool = tool().await;
 
@@ -117,10 +96,7 @@ async fn list_shows_the_dead_letters_and_leaves_them_in_place_and_in_order() {
         assert_eq!(letter.body, format!(r#"{{"n":{n}}}"#));
         assert_eq!(letter.size, letter.body.len());
     }
-    wait_until("the listed dead letters are back", WAIT, || async {
-        tool.count(queue).await.unwrap() == 5
-    })
-    .await;
+    dead.wait_until_all_back(&tool).await;
     // Listing twice sees the same: nothing was consumed or reordered.
     let again: Vec<String> = tool
         .list(queue, 100)
@@ -132,17 +108,16 @@ async fn list_shows_the_dead_letters_and_leaves_them_in_place_and_in_order() {
     assert_eq!(again, dead.ids);
     tool.close().await.unwrap();
     assert_eq!(
-        dead.drain_ids(queue, dead.ids.len()).await,
+        dead.drain_all_ids().await,
         dead.ids,
         "the DLQ kept its order"
     );
-
-    dead.finish(queue).await;
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn list_with_a_limit_shows_the_oldest() {
-    let queue = DLQ_TOOL_LIMIT_QUEUE;
+    let queue = <dlq_tool_limit as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_limit, 4).await;
     let tool = tool().await;
 
@@ -150,19 +125,15 @@ async fn list_with_a_limit_shows_the_oldest() {
 
     let ids: Vec<&str> = letters.iter().map(|l| l.message_id.as_str()).collect();
     assert_eq!(ids, dead.ids[..2]);
-    wait_until("the listed dead letters are back", WAIT, || async {
-        tool.count(queue).await.unwrap() == 4
-    })
-    .await;
+    dead.wait_until_all_back(&tool).await;
     tool.close().await.unwrap();
-    assert_eq!(dead.drain_ids(queue, dead.ids.len()).await, dead.ids);
-
-    dead.finish(queue).await;
+    assert_eq!(dead.drain_all_ids().await, dead.ids);
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn replay_of_one_id_runs_that_job_again_and_leaves_the_others() {
-    let queue = DLQ_TOOL_REPLAY_ID_QUEUE;
+    let queue = <dlq_tool_replay_id as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_replay_id, 3).await;
     DLQ_TOOL_FAILS.set(queue, false);
     let tool = tool().await;
@@ -185,17 +156,16 @@ async fn replay_of_one_id_runs_that_job_again_and_leaves_the_others() {
     assert_eq!(ran[0].args, serde_json::json!({ "n": 1 }));
     tool.close().await.unwrap();
     assert_eq!(
-        dead.drain_ids(queue, 2).await,
+        dead.drain_ids(2).await,
         [dead.ids[0].clone(), dead.ids[2].clone()],
         "the others stay, in order"
     );
-
-    dead.finish(queue).await;
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn replay_of_all_runs_every_job_again_and_empties_the_dlq() {
-    let queue = DLQ_TOOL_REPLAY_ALL_QUEUE;
+    let queue = <dlq_tool_replay_all as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_replay_all, 4).await;
     DLQ_TOOL_FAILS.set(queue, false);
     let tool = tool().await;
@@ -213,16 +183,15 @@ async fn replay_of_all_runs_every_job_again_and_empties_the_dlq() {
     expected.sort();
     assert_eq!(ran, expected);
     assert!(runs(queue).iter().all(|run| run.attempt == 0));
-    assert_eq!(dead.broker.ready(&dead_letter_queue(queue)).await, 0);
+    assert_eq!(dead.scene.dead_letters_ready().await, 0);
     assert_eq!(tool.count(queue).await.unwrap(), 0);
     tool.close().await.unwrap();
-
-    dead.finish(queue).await;
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn replay_of_an_unknown_id_is_an_error_and_changes_nothing() {
-    let queue = DLQ_TOOL_UNKNOWN_ID_QUEUE;
+    let queue = <dlq_tool_unknown_id as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_unknown_id, 3).await;
     let tool = tool().await;
 
@@ -231,7 +200,7 @@ async fn replay_of_an_unknown_id_is_an_error_and_changes_nothing() {
         .await
         .unwrap_err();
 
-    let dlq = dead_letter_queue(queue);
+    let dlq = dead.scene.dead_letter_queue();
     match &error {
         Error::DeadLetterNotFound {
             queue: named,
@@ -248,36 +217,37 @@ async fn replay_of_an_unknown_id_is_an_error_and_changes_nothing() {
         "{text}"
     );
     tool.close().await.unwrap();
-    assert_eq!(dead.drain_ids(queue, dead.ids.len()).await, dead.ids);
+    assert_eq!(dead.drain_all_ids().await, dead.ids);
     assert!(runs(queue).is_empty(), "nothing ran");
-
-    dead.finish(queue).await;
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn purge_empties_the_dlq_and_says_how_many() {
-    let queue = DLQ_TOOL_PURGE_QUEUE;
+    let queue = <dlq_tool_purge as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_purge, 3).await;
     let tool = tool().await;
 
     assert_eq!(tool.purge(queue).await.unwrap(), 3);
 
-    assert_eq!(dead.broker.ready(&dead_letter_queue(queue)).await, 0);
+    assert_eq!(dead.scene.dead_letters_ready().await, 0);
     assert_eq!(tool.purge(queue).await.unwrap(), 0);
     tool.close().await.unwrap();
-
-    dead.finish(queue).await;
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn a_missing_dlq_is_reported_by_name() {
-    const QUEUE: &str = "eda-test.dlq-tool-missing";
-    let broker = Broker::connect().await;
-    broker.reset(QUEUE).await;
+    let scene = Scene::on_queue("eda-test.dlq-tool-missing")
+        .workers(0)
+        .start()
+        .await;
+    let queue = scene.queue();
+    let dlq = scene.dead_letter_queue();
     let tool = tool().await;
 
-    let list = tool.list(QUEUE, 10).await.unwrap_err();
-    let purge = tool.purge(QUEUE).await.unwrap_err();
+    let list = tool.list(queue, 10).await.unwrap_err();
+    let purge = tool.purge(queue).await.unwrap_err();
 
     for error in [list, purge] {
         assert!(
@@ -286,33 +256,18 @@ async fn a_missing_dlq_is_reported_by_name() {
         );
     }
     // The failed passive declares took only their own channels down.
-    broker
-        .channel()
-        .await
-        .queue_declare(
-            "eda-test.dlq-tool-missing.dlq".into(),
-            lapin::options::QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(tool.count(QUEUE).await.unwrap(), 0);
+    scene.broker.declare_durable(&dlq, Default::default()).await;
+    assert_eq!(tool.count(queue).await.unwrap(), 0);
     tool.close().await.unwrap();
-    broker.cleanup(QUEUE).await;
+    scene.finish().await;
 }
 
 #[tokio::test]
 async fn the_worker_command_lists_dead_letters_as_json() {
-    let queue = DLQ_TOOL_CLI_LIST_QUEUE;
+    let queue = <dlq_tool_cli_list as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_cli_list, 3).await;
 
-    let output = Command::new(WORKER)
-        .args(["dlq", "list", queue, "--json"])
-        .env("AMQP_URL", amqp_url())
-        .stdin(Stdio::null())
+    let output = worker_command!("dlq", "list", queue, "--json")
         .output()
         .await
         .unwrap();
@@ -331,43 +286,38 @@ async fn the_worker_command_lists_dead_letters_as_json() {
     assert_eq!(listed[2]["error"], "record 2 is broken");
     assert_eq!(listed[2]["source_queue"], queue);
     assert_eq!(listed[2]["body"], r#"{"n":2}"#);
-    assert_eq!(
-        dead.drain_ids(queue, dead.ids.len()).await,
-        dead.ids,
-        "listing kept them"
-    );
-
-    dead.finish(queue).await;
+    assert_eq!(dead.drain_all_ids().await, dead.ids, "listing kept them");
+    dead.scene.finish().await;
 }
 
 #[tokio::test]
 async fn the_worker_command_purges_only_with_yes_when_stdin_is_no_terminal() {
-    let queue = DLQ_TOOL_CLI_PURGE_QUEUE;
+    let queue = <dlq_tool_cli_purge as Job>::QUEUE;
     let dead = Dead::letters(dlq_tool_cli_purge, 2).await;
-    let dlq = dead_letter_queue(queue);
-    let purge = |extra: &'static [&'static str]| {
-        Command::new(WORKER)
-            .args(["dlq", "purge", queue])
-            .args(extra)
-            .env("AMQP_URL", amqp_url())
-            .stdin(Stdio::null())
-            .output()
-    };
 
-    let refused = purge(&[]).await.unwrap();
+    let refused = worker_command!("dlq", "purge", queue)
+        .output()
+        .await
+        .unwrap();
 
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--yes"), "{stderr}");
-    assert_eq!(dead.broker.ready(&dlq).await, 2, "nothing was purged");
+    assert_eq!(
+        dead.scene.dead_letters_ready().await,
+        2,
+        "nothing was purged"
+    );
 
-    let purged = purge(&["--yes"]).await.unwrap();
+    let purged = worker_command!("dlq", "purge", queue, "--yes")
+        .output()
+        .await
+        .unwrap();
 
     let stderr = String::from_utf8_lossy(&purged.stderr);
     assert!(purged.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&purged.stdout);
     assert!(stdout.contains("purged 2"), "{stdout}");
-    assert_eq!(dead.broker.ready(&dlq).await, 0);
-
-    dead.finish(queue).await;
+    assert_eq!(dead.scene.dead_letters_ready().await, 0);
+    dead.scene.finish().await;
 }

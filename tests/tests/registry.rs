@@ -1,5 +1,8 @@
-//! Two `#[job]`s with one wire name linked into one binary: the worker
-//! refuses to start and names both functions.
+//! The job registry: two `#[job]`s with one wire name linked into one
+//! binary make the worker refuse to start, naming both functions.
+//!
+//! (A test binary of its own: its duplicate jobs would stop every worker of
+//! any other test linked with them.)
 
 use eda_worker::prelude::*;
 use eda_worker::{Error, Worker};
@@ -31,18 +34,19 @@ fn two_jobs_with_one_wire_name_stop_the_worker_at_start() {
             error,
             Error::DuplicateJob {
                 name: "charge",
-                first: "duplicates::billing::charge_card",
-                second: "duplicates::legacy::charge"
+                first: "registry::billing::charge_card",
+                second: "registry::legacy::charge"
             }
         ),
         "{error:?}"
     );
     let text = error.to_string();
     assert!(
-        text.contains("`duplicates::billing::charge_card` and `duplicates::legacy::charge`"),
+        text.contains("`registry::billing::charge_card` and `registry::legacy::charge`"),
         "{text}"
     );
     assert!(text.contains("#[job(name = "), "says what to do: {text}");
     // Naming queues does not get around it: the registry as a whole is refused.
-    assert!(Worker::new(worker_config().queues(["eda-test.duplicates"])).is_err());
+    let queue = <billing::charge_card as Job>::QUEUE;
+    assert!(Worker::new(worker_config().queues([queue])).is_err());
 }

@@ -1,0 +1,270 @@
+//! The broker as the tests see it: a raw lapin connection to inspect and
+//! change queues behind the library's back, and `rabbitmqctl` to break
+//! connections on purpose.
+
+use eda_worker::DelayQueues;
+use eda_worker::wire::{HEADER_ERROR, header_text};
+use lapin::message::BasicGetMessage;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::amqp_url;
+
+/// A raw lapin connection for inspecting the broker.
+pub struct Broker {
+    connection: Connection,
+}
+
+impl Broker {
+    /// Connects to `AMQP_URL`.
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must run for the integration tests (see .ci/run)");
+        Broker { connection }
+    }
+
+    /// A fresh channel (a failed operation closes its channel, so tests use one each).
+    pub async fn channel(&self) -> Channel {
+        self.connection
+            .create_channel()
+            .await
+            .expect("open channel")
+    }
+
+    /// Deletes `queue`, its dead-letter queue and its default delay queues,
+    /// so a test starts clean.
+    pub async fn reset(&self, queue: &str) {
+        self.reset_with_delays(queue, &DelayQueues::default()).await;
+    }
+
+    /// [`Broker::reset`], and also the delay queues of `delays` (a test's own buckets).
+    pub async fn reset_with_delays(&self, queue: &str, delays: &DelayQueues) {
+        for name in [queue.to_owned(), eda_worker::dead_letter::queue_name(queue)] {
+            self.delete_queue(&name).await;
+        }
+        for delays in [&DelayQueues::default(), delays] {
+            for bucket in delays.buckets() {
+                self.delete_queue(&delays.name(queue, *bucket)).await;
+            }
+        }
+    }
+
+    /// Deletes `queue` (nothing happens when it does not exist).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel()
+            .await
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+    }
+
+    /// Declares `queue` durable, with `arguments`, as the library would
+    /// (or, with other arguments, as it would not).
+    pub async fn declare_durable(&self, queue: &str, arguments: FieldTable) {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel()
+            .await
+            .queue_declare(queue.into(), durable, arguments)
+            .await
+            .expect("declare queue");
+    }
+
+    /// Messages ready (not delivered to a consumer) in `queue`; 0 when it does not exist.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        self.declare_passive(queue)
+            .await
+            .map_or(0, |(ready, _)| ready)
+    }
+
+    /// Consumers of `queue`; 0 when it does not exist.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        self.declare_passive(queue)
+            .await
+            .map_or(0, |(_, consumers)| consumers)
+    }
+
+    async fn declare_passive(&self, queue: &str) -> Option<(u32, u32)> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = self
+            .channel()
+            .await
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .ok()?;
+        Some((declared.message_count(), declared.consumer_count()))
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key` and waits for the
+    /// confirm, as a foreign or broken producer would (no library involved).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        self.channel()
+            .await
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("publish confirm");
+    }
+
+    /// Takes one message off `queue` (acked), or `None` when it is empty.
+    pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        self.channel()
+            .await
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+    }
+
+    /// Takes every message off `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self.get(queue).await {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// Empties `queue`.
+    pub async fn purge(&self, queue: &str) {
+        self.channel()
+            .await
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .expect("purge");
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// The properties a foreign producer sets on a raw message: its id and,
+/// unless `None`, its `type` (the job's wire name).
+pub fn foreign_properties(message_id: &str, kind: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default().with_message_id(message_id.into());
+    match kind {
+        Some(kind) => properties.with_type(kind.into()),
+        None => properties,
+    }
+}
+
+/// The message's `message_id` property, or `""` when it has none.
+pub fn message_id(message: &BasicGetMessage) -> String {
+    message
+        .delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// The message of `messages` whose id is `id`; panics when none is.
+pub fn find_message<'a>(messages: &'a [BasicGetMessage], id: &str) -> &'a BasicGetMessage {
+    messages
+        .iter()
+        .find(|message| message_id(message) == id)
+        .unwrap_or_else(|| panic!("message {id} is not among the {}", messages.len()))
+}
+
+/// The `x-eda-error` header of a dead letter, or `""` when it has none.
+pub fn error_header(message: &BasicGetMessage) -> String {
+    header_text(&message.delivery.properties, HEADER_ERROR).unwrap_or_default()
+}
+
+/// Runs `rabbitmqctl` with `args`, asserting it succeeds, and returns its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A RabbitMQ policy set for one test, cleared when dropped, so that a
+/// failing test does not leave it to change the next run.
+pub struct Policy {
+    name: String,
+}
+
+impl Policy {
+    /// Sets a policy with `definition` (JSON) on the queues whose names
+    /// match `pattern`, named `<prefix>-<uuid>`.
+    pub fn on_queues(prefix: &str, pattern: &str, definition: &str) -> Self {
+        let name = format!("{prefix}-{}", uuid::Uuid::new_v4());
+        rabbitmqctl(&[
+            "set_policy",
+            &name,
+            pattern,
+            definition,
+            "--apply-to",
+            "queues",
+        ]);
+        Policy { name }
+    }
+
+    /// Whether the broker applies this policy to `queue` now.
+    pub fn applies_to(&self, queue: &str) -> bool {
+        rabbitmqctl(&["list_queues", "-q", "name", "policy"])
+            .lines()
+            .any(|line| line.starts_with(queue) && line.contains(&self.name))
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        // Not `rabbitmqctl()`: a failure to clean up must not panic in a drop.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["clear_policy", &self.name])
+            .output();
+    }
+}
+
+/// The RabbitMQ process id of the connection named `name`.
+pub fn connection_pid(name: &str) -> Option<String> {
+    rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])
+        .lines()
+        .find(|line| line.contains(&format!("\"{name}\"")))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// Has RabbitMQ close the connection whose process id is `pid`, as a broker
+/// restart or a network cut would.
+pub fn close_connection(pid: &str) {
+    rabbitmqctl(&["close_connection", pid, "test: dropping the connection"]);
+}
+
+/// A connection name no other test uses, for finding it in `rabbitmqctl`.
+pub fn unique_connection_name(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
