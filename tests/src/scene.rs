@@ -14,8 +14,8 @@
 //! # }
 //! ```
 
-use eda_worker::postgres::Database;
 use eda_worker::dead_letter::queue_name as dead_letter_queue;
+use eda_worker::postgres::Database;
 use eda_worker::{Client, ClientOptions, DelayQueues, EnqueueOptions, Job, Worker, WorkerConfig};
 use lapin::message::BasicGetMessage;
 use tokio::task::JoinHandle;
