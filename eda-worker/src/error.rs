@@ -157,7 +157,7 @@ pub enum Error {
         second: &'static str,
     },
 
-    /// A job's queue name breaks the rules of [`crate::job::queue_name`].
+    /// A job's queue name breaks the rules (see [`crate::Registry::from_definitions`]).
     #[error("job `{job}` cannot use queue `{queue}`: {reason}")]
     InvalidQueueName {
         /// The queue name.

@@ -20,7 +20,8 @@ pub(crate) struct ConnectPolicy {
     pub(crate) backoff: Backoff,
     /// How long one attempt (TCP, TLS, AMQP handshake) may take.
     pub(crate) attempt_timeout: Duration,
-    /// Retry a refused login or vhost too (a running worker waits them out).
+    /// Retry a refused login or vhost too. No caller sets it yet: a refusal
+    /// ends the attempts at once, and a running worker with them.
     pub(crate) retry_refusals: bool,
 }
 

@@ -4,12 +4,13 @@
 
 mod context;
 mod error;
-pub mod queue_name;
+mod queue_name;
 mod registry;
 
 pub(crate) use context::{FollowUps, SharedTx, TxSlot};
 pub use context::{JobContext, JobTx};
 pub use error::{JobError, JobErrorKind};
+pub use queue_name::MAX_QUEUE_NAME;
 pub use registry::Registry;
 
 use std::future::Future;

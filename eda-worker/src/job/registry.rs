@@ -16,12 +16,19 @@ pub struct Registry {
 impl Registry {
     /// Every `#[job]` linked into this binary.
     ///
-    /// Fails when two jobs share a wire name, naming both functions.
+    /// Fails as [`Registry::from_definitions`] does.
     pub fn from_linked_jobs() -> Result<Self, Error> {
         Self::from_definitions(inventory::iter::<JobDefinition>.into_iter().copied())
     }
 
     /// A registry of the given definitions (for tests and embedding).
+    ///
+    /// Fails when two jobs share a wire name (naming both functions), when
+    /// jobs of one queue declare different queue types, or when a queue name
+    /// breaks the rules: 1 to [`MAX_QUEUE_NAME`](crate::job::MAX_QUEUE_NAME)
+    /// bytes of letters, digits, `.`, `_`, `-` and `:`, not `amq.`-prefixed,
+    /// and not named like another queue's dead-letter queue (`x.dlq`) or
+    /// delay queue (`x.delay.5s`).
     pub fn from_definitions(
         definitions: impl IntoIterator<Item = JobDefinition>,
     ) -> Result<Self, Error> {

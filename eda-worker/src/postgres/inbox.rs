@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::Database;
+use crate::retry::cancelled_within;
 
 /// What beginning a job's transaction found.
 pub(crate) enum Begun {
@@ -107,11 +108,7 @@ pub(crate) async fn prune_periodically(
     token: CancellationToken,
 ) {
     let mut pause = FIRST_PRUNE;
-    // `timeout` of the cancellation: Ok once the token is cancelled.
-    while tokio::time::timeout(pause, token.cancelled())
-        .await
-        .is_err()
-    {
+    while !cancelled_within(pause, &token).await {
         match database.prune_inbox(retention).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, retention = ?retention, "pruned the inbox"),

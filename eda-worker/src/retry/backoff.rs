@@ -20,14 +20,17 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 /// The share of a delay that jitter may add or take away (± 25 %), so that
 /// jobs that failed together do not all come back at the same instant.
 pub(crate) const JITTER: f64 = 0.25;
 
-/// The bounds of a job's retry delays.
+/// Exponential backoff between two bounds: a job's retry delays
+/// (`#[job(backoff = "1s..10m")]`), and eda-worker's own waits between tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    /// The delay before the first retry (before jitter), and the shortest delay.
+    /// The first delay (before jitter), and the shortest.
     pub min: Duration,
     /// The longest delay.
     pub max: Duration,
@@ -119,6 +122,28 @@ impl Pauses {
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
+
+    /// The pause after a session that failed once it had `lived`: from the
+    /// shortest again after a session that lived `healthy` or longer, the
+    /// next longer one after a session that died early.
+    pub(crate) fn after_session(&mut self, lived: Duration, healthy: Duration) -> Duration {
+        if lived >= healthy {
+            self.reset();
+        }
+        self.next_pause()
+    }
+}
+
+/// The pauses between two broker sessions of the worker and of the outbox
+/// relay: from 1 s, doubling, at most 30 s.
+pub(crate) const RECONNECT: Backoff = Backoff {
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
+/// Waits up to `pause` for `token`; true when it was cancelled meanwhile.
+pub(crate) async fn cancelled_within(pause: Duration, token: &CancellationToken) -> bool {
+    tokio::time::timeout(pause, token.cancelled()).await.is_ok()
 }
 
 #[cfg(test)]
@@ -180,6 +205,14 @@ mod tests {
         assert!(pauses.next_pause() <= Duration::from_secs(30));
         pauses.reset();
         assert!(within(pauses.next_pause(), 1.0));
+        assert!(within(
+            pauses.after_session(Duration::from_secs(1), Duration::from_secs(10)),
+            2.0
+        ));
+        assert!(within(
+            pauses.after_session(Duration::from_secs(10), Duration::from_secs(10)),
+            1.0
+        ));
     }
 
     #[test]

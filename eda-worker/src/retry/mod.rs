@@ -20,6 +20,6 @@ mod backoff;
 mod delay;
 pub(crate) mod schedule;
 
-pub(crate) use backoff::Pauses;
 pub use backoff::{Backoff, DEFAULT_BACKOFF};
+pub(crate) use backoff::{Pauses, RECONNECT, cancelled_within};
 pub use delay::{DEFAULT_DELAY_BUCKETS, DELAY_SUFFIX, DelayQueues};

@@ -48,7 +48,8 @@ pub struct Worker {
 impl Worker {
     /// A worker for every `#[job]` linked into this binary.
     ///
-    /// Fails when two jobs share a wire name, or the configuration names a
+    /// Fails when two jobs share a wire name, a queue name breaks the rules
+    /// (see [`Registry::from_definitions`]), or the configuration names a
     /// queue no job uses.
     pub fn new(config: WorkerConfig) -> Result<Self, Error> {
         Self::with_registry(config, Registry::from_linked_jobs()?)
@@ -93,14 +94,17 @@ impl Worker {
     /// attempts, and a refused login at once. Once running, the worker rides
     /// out broker restarts: it reconnects for as long as it takes (backing off
     /// up to 30 s between attempts), and returns an error only for what
-    /// waiting cannot fix: a queue declared with other arguments.
+    /// waiting cannot fix: a queue declared with other arguments, or a
+    /// refused login or vhost.
     ///
     /// With a database, the outbox relay (unless turned off) and the inbox
-    /// pruner run beside the consumers, on a task tracker of the worker's,
-    /// and stop with them.
+    /// pruner run beside the consumers, on a task tracker of the worker's;
+    /// they are cancelled with the token, and `run` returns once they and
+    /// the consumers have stopped.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
         let background = TaskTracker::new();
         let background_token = token.child_token();
+        let mut handles = Vec::new();
         if let Some(database) = &self.config.database {
             // Before the relay and the pruner, which need the tables.
             if self.config.migrate {
@@ -123,22 +127,28 @@ impl Worker {
                 let relay = Relay::new(database.clone(), self.config.amqp_url.clone())
                     .delay_queues(self.config.delay_queues.clone());
                 let relay_token = background_token.clone();
-                background.spawn(async move {
+                handles.push(background.spawn(async move {
                     if let Err(error) = relay.run(relay_token).await {
                         tracing::error!(error = %error_chain_text(&error), "outbox relay failed");
                     }
-                });
+                }));
             }
-            background.spawn(inbox::prune_periodically(
+            handles.push(background.spawn(inbox::prune_periodically(
                 database.clone(),
                 self.config.inbox_retention,
                 background_token.clone(),
-            ));
+            )));
         }
         background.close();
         let result = self.run_sessions(token).await;
         background_token.cancel();
         background.wait().await;
+        for handle in handles {
+            // Finished: the tracker waited for it. An error is a panic.
+            if let Err(error) = handle.await {
+                tracing::error!(error = %error, "the outbox relay or the inbox pruner panicked");
+            }
+        }
         result
     }
 }

@@ -15,16 +15,11 @@ use super::{Worker, jobs_outliving};
 use crate::Error;
 use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
 use crate::error::error_chain_text;
-use crate::retry::{Backoff, Pauses};
+use crate::retry::Backoff;
+use crate::retry::{Pauses, RECONNECT, cancelled_within};
 
 /// How often acks are flushed when a batch has not filled.
 const ACK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// The pauses between two sessions: from 1 s, doubling, at most 30 s.
-const RECONNECT_BACKOFF: Backoff = Backoff {
-    min: Duration::from_secs(1),
-    max: Duration::from_secs(30),
-};
 
 /// A session that lived this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
@@ -58,7 +53,7 @@ impl Worker {
             );
         }
         let mut started = false;
-        let mut pauses = Pauses::new(RECONNECT_BACKOFF);
+        let mut pauses = Pauses::new(RECONNECT);
         loop {
             let opened = tokio::select! {
                 () = token.cancelled() => return Ok(()),
@@ -91,10 +86,7 @@ impl Worker {
                 Err(error) => {
                     // A session that keeps dying at once (a deleted dead-letter queue that
                     // cannot be declared, say) backs off instead of spinning.
-                    if session_started.elapsed() >= STABLE_SESSION {
-                        pauses.reset();
-                    }
-                    let pause = pauses.next_pause();
+                    let pause = pauses.after_session(session_started.elapsed(), STABLE_SESSION);
                     tracing::error!(error = %error_chain_text(&error), retry_in = ?pause, "lost the broker; reconnecting");
                     if cancelled_within(pause, &token).await {
                         return Ok(());
@@ -109,10 +101,14 @@ impl Worker {
     /// it, attempts are unbounded (the caller stops them with the token).
     async fn open(&self, started: bool) -> Result<Connection, Error> {
         let policy = if started {
+            let default = ConnectPolicy::default();
             ConnectPolicy {
                 attempts: usize::MAX,
-                backoff: Backoff::new(Duration::from_millis(200), RECONNECT_BACKOFF.max),
-                ..ConnectPolicy::default()
+                backoff: Backoff {
+                    max: RECONNECT.max,
+                    ..default.backoff
+                },
+                ..default
             }
         } else {
             ConnectPolicy {
@@ -203,9 +199,4 @@ async fn close_connection(connection: &Connection) {
         Ok(Err(error)) => tracing::debug!(error = %error, "connection close failed"),
         Err(_) => tracing::warn!("the broker did not answer the connection close in time"),
     }
-}
-
-/// Waits up to `pause` for `token`; true when it was cancelled meanwhile.
-async fn cancelled_within(pause: Duration, token: &CancellationToken) -> bool {
-    tokio::time::timeout(pause, token.cancelled()).await.is_ok()
 }

@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use crate::raw::Format;
 use crate::report::{Latencies, Row, Table};
 
-/// Queue of the raw lapin baselines.
 /// The database when `DATABASE_URL` is not set.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -40,6 +39,7 @@ fn now_millis() -> u64 {
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Queue of the raw lapin baselines.
 const RAW_QUEUE: &str = "eda-bench.raw";
 /// Queue of the eda-worker figures.
 const EDA_QUEUE: &str = "eda-bench.noop";

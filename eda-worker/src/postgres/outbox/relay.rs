@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, ConnectPolicy, Publisher, redact_url};
 use crate::postgres::Database;
-use crate::retry::{Backoff, Pauses};
+use crate::retry::{Pauses, RECONNECT, cancelled_within};
 use crate::{DelayQueues, Error};
 
 /// Rows claimed per pass.
@@ -42,12 +42,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A session that ran this long before failing was healthy: the next
 /// reconnect starts again from the shortest pause.
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
-
-/// The pauses between two sessions: from 1 s, doubling, at most 30 s.
-const RECONNECT_BACKOFF: Backoff = Backoff {
-    min: Duration::from_secs(1),
-    max: Duration::from_secs(30),
-};
 
 /// Publishes the outbox of one database to RabbitMQ.
 #[derive(Clone)]
@@ -107,7 +101,7 @@ impl Relay {
     ///
     /// Cancelled, it finishes the batches in flight (up to 10 s) and stops.
     pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
-        let mut pauses = Pauses::new(RECONNECT_BACKOFF);
+        let mut pauses = Pauses::new(RECONNECT);
         loop {
             let started = std::time::Instant::now();
             let ended = tokio::select! {
@@ -120,17 +114,13 @@ impl Relay {
                     return Ok(());
                 }
             };
-            if started.elapsed() >= HEALTHY_SESSION {
-                pauses.reset();
-            }
             match ended {
                 Ok(()) => return Ok(()),
                 Err(error) => {
-                    let pause = pauses.next_pause();
+                    let pause = pauses.after_session(started.elapsed(), HEALTHY_SESSION);
                     tracing::error!(error = %crate::error::error_chain_text(&error), retry_in = ?pause, "outbox relay failed; starting again");
-                    tokio::select! {
-                        () = token.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(pause) => {}
+                    if cancelled_within(pause, &token).await {
+                        return Ok(());
                     }
                 }
             }
