@@ -139,78 +139,33 @@ impl WorkerConfig {
         self
     }
 
-    /// Handlers in flight per queue.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
-        self
-    }
-
-    /// Unacked messages per queue.
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = Some(prefetch);
-        self
-    }
-
-    /// How long a stopping worker lets running jobs finish.
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Connection attempts before giving up.
-    pub fn connect_attempts(mut self, attempts: usize) -> Self {
-        self.connect_attempts = attempts;
-        self
-    }
-
-    /// Names the worker's connection (shown by `rabbitmqctl list_connections`).
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = name.into();
-        self
-    }
-
-    /// The TTLs of each job queue's delay queues, for retries.
-    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
-        self.delay_queues = delays;
-        self
-    }
-
-    /// The largest message body handled; larger ones are dead-lettered unrun.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
-
-    /// The broker's `consumer_timeout` (as set in rabbitmq.conf), so that the
-    /// worker warns at start about jobs whose timeout exceeds it.
-    pub fn consumer_timeout(mut self, timeout: Duration) -> Self {
-        self.consumer_timeout = timeout;
-        self
-    }
-
-    /// PostgreSQL for handlers' transactions and the inbox (dedup).
-    pub fn database(mut self, database: Database) -> Self {
-        self.database = Some(database);
-        self
-    }
-
-    /// Apply eda-worker's migrations when the worker starts.
-    pub fn migrate_on_start(mut self, migrate: bool) -> Self {
-        self.migrate = migrate;
-        self
-    }
-
-    /// Run the outbox relay inside the worker (on by default when a database
-    /// is configured; turn it off to run `worker relay` apart).
-    pub fn relay(mut self, relay: bool) -> Self {
-        self.relay = relay;
-        self
-    }
-
-    /// How long processed message ids stay in the inbox (7 days by default).
-    pub fn inbox_retention(mut self, retention: Duration) -> Self {
-        self.inbox_retention = retention;
-        self
+    setters! {
+        /// Handlers in flight per queue.
+        concurrency(usize) => concurrency;
+        /// Unacked messages per queue.
+        prefetch(u16) => prefetch;
+        /// How long a stopping worker lets running jobs finish.
+        shutdown_timeout(Duration) => shutdown_timeout;
+        /// Connection attempts before giving up.
+        connect_attempts(usize) => connect_attempts;
+        /// Names the worker's connection (shown by `rabbitmqctl list_connections`).
+        connection_name(impl Into<String>) => connection_name;
+        /// The TTLs of each job queue's delay queues, for retries.
+        delay_queues(DelayQueues) => delay_queues;
+        /// The largest message body handled; larger ones are dead-lettered unrun.
+        max_message_size(usize) => max_message_size;
+        /// The broker's `consumer_timeout` (as set in rabbitmq.conf), so that the
+        /// worker warns at start about jobs whose timeout exceeds it.
+        consumer_timeout(Duration) => consumer_timeout;
+        /// PostgreSQL for handlers' transactions and the inbox (dedup).
+        database(Database) => database;
+        /// Apply eda-worker's migrations when the worker starts.
+        migrate_on_start(bool) => migrate;
+        /// Run the outbox relay inside the worker (on by default when a database
+        /// is configured; turn it off to run `worker relay` apart).
+        relay(bool) => relay;
+        /// How long processed message ids stay in the inbox (7 days by default).
+        inbox_retention(Duration) => inbox_retention;
     }
 
     /// The prefetch in force: the configured one, or 4 × concurrency (at most 65535).

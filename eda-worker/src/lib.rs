@@ -35,6 +35,19 @@
 #[allow(unused_extern_crates)]
 extern crate self as eda_worker;
 
+/// Builder methods that each set one field and return `self`: a line
+/// `/// doc` + `name(Type) => field;` per method. The value goes through
+/// `Into`, so `impl Into<String>` works, and a `T` fills an `Option<T>`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($value:ty) => $field:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: $value) -> Self {
+            self.$field = value.into();
+            self
+        }
+    )*};
+}
+
 mod broker;
 pub mod cli;
 mod client;

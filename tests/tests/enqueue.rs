@@ -1,4 +1,4 @@
-//! Enqueue: confirmed publishes with the wire format of DESIGN.md, typed
+//! Enqueue: confirmed publishes in the wire format of docs/wire-format.md, typed
 //! arguments that arrive intact, and loud failures.
 
 use eda_worker::wire::{HEADER_ATTEMPT, header_u64};

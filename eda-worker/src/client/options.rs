@@ -41,22 +41,13 @@ impl Default for ClientOptions {
 }
 
 impl ClientOptions {
-    /// Names the connection (e.g. after the app: `"checkout-web"`).
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.connection_name = name.into();
-        self
-    }
-
-    /// The delay queues scheduled jobs go through.
-    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
-        self.delay_queues = delays;
-        self
-    }
-
-    /// The largest arguments (as JSON bytes) this client enqueues.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
+    setters! {
+        /// Names the connection (e.g. after the app: `"checkout-web"`).
+        connection_name(impl Into<String>) => connection_name;
+        /// The delay queues scheduled jobs go through.
+        delay_queues(DelayQueues) => delay_queues;
+        /// The largest arguments (as JSON bytes) this client enqueues.
+        max_message_size(usize) => max_message_size;
     }
 }
 

@@ -155,30 +155,34 @@ mod tests {
         assert!(registry.queues().contains(&"registry-test"));
     }
 
-    /// Jobs implemented by hand, so that they stay out of the linked registry.
-    #[derive(Debug, Default, Clone, Copy)]
-    struct OnClassic;
-    #[derive(Debug, Default, Clone, Copy)]
-    struct OnQuorum;
+    /// A no-op job implemented by hand (so that it stays out of the linked
+    /// registry) with this wire name, queue and queue type.
+    macro_rules! hand_written_job {
+        ($job:ident, $name:literal, $queue:literal, $queue_type:ident) => {
+            #[derive(Debug, Default, Clone, Copy)]
+            struct $job;
 
-    impl Job for OnClassic {
-        type Args = ();
-        const NAME: &'static str = "on_classic";
-        const QUEUE: &'static str = "shared";
-        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
-            Ok(())
-        }
+            impl Job for $job {
+                type Args = ();
+                const NAME: &'static str = $name;
+                const QUEUE: &'static str = $queue;
+                const QUEUE_TYPE: crate::QueueType = crate::QueueType::$queue_type;
+                async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
+                    Ok(())
+                }
+            }
+        };
     }
 
-    impl Job for OnQuorum {
-        type Args = ();
-        const NAME: &'static str = "on_quorum";
-        const QUEUE: &'static str = "shared";
-        const QUEUE_TYPE: crate::QueueType = crate::QueueType::Quorum;
-        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
-            Ok(())
-        }
-    }
+    hand_written_job!(OnClassic, "on_classic", "shared", Classic);
+    hand_written_job!(OnQuorum, "on_quorum", "shared", Quorum);
+    // Its queue is another queue's dead-letter queue.
+    hand_written_job!(
+        OnADeadLetterQueue,
+        "on_a_dead_letter_queue",
+        "email.dlq",
+        Classic
+    );
 
     #[test]
     fn jobs_of_one_queue_must_agree_on_its_type() {
@@ -191,19 +195,6 @@ mod tests {
             error.to_string(),
             "jobs `app::on_classic` (classic) and `app::on_quorum` (quorum) share queue `shared` but declare different queue types; give them the same `queue_type`"
         );
-    }
-
-    /// A hand-written job whose queue is another queue's dead-letter queue.
-    #[derive(Debug, Default, Clone, Copy)]
-    struct OnADeadLetterQueue;
-
-    impl Job for OnADeadLetterQueue {
-        type Args = ();
-        const NAME: &'static str = "on_a_dead_letter_queue";
-        const QUEUE: &'static str = "email.dlq";
-        async fn call(&self, _ctx: JobContext, _args: ()) -> Result<(), JobError> {
-            Ok(())
-        }
     }
 
     #[test]

@@ -83,16 +83,11 @@ impl Relay {
         self
     }
 
-    /// How often to look for rows without a notification.
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
-        self
-    }
-
-    /// The delay queues scheduled rows go through.
-    pub fn delay_queues(mut self, delays: DelayQueues) -> Self {
-        self.delays = delays;
-        self
+    setters! {
+        /// How often to look for rows without a notification.
+        poll_interval(Duration) => poll_interval;
+        /// The delay queues scheduled rows go through.
+        delay_queues(DelayQueues) => delays;
     }
 
     /// Publishes rows until `token` is cancelled. Reconnects to the broker and
