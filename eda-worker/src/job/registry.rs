@@ -155,6 +155,11 @@ mod tests {
         assert!(registry.queues().contains(&"registry-test"));
     }
 
+    /// Why the registry refuses `definitions`.
+    fn refusal(definitions: impl IntoIterator<Item = JobDefinition>) -> Error {
+        Registry::from_definitions(definitions).unwrap_err()
+    }
+
     /// A no-op job implemented by hand (so that it stays out of the linked
     /// registry) with this wire name, queue and queue type.
     macro_rules! hand_written_job {
@@ -186,11 +191,10 @@ mod tests {
 
     #[test]
     fn jobs_of_one_queue_must_agree_on_its_type() {
-        let error = Registry::from_definitions([
+        let error = refusal([
             JobDefinition::of::<OnClassic>("app::on_classic"),
             JobDefinition::of::<OnQuorum>("app::on_quorum"),
-        ])
-        .unwrap_err();
+        ]);
         assert_eq!(
             error.to_string(),
             "jobs `app::on_classic` (classic) and `app::on_quorum` (quorum) share queue `shared` but declare different queue types; give them the same `queue_type`"
@@ -199,10 +203,9 @@ mod tests {
 
     #[test]
     fn queue_names_are_checked_for_hand_written_jobs_too() {
-        let error = Registry::from_definitions([JobDefinition::of::<OnADeadLetterQueue>(
+        let error = refusal([JobDefinition::of::<OnADeadLetterQueue>(
             "app::on_a_dead_letter_queue",
-        )])
-        .unwrap_err();
+        )]);
         assert_eq!(
             error.to_string(),
             "job `app::on_a_dead_letter_queue` cannot use queue `email.dlq`: it collides with the dead-letter queue of `email`; choose a name that does not end in `.dlq`"
@@ -247,11 +250,10 @@ mod tests {
 
     #[test]
     fn two_jobs_with_one_wire_name_are_refused_naming_both() {
-        let error = Registry::from_definitions([
+        let error = refusal([
             JobDefinition::of::<greet>("app::a::greet"),
             JobDefinition::of::<greet>("app::b::greet"),
-        ])
-        .unwrap_err();
+        ]);
         assert!(matches!(
             error,
             Error::DuplicateJob {

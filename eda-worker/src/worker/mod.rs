@@ -213,12 +213,16 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn jobs_outliving_the_consumer_timeout_are_found() {
-        let jobs = [
+    fn reports() -> [JobDefinition; 2] {
+        [
             JobDefinition::of::<long_report>("t::long_report"),
             JobDefinition::of::<short_report>("t::short_report"),
-        ];
+        ]
+    }
+
+    #[test]
+    fn jobs_outliving_the_consumer_timeout_are_found() {
+        let jobs = reports();
         let named: Vec<_> = jobs_outliving(&jobs, crate::DEFAULT_CONSUMER_TIMEOUT)
             .iter()
             .map(|job| job.name)
@@ -229,11 +233,7 @@ mod tests {
 
     #[test]
     fn only_queues_a_job_uses_can_be_selected() {
-        let registry = Registry::from_definitions([
-            JobDefinition::of::<long_report>("t::long_report"),
-            JobDefinition::of::<short_report>("t::short_report"),
-        ])
-        .unwrap();
+        let registry = Registry::from_definitions(reports()).unwrap();
         assert_eq!(select_queues(&registry, &[]).unwrap(), ["long-jobs-test"]);
         let error = select_queues(&registry, &["nope".to_owned()]).unwrap_err();
         assert_eq!(

@@ -404,24 +404,12 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         eda_publish.rate(),
         raw_publish.rate(),
     ));
-    for percentile in [50.0, 99.0] {
-        table.push(Row::latency(
-            &format!("  p{percentile} latency (ms)"),
-            eda_publish.p(percentile),
-            raw_publish.p(percentile),
-        ));
-    }
+    push_percentiles(&mut table, "  ", &eda_publish, &raw_publish);
     table.push(Row::baseline(
         "  raw lapin, bare messages (msg/s)",
         bare_publish.rate(),
     ));
-    for percentile in [50.0, 99.0] {
-        table.push(Row::latency(
-            &format!("single caller p{percentile} latency (ms)"),
-            eda_single.p(percentile),
-            raw_single.p(percentile),
-        ));
-    }
+    push_percentiles(&mut table, "single caller ", &eda_single, &raw_single);
 
     // Draining: each drain reads a backlog of n messages published just before it
     // (untimed), so that every drain finds the broker in the same state; the
@@ -686,4 +674,15 @@ fn peak_rss_kb() -> u64 {
                 .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The p50 and p99 latency rows of two runs, labelled `{prefix}p50 latency (ms)`.
+fn push_percentiles(table: &mut Table, prefix: &str, eda: &Latencies, raw: &Latencies) {
+    for percentile in [50.0, 99.0] {
+        table.push(Row::latency(
+            &format!("{prefix}p{percentile} latency (ms)"),
+            eda.p(percentile),
+            raw.p(percentile),
+        ));
+    }
 }

@@ -11,8 +11,7 @@ use eda_worker::postgres::{Database, Schema};
 use eda_worker::prelude::*;
 use eda_worker::{Worker, WorkerConfig, amqp_url_from_env};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use lapin::{Connection, ConnectionProperties};
 use sqlx::AssertSqlSafe;
 use tokio::sync::Notify;
@@ -197,14 +196,7 @@ async fn relay_latency(database: &Database, samples: u64) -> anyhow::Result<Late
     channel
         .queue_purge(RELAY_QUEUE.into(), Default::default())
         .await?;
-    let mut consumer = channel
-        .basic_consume(
-            RELAY_QUEUE.into(),
-            "latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = crate::raw::consume(&channel, RELAY_QUEUE, "latency").await?;
     let token = CancellationToken::new();
     let relay = tokio::spawn(Relay::new(database.clone(), url).run(token.clone()));
     let outbox = Outbox::in_schema(Schema::new(SCHEMA)?);

@@ -18,6 +18,44 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::Latencies;
 
+/// Publishes `body` to `queue` through the default exchange, `mandatory`,
+/// and fails unless the broker confirms it (acked, not returned).
+async fn publish_confirmed(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> anyhow::Result<()> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let confirm = channel
+        .basic_publish("".into(), queue.into(), options, body, properties)
+        .await?
+        .await?;
+    if confirm != Confirmation::Ack(None) {
+        bail!("raw publish to `{queue}` not confirmed: {confirm:?}");
+    }
+    Ok(())
+}
+
+/// A consumer of `queue` tagged `tag`, with default options.
+pub(crate) async fn consume(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> anyhow::Result<lapin::Consumer> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
 /// Which properties the raw messages carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -154,23 +192,7 @@ pub(crate) async fn publish<T: Serialize + 'static>(
         let channel = channel.clone();
         async move {
             let body = serde_json::to_vec(&payload(n))?;
-            let options = BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            };
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    options,
-                    &body,
-                    format.properties(n),
-                )
-                .await?
-                .await?;
-            if confirm != Confirmation::Ack(None) {
-                bail!("raw publish not confirmed: {confirm:?}");
-            }
+            publish_confirmed(&channel, queue, &body, format.properties(n)).await?;
             Ok(())
         }
     })
@@ -202,14 +224,7 @@ pub(crate) async fn drain(
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                format!("raw-{index}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumer = consume(&channel, queue, &format!("raw-{index}")).await?;
         let (done, finished) = (done.clone(), finished.clone());
         tasks.spawn(async move {
             let mut unacked = 0u64;
@@ -274,14 +289,7 @@ pub(crate) async fn fail_once_drain(
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "raw-fail-once".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = consume(&channel, queue, "raw-fail-once").await?;
     let started = Instant::now();
     let mut done = 0;
     let mut republishes = tokio::task::JoinSet::new();
@@ -313,23 +321,7 @@ pub(crate) async fn fail_once_drain(
         let properties = delivery.properties.clone().with_headers(headers);
         let (publisher, delay_queue) = (publisher.clone(), delay_queue.to_owned());
         republishes.spawn(async move {
-            let options = BasicPublishOptions {
-                mandatory: true,
-                immediate: false,
-            };
-            let confirm = publisher
-                .basic_publish(
-                    "".into(),
-                    delay_queue.as_str().into(),
-                    options,
-                    &delivery.data,
-                    properties,
-                )
-                .await?
-                .await?;
-            if confirm != Confirmation::Ack(None) {
-                bail!("raw republish not confirmed: {confirm:?}");
-            }
+            publish_confirmed(&publisher, &delay_queue, &delivery.data, properties).await?;
             delivery.acker.ack(BasicAckOptions::default()).await?;
             anyhow::Ok(())
         });
