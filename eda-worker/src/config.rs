@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// makes the broker close the consumer's channel.
 pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// How far ahead a message may be due when not configured: a year.
+pub const DEFAULT_ETA_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `AMQP_URL`, or [`DEFAULT_AMQP_URL`].
 pub fn amqp_url_from_env() -> String {
     std::env::var("AMQP_URL")
@@ -70,6 +73,9 @@ pub struct WorkerConfig {
     pub max_message_size: usize,
     /// The broker's `consumer_timeout`, to warn about jobs that may outlive it.
     pub consumer_timeout: Duration,
+    /// How far ahead a message may be due (`x-eda-eta`); a message due
+    /// further ahead is dead-lettered, taken for a mistake.
+    pub eta_horizon: Duration,
     /// PostgreSQL for handlers' transactions and the inbox; `None`: jobs run
     /// without dedup and `ctx.tx()` is an error.
     pub database: Option<Database>,
@@ -95,6 +101,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("delay_queues", &self.delay_queues)
             .field("max_message_size", &self.max_message_size)
             .field("consumer_timeout", &self.consumer_timeout)
+            .field("eta_horizon", &self.eta_horizon)
             .field("database", &self.database)
             .field("migrate", &self.migrate)
             .field("relay", &self.relay)
@@ -117,6 +124,7 @@ impl WorkerConfig {
             delay_queues: DelayQueues::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
+            eta_horizon: DEFAULT_ETA_HORIZON,
             database: None,
             migrate: false,
             relay: true,
@@ -157,6 +165,9 @@ impl WorkerConfig {
         /// The broker's `consumer_timeout` (as set in rabbitmq.conf), so that the
         /// worker warns at start about jobs whose timeout exceeds it.
         consumer_timeout(Duration) => consumer_timeout;
+        /// How far ahead a message may be due; one due further ahead is
+        /// dead-lettered (a year by default).
+        eta_horizon(Duration) => eta_horizon;
         /// PostgreSQL for handlers' transactions and the inbox (dedup).
         database(Database) => database;
         /// Apply eda-worker's migrations when the worker starts.

@@ -9,7 +9,8 @@ use std::borrow::Cow;
 /// headers live in every copy of the message, so they are capped.
 pub const MAX_ERROR_TEXT: usize = 4096;
 
-/// `error: cause: cause`, capped at [`MAX_ERROR_TEXT`] bytes on a char boundary.
+/// `error: cause: cause`, with the password of any URL in it redacted,
+/// capped at [`MAX_ERROR_TEXT`] bytes on a char boundary.
 pub fn error_chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -22,6 +23,10 @@ pub fn error_chain_text(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
+    let text = match crate::broker::redact_text(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(redacted) => redacted,
+    };
     cap_text(text, MAX_ERROR_TEXT).into_owned()
 }
 

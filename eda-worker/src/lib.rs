@@ -64,7 +64,8 @@ pub use broker::{QueueType, redact_url};
 pub use client::{Client, ClientOptions, EnqueueOptions};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig, amqp_url_from_env,
+    DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig,
+    amqp_url_from_env,
 };
 pub use eda_worker_macros::job;
 pub use error::{Error, MAX_ERROR_TEXT, error_chain_text};

@@ -132,6 +132,20 @@ pub fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
     }
 }
 
+/// The `x-eda-eta` header as the publisher wrote it, when it is there but
+/// is not a time in ms since the epoch (text, a negative number, a table).
+pub(crate) fn unparsable_eta(properties: &BasicProperties) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(HEADER_ETA)?;
+    match header_u64(properties, HEADER_ETA) {
+        Some(_) => None,
+        None => Some(match value {
+            AMQPValue::LongString(text) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+            AMQPValue::ShortString(text) => text.as_str().to_owned(),
+            other => format!("{other:?}"),
+        }),
+    }
+}
+
 /// Reads a text header.
 pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     let headers = properties.headers().as_ref()?;
@@ -286,6 +300,24 @@ mod tests {
         assert_eq!(read.attempt, 0);
         assert_eq!(read.job, None);
         assert_eq!(read.message_id, "");
+    }
+
+    #[test]
+    fn an_unparsable_due_time_is_reported_as_written() {
+        let with_eta = |value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert(HEADER_ETA.into(), value);
+            BasicProperties::default().with_headers(headers)
+        };
+        let text = with_eta(AMQPValue::LongString("soon".into()));
+        assert_eq!(unparsable_eta(&text).as_deref(), Some("soon"));
+        assert_eq!(Envelope::from_properties(&text).eta, None);
+        assert_eq!(
+            unparsable_eta(&with_eta(AMQPValue::LongLongInt(-5))).as_deref(),
+            Some("LongLongInt(-5)")
+        );
+        assert_eq!(unparsable_eta(&with_eta(AMQPValue::LongLongInt(5))), None);
+        assert_eq!(unparsable_eta(&BasicProperties::default()), None);
     }
 
     #[test]

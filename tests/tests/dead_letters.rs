@@ -3,14 +3,17 @@
 //! here have `retries = 0`; retries are in `retries.rs`.)
 
 use eda_worker::Job;
-use eda_worker::wire::{HEADER_ATTEMPT, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64};
+use eda_worker::wire::{
+    HEADER_ATTEMPT, HEADER_ETA, HEADER_FAILED_AT, HEADER_QUEUE, header_text, header_u64,
+};
 use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
 use eda_worker_tests::jobs::Numbered;
 use eda_worker_tests::jobs::dead_letters::{
-    dead_letter_echo, dead_letter_fails, dead_letter_panics, dead_letter_sleeps,
+    dead_letter_echo, dead_letter_fails, dead_letter_leaks, dead_letter_panics, dead_letter_sleeps,
 };
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
+use lapin::types::{AMQPValue, FieldTable};
 
 #[tokio::test]
 async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_next_one_runs() {
@@ -60,16 +63,38 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         let properties = foreign_properties(id, *kind);
         scene.broker.publish_raw("", queue, body, properties).await;
     }
+    // A due time past the horizon (a year by default) is taken for a
+    // mistake; one that is not a time runs at once.
+    let a_year_and_a_day = 366 * 24 * 3600 * 1000;
+    let due = |value: AMQPValue| {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ETA.into(), value);
+        headers
+    };
+    let far = i64::try_from(now_millis() + a_year_and_a_day).unwrap();
+    let properties = foreign_properties("far-eta", Some("dead_letter_echo"))
+        .with_headers(due(AMQPValue::LongLongInt(far)));
+    scene
+        .broker
+        .publish_raw("", queue, br#"{"n":10}"#, properties)
+        .await;
+    let properties = foreign_properties("bad-eta", Some("dead_letter_echo"))
+        .with_headers(due(AMQPValue::LongString("soon".into())));
+    scene
+        .broker
+        .publish_raw("", queue, br#"{"n":11}"#, properties)
+        .await;
     let failed = scene.enqueue(dead_letter_fails, Numbered { n: 5 }).await;
     let panicked = scene.enqueue(dead_letter_panics, Numbered { n: 6 }).await;
     let timed_out = scene.enqueue(dead_letter_sleeps, Numbered { n: 7 }).await;
+    let leaked = scene.enqueue(dead_letter_leaks, Numbered { n: 9 }).await;
     let good = scene.enqueue(dead_letter_echo, Numbered { n: 8 }).await;
 
     wait_until("the good message ran", WAIT, || async {
         runs(queue).iter().any(|run| run.message_id == good)
     })
     .await;
-    scene.wait_for_dead_letters(8).await;
+    scene.wait_for_dead_letters(10).await;
     assert!(
         scene.workers_running(),
         "bad messages do not stop the worker"
@@ -89,6 +114,17 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         "handler panicked: handler exploded on 6",
     ));
     expectations.push((timed_out, br#"{"n":7}"#, "handler timed out after 200ms"));
+    expectations.push((
+        "far-eta".to_owned(),
+        br#"{"n":10}"#,
+        "ahead, past the horizon of",
+    ));
+    // A password in the handler's error text is redacted before it is persisted.
+    expectations.push((
+        leaked,
+        br#"{"n":9}"#,
+        "GET https://mailer:***@mail.example/send/9 refused",
+    ));
     for (id, body, words) in expectations {
         let message = find_message(&dead, &id);
         let properties = &message.delivery.properties;
@@ -97,6 +133,10 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         assert!(
             error.contains(words),
             "{id}: x-eda-error {error:?} should say {words:?}"
+        );
+        assert!(
+            !error.contains("s3cret"),
+            "{id}: {error:?} shows a password"
         );
         assert_eq!(
             header_text(properties, HEADER_QUEUE).as_deref(),
@@ -119,7 +159,13 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
             "{id}: dead letters are persistent"
         );
     }
-    let ran = runs(queue);
-    assert_eq!(ran.len(), 1, "only the good message ran: {ran:?}");
+    let mut ran: Vec<String> = runs(queue).into_iter().map(|run| run.message_id).collect();
+    let mut expected = vec!["bad-eta".to_owned(), good];
+    ran.sort();
+    expected.sort();
+    assert_eq!(
+        ran, expected,
+        "only the good message and the one with an unparsable due time ran"
+    );
     scene.finish().await;
 }

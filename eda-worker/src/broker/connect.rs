@@ -147,6 +147,25 @@ pub fn redact_url(url: &str) -> String {
     redact_query_passwords(&url)
 }
 
+/// `text` (an error message, a log line) with the password of every URL in
+/// it redacted as [`redact_url`] does; URLs are the words holding `://`.
+pub(crate) fn redact_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("://") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut redacted = String::with_capacity(text.len());
+    for piece in text.split_inclusive(char::is_whitespace) {
+        let (word, space) = piece.split_at(piece.trim_end().len());
+        if word.contains("://") {
+            redacted.push_str(&redact_url(word));
+        } else {
+            redacted.push_str(word);
+        }
+        redacted.push_str(space);
+    }
+    std::borrow::Cow::Owned(redacted)
+}
+
 /// Replaces the values of `password` and `sslpassword` query parameters,
 /// wherever a `?` or `&` starts one (a value may hold `@`, `/` or `?`).
 fn redact_query_passwords(url: &str) -> String {
@@ -263,6 +282,24 @@ mod tests {
         assert!(
             scheme.contains("http") && !scheme.contains("hunter2"),
             "{scheme}"
+        );
+    }
+
+    #[test]
+    fn passwords_in_free_text_are_redacted_and_the_rest_kept() {
+        use super::redact_text;
+        assert_eq!(
+            redact_text("GET https://user:secret@host/x failed:\n\ttimeout"),
+            "GET https://user:***@host/x failed:\n\ttimeout"
+        );
+        assert_eq!(
+            redact_text("(\"postgres://app@db/app?password=p&x=1\") and amqp://g:h@r/v."),
+            "(\"postgres://app@db/app?password=***&x=1\") and amqp://g:***@r/v."
+        );
+        assert_eq!(redact_text("no urls here: a:b@c"), "no urls here: a:b@c");
+        assert_eq!(
+            redact_text("see https://example.com/docs"),
+            "see https://example.com/docs"
         );
     }
 

@@ -6,7 +6,7 @@ mod publisher;
 mod topology;
 
 pub use connect::redact_url;
-pub(crate) use connect::{ConnectPolicy, connect};
+pub(crate) use connect::{ConnectPolicy, connect, redact_text};
 pub(crate) use publisher::{Outgoing, Publisher};
 pub use topology::QueueType;
 pub(crate) use topology::{QueueSpec, declare_queue};

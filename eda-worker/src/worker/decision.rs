@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::broker::redact_text;
 use crate::error::{MAX_ERROR_TEXT, cap_text};
 use crate::job::JobDefinition;
 use crate::wire::Envelope;
@@ -20,25 +21,44 @@ pub(crate) enum Admission<'a> {
     Refuse(Failure),
 }
 
-/// The checks before a job runs, in order: a message over `max_size` bytes is
-/// refused unread; one due after `now` (ms since the epoch) waits, even for
-/// a job this worker does not know (a worker that does may take it later);
-/// then its `type` must name a job `lookup` finds on `queue`.
+/// What a worker accepts before it runs a job.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The largest body, in bytes.
+    pub(crate) max_size: usize,
+    /// How far ahead a due time may be: further is taken for a mistake
+    /// (a due time in seconds, say) rather than hopping through the delay
+    /// queues for centuries.
+    pub(crate) eta_horizon: Duration,
+}
+
+/// The checks before a job runs, in order: a message over the size limit is
+/// refused unread; one due further ahead than the horizon is refused; one due
+/// after `now` (ms since the epoch) waits, even for a job this worker does
+/// not know (a worker that does may take it later); then its `type` must
+/// name a job `lookup` finds on `queue`.
 pub(crate) fn admit<'a>(
     size: usize,
-    max_size: usize,
+    limits: Limits,
     envelope: &Envelope,
     now: u64,
     queue: &'static str,
     lookup: impl FnOnce(&str) -> Option<&'a JobDefinition>,
 ) -> Admission<'a> {
-    if size > max_size {
+    if size > limits.max_size {
         return Admission::Refuse(Failure::TooLarge {
             size,
-            limit: max_size,
+            limit: limits.max_size,
         });
     }
     if let Some(eta) = envelope.eta.filter(|eta| *eta > now) {
+        let horizon_ms = u64::try_from(limits.eta_horizon.as_millis()).unwrap_or(u64::MAX);
+        if eta - now > horizon_ms {
+            return Admission::Refuse(Failure::TooFarAhead {
+                ahead: Duration::from_millis(eta - now),
+                horizon: limits.eta_horizon,
+            });
+        }
         return Admission::NotDue { eta };
     }
     let Some(name) = envelope.job.as_deref() else {
@@ -73,6 +93,8 @@ pub(crate) enum Failure {
     TimedOut(Duration),
     /// The message is larger than the worker accepts.
     TooLarge { size: usize, limit: usize },
+    /// The message is due further ahead than the worker accepts.
+    TooFarAhead { ahead: Duration, horizon: Duration },
     /// The jobs the handler enqueued could not be published.
     FollowUp(crate::Error),
     /// The handler returned `Ok`, but its transaction could not be committed.
@@ -85,7 +107,8 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// The text for the log and the `x-eda-error` header, capped.
+    /// The text for the log and the `x-eda-error` header, with passwords in
+    /// URLs redacted, capped.
     pub(crate) fn reason(&self) -> String {
         let text = match self {
             Failure::MissingType => {
@@ -111,10 +134,17 @@ impl Failure {
             Failure::Database { operation, error } => {
                 format!("PostgreSQL {operation} failed: {error}")
             }
+            Failure::TooFarAhead { ahead, horizon } => format!(
+                "x-eda-eta is {} ahead, past the horizon of {} (--eta-horizon): a due time that far is taken for a mistake",
+                humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                humantime::format_duration(*horizon)
+            ),
             Failure::TooLarge { size, limit } => format!(
                 "message is {size} bytes, more than the maximum message size of {limit} bytes (--max-message-size)"
             ),
         };
+        // A panic message or a job's error may hold a URL with a password.
+        let text = redact_text(&text).into_owned();
         cap_text(text, MAX_ERROR_TEXT).into_owned()
     }
 
@@ -133,7 +163,8 @@ impl Failure {
             Failure::MissingType
             | Failure::UnknownJob { .. }
             | Failure::BadArguments { .. }
-            | Failure::TooLarge { .. } => false,
+            | Failure::TooLarge { .. }
+            | Failure::TooFarAhead { .. } => false,
         }
     }
 }
@@ -222,7 +253,11 @@ mod tests {
     fn admit_one(size: usize, envelope: &Envelope, now: u64) -> Admission<'static> {
         static KNOWN: std::sync::LazyLock<JobDefinition> =
             std::sync::LazyLock::new(|| JobDefinition::of::<known>("t::known"));
-        admit(size, 100, envelope, now, "decision-test", |name| {
+        let limits = Limits {
+            max_size: 100,
+            eta_horizon: Duration::from_secs(10),
+        };
+        admit(size, limits, envelope, now, "decision-test", |name| {
             (name == "known").then_some(&*KNOWN)
         })
     }
@@ -262,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn a_due_time_past_the_horizon_is_refused_with_the_reason() {
+        assert!(matches!(
+            admit_one(1, &envelope(Some("known"), Some(11_000)), 1_000),
+            Admission::NotDue { eta: 11_000 }
+        ));
+        let Admission::Refuse(failure) =
+            admit_one(1, &envelope(Some("known"), Some(11_001)), 1_000)
+        else {
+            panic!("a due time 10.001 s ahead is past a 10 s horizon");
+        };
+        assert_eq!(
+            failure.reason(),
+            "x-eda-eta is 10s ahead, past the horizon of 10s (--eta-horizon): a due time that far is taken for a mistake"
+        );
+        assert!(matches!(
+            decide(&failure, 0, policy(3), 0.5),
+            Decision::DeadLetter {
+                why: DeadLetterWhy::NotRetryable
+            }
+        ));
+    }
+
+    #[test]
     fn reasons_name_what_was_wrong() {
         assert!(Failure::MissingType.reason().contains("no `type`"));
         let unknown = Failure::UnknownJob {
@@ -283,6 +341,10 @@ mod tests {
         assert_eq!(
             Failure::TimedOut(Duration::from_secs(2)).reason(),
             "handler timed out after 2s"
+        );
+        assert_eq!(
+            Failure::Panicked("no answer from https://bot:t0ken@api.example/hook".into()).reason(),
+            "handler panicked: no answer from https://bot:***@api.example/hook"
         );
     }
 

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::ack::Settlement;
 use super::decision::{
-    Admission, DeadLetterWhy, Decision, Failure, RetryPolicy, admit, decide, panic_message,
+    Admission, DeadLetterWhy, Decision, Failure, Limits, RetryPolicy, admit, decide, panic_message,
 };
 use super::follow_ups::publish_follow_ups;
 use super::transaction::{self, Ending, ending};
@@ -25,7 +25,7 @@ use crate::outbox::Outbox;
 use crate::postgres::Database;
 use crate::postgres::inbox::Begun;
 use crate::retry::schedule::{Retry, publish_hop, publish_retry};
-use crate::wire::{Envelope, now_millis};
+use crate::wire::{Envelope, now_millis, unparsable_eta};
 use crate::{DelayQueues, JobContext, QueueType};
 
 /// The jobs consumed from one queue, by wire name.
@@ -76,7 +76,8 @@ pub(crate) struct Dispatch {
     /// Confirmed publishes of retries, hops and dead letters.
     pub(crate) publisher: Arc<Publisher>,
     pub(crate) delays: Arc<DelayQueues>,
-    pub(crate) max_message_size: usize,
+    /// What the worker accepts before running a job.
+    pub(crate) limits: Limits,
     /// Where handlers' transactions and the inbox live, when configured.
     pub(crate) database: Option<Database>,
     /// Queues declared for follow-up jobs (`ctx.enqueue` without a database).
@@ -96,9 +97,14 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         attempt = envelope.attempt,
     );
     async {
+        if envelope.eta.is_none()
+            && let Some(eta) = unparsable_eta(&delivery.properties)
+        {
+            tracing::warn!(eta = %eta, "x-eda-eta is not a time in ms since the epoch; running the job now");
+        }
         let admission = admit(
             delivery.data.len(),
-            dispatch.max_message_size,
+            dispatch.limits,
             &envelope,
             now_millis(),
             dispatch.jobs.queue,

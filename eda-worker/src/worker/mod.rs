@@ -186,15 +186,26 @@ fn select_queues(registry: &Registry, wanted: &[String]) -> Result<Vec<&'static 
     Ok(selected)
 }
 
-/// Jobs whose timeout reaches the broker's consumer timeout: the broker would
-/// close the channel under such a job while it still runs, and the message
-/// would run again elsewhere.
+/// The longest a message of a job with `timeout` may stay unacked: it may
+/// wait behind the other prefetched messages (prefetch ÷ concurrency rounds
+/// of handlers, each running up to the timeout), then run for the timeout.
+fn longest_unacked(timeout: Duration, prefetch: u16, concurrency: usize) -> Duration {
+    let rounds = f64::from(prefetch) / concurrency.max(1) as f64 + 1.0;
+    Duration::try_from_secs_f64(timeout.as_secs_f64() * rounds).unwrap_or(Duration::MAX)
+}
+
+/// Jobs whose messages may stay unacked as long as the broker's consumer
+/// timeout, with how long: the broker would close the channel under such a
+/// job, and the message would run again elsewhere.
 fn jobs_outliving<'a>(
     jobs: impl IntoIterator<Item = &'a JobDefinition>,
     consumer_timeout: Duration,
-) -> Vec<&'a JobDefinition> {
+    prefetch: u16,
+    concurrency: usize,
+) -> Vec<(&'a JobDefinition, Duration)> {
     jobs.into_iter()
-        .filter(|job| job.timeout >= consumer_timeout)
+        .map(|job| (job, longest_unacked(job.timeout, prefetch, concurrency)))
+        .filter(|(_, unacked)| *unacked >= consumer_timeout)
         .collect()
 }
 
@@ -223,12 +234,37 @@ mod tests {
     #[test]
     fn jobs_outliving_the_consumer_timeout_are_found() {
         let jobs = reports();
-        let named: Vec<_> = jobs_outliving(&jobs, crate::DEFAULT_CONSUMER_TIMEOUT)
-            .iter()
-            .map(|job| job.name)
-            .collect();
-        assert_eq!(named, ["long_report"]);
-        assert!(jobs_outliving(&jobs, Duration::from_secs(3600)).is_empty());
+        let named = |consumer_timeout, prefetch, concurrency| -> Vec<&str> {
+            jobs_outliving(&jobs, consumer_timeout, prefetch, concurrency)
+                .iter()
+                .map(|(job, _)| job.name)
+                .collect()
+        };
+        // The defaults: prefetch 4 x concurrency, so a message waits up to 4
+        // timeouts before its own: 5 x 1 min for the short job.
+        assert_eq!(
+            named(crate::DEFAULT_CONSUMER_TIMEOUT, 64, 16),
+            ["long_report"]
+        );
+        assert!(named(Duration::from_secs(4 * 3600), 1, 1).is_empty());
+        assert_eq!(
+            named(Duration::from_secs(5 * 60), 64, 16),
+            ["long_report", "short_report"]
+        );
+    }
+
+    #[test]
+    fn a_prefetched_message_waits_behind_the_others() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(longest_unacked(minutes(10), 64, 16), minutes(50));
+        assert_eq!(longest_unacked(minutes(10), 16, 16), minutes(20));
+        assert_eq!(longest_unacked(minutes(10), 1, 4), Duration::from_secs(750));
+        assert_eq!(longest_unacked(Duration::MAX, 64, 16), Duration::MAX);
+        assert_eq!(
+            longest_unacked(minutes(1), 1, 0),
+            minutes(2),
+            "no division by zero"
+        );
     }
 
     #[test]

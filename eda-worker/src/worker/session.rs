@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
+use super::decision::Limits;
 use super::dispatch::Dispatch;
 use super::{Worker, jobs_outliving};
 use crate::Error;
@@ -41,15 +42,30 @@ impl Worker {
     /// reconnecting cannot fix.
     pub(super) async fn run_sessions(self, token: CancellationToken) -> Result<(), Error> {
         let consumer_timeout = self.config.consumer_timeout;
-        for job in jobs_outliving(
+        let (prefetch, concurrency) = (self.config.effective_prefetch(), self.config.concurrency);
+        let outliving: Vec<String> = jobs_outliving(
             self.queues.iter().flat_map(|jobs| jobs.definitions()),
             consumer_timeout,
-        ) {
+            prefetch,
+            concurrency,
+        )
+        .into_iter()
+        .map(|(job, unacked)| {
+            format!(
+                "{} (timeout {}, unacked up to {})",
+                job.name,
+                humantime::format_duration(job.timeout),
+                humantime::format_duration(unacked)
+            )
+        })
+        .collect();
+        if !outliving.is_empty() {
             tracing::warn!(
-                job = job.name,
-                timeout = %humantime::format_duration(job.timeout),
+                jobs = %outliving.join(", "),
+                prefetch,
+                concurrency,
                 consumer_timeout = %humantime::format_duration(consumer_timeout),
-                "this job may run longer than the broker's consumer_timeout: RabbitMQ would close the channel under it and the job would run again; raise consumer_timeout in rabbitmq.conf above the job's timeout (plus the time a prefetched message waits) and pass it with --consumer-timeout, or lower the job's timeout"
+                "messages of these jobs may stay unacked longer than the broker's consumer_timeout (each may wait behind prefetch / concurrency other messages, then run up to its timeout): RabbitMQ would close the channel and the job would run again; lower --prefetch (EDA_PREFETCH) toward --concurrency, lower the jobs' timeouts, or raise consumer_timeout in rabbitmq.conf and pass it with --consumer-timeout"
             );
         }
         let mut started = false;
@@ -154,7 +170,10 @@ impl Worker {
                 jobs: jobs.clone(),
                 publisher: publisher.clone(),
                 delays: delays.clone(),
-                max_message_size: self.config.max_message_size,
+                limits: Limits {
+                    max_size: self.config.max_message_size,
+                    eta_horizon: self.config.eta_horizon,
+                },
                 database: self.config.database.clone(),
                 declared: std::sync::Mutex::default(),
             });

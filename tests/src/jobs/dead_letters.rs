@@ -23,6 +23,15 @@ pub async fn dead_letter_fails(_ctx: JobContext, args: Numbered) -> Result<(), J
     Ok(())
 }
 
+/// Fails permanently with an error holding a URL with a password.
+#[job(queue = "eda-test.dead-letters", retries = 0)]
+pub async fn dead_letter_leaks(_ctx: JobContext, args: Numbered) -> Result<(), JobError> {
+    Err(JobError::permanent(format!(
+        "GET https://mailer:s3cret@mail.example/send/{} refused",
+        args.n
+    )))
+}
+
 /// Always panics.
 #[job(queue = "eda-test.dead-letters", retries = 0)]
 pub async fn dead_letter_panics(_ctx: JobContext, args: Numbered) -> Result<(), JobError> {
