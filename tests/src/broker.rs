@@ -249,6 +249,73 @@ impl Drop for Policy {
     }
 }
 
+/// A broker user of one test's own, with every permission on the test
+/// broker's vhost, deleted when dropped (even when the test fails), so that
+/// taking its permissions away touches no other test.
+pub struct BrokerUser {
+    name: String,
+    password: String,
+    vhost: String,
+}
+
+impl BrokerUser {
+    /// Creates `<prefix>-<uuid>` with a random password and grants it the vhost.
+    pub fn create(prefix: &str) -> Self {
+        let user = BrokerUser {
+            name: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
+            password: uuid::Uuid::new_v4().simple().to_string(),
+            vhost: vhost_of(&crate::amqp_url()),
+        };
+        rabbitmqctl(&["add_user", &user.name, &user.password]);
+        user.grant();
+        user
+    }
+
+    /// The test broker's URL, logging in as this user.
+    pub fn url(&self) -> String {
+        let url = crate::amqp_url();
+        let (scheme, rest) = url.split_once("://").expect("AMQP_URL has a scheme");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{}:{}@{host}", self.name, self.password)
+    }
+
+    /// Gives the user every permission on the vhost.
+    pub fn grant(&self) {
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &self.vhost,
+            &self.name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
+    }
+
+    /// Takes the user's permissions away: its logins to the vhost are refused.
+    pub fn revoke(&self) {
+        rabbitmqctl(&["clear_permissions", "-p", &self.vhost, &self.name]);
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        // Not `rabbitmqctl()`: a failure to clean up must not panic in a drop.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// The vhost of an AMQP URL: its path, `%2f` (or nothing) for `/`.
+fn vhost_of(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match after_scheme.split_once('/') {
+        Some((_, "" | "%2f" | "%2F")) | None => "/".to_owned(),
+        Some((_, vhost)) => vhost.replace("%2f", "/").replace("%2F", "/"),
+    }
+}
+
 /// The RabbitMQ process id of the connection named `name`.
 pub fn connection_pid(name: &str) -> Option<String> {
     rabbitmqctl(&["list_connections", "-q", "pid", "client_properties"])

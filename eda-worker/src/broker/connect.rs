@@ -20,8 +20,8 @@ pub(crate) struct ConnectPolicy {
     pub(crate) backoff: Backoff,
     /// How long one attempt (TCP, TLS, AMQP handshake) may take.
     pub(crate) attempt_timeout: Duration,
-    /// Retry a refused login or vhost too. No caller sets it yet: a refusal
-    /// ends the attempts at once, and a running worker with them.
+    /// Retry a refused login or vhost too (a running worker waits them out;
+    /// otherwise a refusal ends the attempts at once).
     pub(crate) retry_refusals: bool,
 }
 
@@ -69,7 +69,7 @@ pub(crate) async fn connect(
     // Wrong credentials or a missing vhost do not get better by waiting.
     .when(|error: &lapin::Error| policy.retry_refusals || !is_refusal(error))
     .notify(|error: &lapin::Error, delay: Duration| {
-        tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot reach RabbitMQ, retrying");
+        tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot connect to RabbitMQ, retrying");
     })
     .await
     .map_err(|source| Error::Connect { url: redacted.clone(), attempts, source })

@@ -92,10 +92,10 @@ impl Worker {
     ///
     /// At start, an unreachable broker is an error after the configured
     /// attempts, and a refused login at once. Once running, the worker rides
-    /// out broker restarts: it reconnects for as long as it takes (backing off
-    /// up to 30 s between attempts), and returns an error only for what
-    /// waiting cannot fix: a queue declared with other arguments, or a
-    /// refused login or vhost.
+    /// out broker restarts and refused logins: it reconnects for as long as
+    /// it takes (backing off up to 30 s between attempts), and returns an
+    /// error only for what waiting cannot fix: a queue declared with other
+    /// arguments.
     ///
     /// With a database, the outbox relay (unless turned off) and the inbox
     /// pruner run beside the consumers, on a task tracker of the worker's;

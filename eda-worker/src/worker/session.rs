@@ -113,17 +113,22 @@ impl Worker {
     }
 
     /// Connects and declares every queue, its dead-letter queue and its delay
-    /// queues. Before the first session the configured attempts apply; after
-    /// it, attempts are unbounded (the caller stops them with the token).
+    /// queues. Before the first session the configured attempts apply and a
+    /// refused login is fatal; after it, attempts are unbounded, refusals
+    /// included (the caller stops them with the token).
     async fn open(&self, started: bool) -> Result<Connection, Error> {
         let policy = if started {
             let default = ConnectPolicy::default();
+            // Once running, a refused login or vhost is waited out like any
+            // outage: RabbitMQ refuses while a vhost restarts, or while an
+            // LDAP server is away.
             ConnectPolicy {
                 attempts: usize::MAX,
                 backoff: Backoff {
                     max: RECONNECT.max,
                     ..default.backoff
                 },
+                retry_refusals: true,
                 ..default
             }
         } else {

@@ -10,6 +10,8 @@ crate::job_family! {
     reconnect_echo(queue = "eda-test.reconnect");
     // The test that deletes this queue under a running worker.
     deleted_queue_echo(queue = "eda-test.queue-deleted");
+    // The serial test whose worker the broker refuses for a while.
+    refusal_echo(queue = "eda-test.refusal");
 }
 
 crate::job_family! {
