@@ -331,6 +331,15 @@ pub fn close_connection(pid: &str) {
     rabbitmqctl(&["close_connection", pid, "test: dropping the connection"]);
 }
 
+/// Waits until the connection named `name` is back with a process id other
+/// than `old_pid`: its owner reconnected.
+pub async fn wait_for_new_connection(name: &str, old_pid: &str) {
+    crate::wait_until("the connection is back, a new one", crate::WAIT, || async {
+        connection_pid(name).is_some_and(|pid| pid != old_pid)
+    })
+    .await;
+}
+
 /// A connection name no other test uses, for finding it in `rabbitmqctl`.
 pub fn unique_connection_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())

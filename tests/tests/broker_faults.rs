@@ -3,7 +3,9 @@
 //! dead-letter queue deleted under a running worker are rebuilt.
 
 use eda_worker::{Error, Job, Worker};
-use eda_worker_tests::broker::{error_header, message_id, unique_connection_name};
+use eda_worker_tests::broker::{
+    error_header, message_id, unique_connection_name, wait_for_new_connection,
+};
 use eda_worker_tests::jobs::broker_faults::{
     always_fails, deleted_queue_echo, mismatched, reconnect_echo,
 };
@@ -51,10 +53,7 @@ async fn the_worker_rebuilds_its_consumers_when_the_broker_drops_the_connection(
 
     let pid = connection_pid(&name).expect("the worker's connection is listed");
     close_connection(&pid);
-    wait_until("the worker has a new connection", WAIT, || async {
-        connection_pid(&name).is_some_and(|new_pid| new_pid != pid)
-    })
-    .await;
+    wait_for_new_connection(&name, &pid).await;
 
     scene.enqueue(reconnect_echo, 2).await;
     wait_until("the second job ran", WAIT, || async {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use eda_worker::Job;
-use eda_worker_tests::broker::{BrokerUser, unique_connection_name};
+use eda_worker_tests::broker::{BrokerUser, unique_connection_name, wait_for_new_connection};
 use eda_worker_tests::jobs::broker_faults::refusal_echo;
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{Scene, WAIT, close_connection, connection_pid, wait_until};
@@ -44,10 +44,7 @@ async fn a_running_worker_rides_out_a_refused_login() {
         "a refused login does not stop a running worker"
     );
     user.grant();
-    wait_until("the worker has a new connection", WAIT, || async {
-        connection_pid(&name).is_some_and(|new_pid| new_pid != pid)
-    })
-    .await;
+    wait_for_new_connection(&name, &pid).await;
 
     scene.enqueue(refusal_echo, 2).await;
     wait_until("the second job ran", WAIT, || async {
