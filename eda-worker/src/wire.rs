@@ -212,34 +212,25 @@ pub(crate) fn copy_properties(
     let mut copy = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_headers(table);
-    let text = |value: &Option<ShortString>| value.clone();
-    if let Some(value) = text(original.content_type()) {
-        copy = copy.with_content_type(value);
+    // Each property the copy keeps, when the original has it.
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {$(
+            if let Some(value) = original.$get().clone() {
+                copy = copy.$set(value);
+            }
+        )*};
     }
-    if let Some(value) = text(original.content_encoding()) {
-        copy = copy.with_content_encoding(value);
-    }
-    if let Some(value) = text(original.message_id()) {
-        copy = copy.with_message_id(value);
-    }
-    if let Some(value) = text(original.correlation_id()) {
-        copy = copy.with_correlation_id(value);
-    }
-    if let Some(value) = text(original.kind()) {
-        copy = copy.with_type(value);
-    }
-    if let Some(value) = text(original.reply_to()) {
-        copy = copy.with_reply_to(value);
-    }
-    if let Some(value) = text(original.app_id()) {
-        copy = copy.with_app_id(value);
-    }
-    if let Some(value) = *original.timestamp() {
-        copy = copy.with_timestamp(value);
-    }
-    if let Some(value) = *original.priority() {
-        copy = copy.with_priority(value);
-    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        message_id => with_message_id,
+        correlation_id => with_correlation_id,
+        kind => with_type,
+        reply_to => with_reply_to,
+        app_id => with_app_id,
+        timestamp => with_timestamp,
+        priority => with_priority,
+    );
     copy
 }
 

@@ -101,16 +101,19 @@ impl Admin {
 
     /// Deletes and re-declares `queue`, durable and empty.
     pub(crate) async fn reset(&self, queue: &str) -> anyhow::Result<()> {
-        let channel = self.connection.create_channel().await?;
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
+        self.delete(queue).await?;
+        self.declare_durable(queue, FieldTable::default()).await
+    }
+
+    /// Declares `queue`, durable, with `arguments`.
+    async fn declare_durable(&self, queue: &str, arguments: FieldTable) -> anyhow::Result<()> {
         let durable = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        let channel = self.connection.create_channel().await?;
         channel
-            .queue_declare(queue.into(), durable, FieldTable::default())
+            .queue_declare(queue.into(), durable, arguments)
             .await?;
         Ok(())
     }
@@ -151,14 +154,7 @@ impl Admin {
             arguments.insert(key.into(), AMQPValue::LongString(value.into()));
         }
         arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(1000));
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let channel = self.connection.create_channel().await?;
-        channel
-            .queue_declare(name.as_str().into(), durable, arguments)
-            .await?;
+        self.declare_durable(&name, arguments).await?;
         Ok(name)
     }
 
