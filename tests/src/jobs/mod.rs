@@ -3,7 +3,7 @@
 //! each other's messages; a test reads it from its job (`<flaky as Job>::QUEUE`).
 //!
 //! Jobs that differ only in their queue and options come from one
-//! [`job_family!`] each.
+//! [`job_family!`](crate::job_family) each.
 
 pub mod broker_faults;
 pub mod dead_letter_admin;
