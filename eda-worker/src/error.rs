@@ -102,11 +102,26 @@ pub enum Error {
         routing_key: String,
     },
 
-    /// The client's connection is down and a reconnect failed moments ago.
-    #[error("not connected to RabbitMQ at {url}: reconnecting failed just now; try again")]
+    /// The connection is down and reconnecting failed.
+    #[error("not connected to RabbitMQ at {url}: reconnecting failed; try again")]
     NotConnected {
         /// The URL with its password redacted.
         url: String,
+        /// Why the reconnect failed, when one was tried.
+        #[source]
+        source: Option<std::sync::Arc<Error>>,
+    },
+
+    /// An enqueue did not finish (reconnect, declare, confirm) within the
+    /// client's publish timeout.
+    #[error(
+        "message {message_id} was not confirmed within {timeout:?}: the broker is away or blocks publishers (a memory or disk alarm); it may still arrive, so retry with the same message id (EnqueueOptions::message_id) and let the inbox drop a copy"
+    )]
+    PublishTimeout {
+        /// The message, which may still reach its queue.
+        message_id: String,
+        /// The client's publish timeout.
+        timeout: std::time::Duration,
     },
 
     /// The client was closed with [`crate::Client::close`].

@@ -61,7 +61,7 @@ pub mod wire;
 mod worker;
 
 pub use broker::{QueueType, redact_url};
-pub use client::{Client, ClientOptions, EnqueueOptions};
+pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig,

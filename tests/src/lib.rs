@@ -14,6 +14,7 @@ pub mod database;
 pub mod jobs;
 pub mod outbox;
 pub mod process;
+pub mod proxy;
 pub mod scene;
 pub mod wait;
 

@@ -3,15 +3,19 @@
 
 use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
 use eda_worker::{Client, ClientOptions, EnqueueOptions, Error, Job};
-use eda_worker_tests::broker::{Policy, unique_connection_name};
+use std::time::{Duration, Instant};
+
+use eda_worker_tests::broker::{Policy, message_id, unique_connection_name};
 use eda_worker_tests::jobs::enqueue::{
-    Signup, after_reconnect, confirmed, oversized, refused, roundtrip, to_deleted_queue,
-    to_kept_queue,
+    Signup, after_reconnect, confirmed, during_outage, oversized, refused, roundtrip,
+    to_deleted_queue, to_kept_queue,
 };
 use eda_worker_tests::jobs::runs;
+use eda_worker_tests::proxy::Proxy;
 use eda_worker_tests::{
     Scene, WAIT, amqp_url, close_connection, connection_pid, now_millis, wait_until,
 };
+use uuid::Uuid;
 
 fn signup() -> Signup {
     Signup {
@@ -302,6 +306,71 @@ async fn the_client_reconnects_when_the_broker_drops_its_connection() {
         "a new connection"
     );
     assert_eq!(scene.ready().await, 2);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn enqueues_during_an_outage_each_give_up_at_their_own_deadline() {
+    let scene = Scene::of(during_outage).workers(0).start().await;
+    let queue = <during_outage as Job>::QUEUE;
+    let proxy = Proxy::start().await;
+    let deadline = Duration::from_secs(2);
+    let options = ClientOptions::default().publish_timeout(deadline);
+    let client = Client::connect_with_options(&proxy.url(), options)
+        .await
+        .unwrap();
+    let before = client.enqueue(during_outage, 0).await.unwrap();
+
+    // The network black-holes the client: its connection is gone, and a new
+    // one is accepted but never answered (an attempt would wait 10 s, and
+    // five attempts most of a minute).
+    proxy.black_hole();
+    // The client learns of the drop on its next publish, which fails.
+    client
+        .enqueue(during_outage, 1)
+        .await
+        .expect_err("the connection is gone");
+    let callers = (2..=65).map(|n| {
+        let client = client.clone();
+        async move {
+            let started = Instant::now();
+            let result = client.enqueue(during_outage, n).await;
+            (result, started.elapsed())
+        }
+    });
+    for (result, took) in futures_util::future::join_all(callers).await {
+        // Each waits for the one reconnect they share, until its own deadline.
+        assert!(
+            matches!(result, Err(Error::PublishTimeout { .. })),
+            "{result:?}"
+        );
+        assert!(
+            took < deadline + Duration::from_secs(3),
+            "an enqueue waited {took:?}, past its {deadline:?} deadline"
+        );
+    }
+
+    // Back: the next enqueue goes through (retried with the same message id,
+    // as the timeout's error advises).
+    proxy.restore();
+    let after = Uuid::new_v4();
+    let retry = EnqueueOptions::default().message_id(after);
+    wait_until("an enqueue goes through again", WAIT, || async {
+        client
+            .enqueue_with(during_outage, 100, retry.clone())
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut arrived: Vec<String> = scene
+        .broker
+        .drain(queue)
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    arrived.dedup();
+    assert_eq!(arrived, [before.to_string(), after.to_string()]);
     scene.finish().await;
 }
 

@@ -3,13 +3,14 @@
 mod options;
 
 use options::Due;
-pub use options::{ClientOptions, EnqueueOptions};
+pub use options::{ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use lapin::Connection;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -45,19 +46,20 @@ struct Inner {
     options: ClientOptions,
     policy: ConnectPolicy,
     session: RwLock<Arc<Session>>,
-    /// Serializes reconnects so that a burst of callers opens one connection, not many.
-    /// An async mutex: it is held across the connect on purpose, and only by callers
-    /// that found the connection dead.
-    reconnect: tokio::sync::Mutex<()>,
+    /// The reconnect in progress: the callers that find the connection dead
+    /// share one attempt, and each waits for it only until its own deadline.
+    /// No lock is held while it runs.
+    reconnecting: Mutex<Option<Reconnect>>,
     /// Queues declared by this client, so each is declared once, not per publish.
     declared: Declared,
     /// Each job queue's delay queues, declared on its first scheduled enqueue.
     delays_declared: Declared,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
-    /// Reconnects that failed, so that callers who waited on one give up with it.
-    failed_reconnects: AtomicUsize,
 }
+
+/// A reconnect, shared by every caller waiting on it.
+type Reconnect = Shared<BoxFuture<'static, Result<Arc<Session>, Arc<Error>>>>;
 
 /// Confirm channels per client: concurrent enqueues beyond this wait for one.
 const PUBLISH_CHANNELS: usize = 64;
@@ -116,11 +118,10 @@ impl Client {
                 options,
                 policy,
                 session: RwLock::new(Arc::new(session)),
-                reconnect: tokio::sync::Mutex::new(()),
+                reconnecting: Mutex::new(None),
                 declared: Mutex::new(HashMap::new()),
                 delays_declared: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
-                failed_reconnects: AtomicUsize::new(0),
             }),
         })
     }
@@ -205,9 +206,15 @@ impl Client {
             attempt: 0,
             eta,
         };
-        self.publish_to_queue(J::QUEUE, J::QUEUE_TYPE, &body, envelope)
-            .await?;
-        Ok(message_id)
+        let timeout = self.inner.options.publish_timeout;
+        let published = self.publish_to_queue(J::QUEUE, J::QUEUE_TYPE, &body, envelope);
+        match tokio::time::timeout(timeout, published).await {
+            Ok(published) => published.map(|()| message_id),
+            Err(_elapsed) => Err(Error::PublishTimeout {
+                message_id: message_id.to_string(),
+                timeout,
+            }),
+        }
     }
 
     /// Publishes a job message to `queue`: through the default exchange, or
@@ -315,7 +322,8 @@ impl Client {
             .clone()
     }
 
-    /// The live session, reconnecting (once, for all waiting callers) when it died.
+    /// The live session, reconnecting when it died: one reconnect, shared by
+    /// all the callers that wait for it (each until its own deadline).
     async fn session(&self) -> Result<Arc<Session>, Error> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(Error::ClientClosed);
@@ -324,48 +332,66 @@ impl Client {
         if session.publisher.is_usable() {
             return Ok(session);
         }
-        let failures_before = self.inner.failed_reconnects.load(Ordering::SeqCst);
-        let _gate = self.inner.reconnect.lock().await;
-        let session = self.current_session();
-        if session.publisher.is_usable() {
-            return Ok(session);
-        }
-        let redacted = broker::redact_url(&self.inner.url);
-        if self.inner.failed_reconnects.load(Ordering::SeqCst) != failures_before {
-            // A reconnect failed while this caller waited: report that instead of
-            // queueing one full round of attempts per waiting caller.
-            return Err(Error::NotConnected { url: redacted });
-        }
-        tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
-        let opened = Session::open(
-            &self.inner.url,
-            &self.inner.options.connection_name,
-            self.inner.policy,
-        )
-        .await;
-        let fresh = match opened {
-            Ok(session) => Arc::new(session),
-            Err(error) => {
-                self.inner.failed_reconnects.fetch_add(1, Ordering::SeqCst);
-                return Err(error);
-            }
-        };
-        {
-            // Checked under the lock that `close` reads the session with, so a
-            // close cannot slip in between the check and the swap.
+        let reconnect = {
             let mut slot = self
                 .inner
-                .session
-                .write()
+                .reconnecting
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if !self.inner.closed.load(Ordering::SeqCst) {
-                *slot = fresh.clone();
-                return Ok(fresh);
+            // Another caller's reconnect may have finished meanwhile.
+            let session = self.current_session();
+            if session.publisher.is_usable() {
+                return Ok(session);
+            }
+            slot.get_or_insert_with(|| self.reconnect()).clone()
+        };
+        let reconnected = reconnect.clone().await;
+        {
+            // Done, either way: the next caller that finds the connection dead
+            // starts a new one.
+            let mut slot = self
+                .inner
+                .reconnecting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if slot
+                .as_ref()
+                .is_some_and(|current| current.ptr_eq(&reconnect))
+            {
+                *slot = None;
             }
         }
-        fresh.publisher.close().await;
-        let _ = fresh.connection.close(200, "client closed".into()).await;
-        Err(Error::ClientClosed)
+        reconnected.map_err(|source| Error::NotConnected {
+            url: broker::redact_url(&self.inner.url),
+            source: Some(source),
+        })
+    }
+
+    /// A reconnect: opens a session and swaps it in, unless the client was
+    /// closed meanwhile.
+    fn reconnect(&self) -> Reconnect {
+        let inner = self.inner.clone();
+        async move {
+            tracing::warn!(url = %broker::redact_url(&inner.url), "connection to RabbitMQ lost, reconnecting");
+            let fresh = Session::open(&inner.url, &inner.options.connection_name, inner.policy)
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new)?;
+            {
+                // Checked under the lock that `close` reads the session with, so a
+                // close cannot slip in between the check and the swap.
+                let mut slot = inner.session.write().unwrap_or_else(PoisonError::into_inner);
+                if !inner.closed.load(Ordering::SeqCst) {
+                    *slot = fresh.clone();
+                    return Ok(fresh);
+                }
+            }
+            fresh.publisher.close().await;
+            let _ = fresh.connection.close(200, "client closed".into()).await;
+            Err(Arc::new(Error::ClientClosed))
+        }
+        .boxed()
+        .shared()
     }
 
     async fn ensure_declared(

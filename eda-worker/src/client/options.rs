@@ -7,6 +7,9 @@ use uuid::Uuid;
 
 use crate::DelayQueues;
 use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// How long one enqueue may take when not configured.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 use crate::wire::now_millis;
 
 /// How a [`Client`](crate::Client) connects and publishes.
@@ -28,6 +31,10 @@ pub struct ClientOptions {
     pub delay_queues: DelayQueues,
     /// Larger arguments are refused with [`Error::MessageTooLarge`](crate::Error::MessageTooLarge).
     pub max_message_size: usize,
+    /// How long one enqueue may take, reconnect and confirm included; past
+    /// it the enqueue fails with
+    /// [`Error::PublishTimeout`](crate::Error::PublishTimeout).
+    pub publish_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -36,6 +43,7 @@ impl Default for ClientOptions {
             connection_name: "eda-worker client".to_owned(),
             delay_queues: DelayQueues::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
         }
     }
 }
@@ -48,6 +56,10 @@ impl ClientOptions {
         delay_queues(DelayQueues) => delay_queues;
         /// The largest arguments (as JSON bytes) this client enqueues.
         max_message_size(usize) => max_message_size;
+        /// How long one enqueue may take, reconnect and confirm included
+        /// (30 s by default): a web request does not wait on a broker that
+        /// is away or blocks publishers.
+        publish_timeout(Duration) => publish_timeout;
     }
 }
 

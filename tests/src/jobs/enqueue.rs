@@ -35,6 +35,8 @@ crate::job_family! {
     // ...and keeps this one.
     to_kept_queue(queue = "eda-test.routable");
     after_reconnect(queue = "eda-test.client-reconnect");
+    // The client reaches the broker through a proxy that cuts it off.
+    during_outage(queue = "eda-test.enqueue-outage");
 }
 
 crate::job_family! {

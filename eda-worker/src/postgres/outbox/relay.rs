@@ -157,6 +157,7 @@ impl Relay {
             if !publisher.is_usable() {
                 break Err(Error::NotConnected {
                     url: redact_url(&self.amqp_url),
+                    source: None,
                 });
             }
             if claimed >= self.batch {
