@@ -26,8 +26,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// makes the broker close the consumer's channel.
 pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// How far ahead a message may be due when not configured: a year.
-pub const DEFAULT_ETA_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far ahead a message may be due when not configured: a year, of 366
+/// days so that a date a calendar year ahead is fine in a leap year too.
+pub const DEFAULT_ETA_HORIZON: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// `AMQP_URL`, or [`DEFAULT_AMQP_URL`].
 pub fn amqp_url_from_env() -> String {

@@ -310,7 +310,8 @@ impl Drop for BrokerUser {
 /// The vhost of an AMQP URL: its path, `%2f` (or nothing) for `/`.
 fn vhost_of(url: &str) -> String {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    match after_scheme.split_once('/') {
+    let without_query = after_scheme.split('?').next().unwrap_or(after_scheme);
+    match without_query.split_once('/') {
         Some((_, "" | "%2f" | "%2F")) | None => "/".to_owned(),
         Some((_, vhost)) => vhost.replace("%2f", "/").replace("%2F", "/"),
     }

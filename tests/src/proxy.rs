@@ -2,6 +2,9 @@
 //! off (an outage, a black-holed network) without touching the broker that
 //! every other test uses.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -10,6 +13,7 @@ use tokio::task::JoinSet;
 pub struct Proxy {
     port: u16,
     cut: watch::Sender<bool>,
+    accepted: Arc<AtomicUsize>,
     /// The accept loop; its connections' tasks end with it (dropped: aborted).
     _tasks: JoinSet<()>,
 }
@@ -22,20 +26,32 @@ impl Proxy {
             .expect("bind a local port");
         let port = listener.local_addr().expect("a bound address").port();
         let (cut, state) = watch::channel(false);
+        let accepted = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept(listener, broker_address(&crate::amqp_url()), state));
+        let target = broker_address(&crate::amqp_url());
+        tasks.spawn(accept(listener, target, state, accepted.clone()));
         Proxy {
             port,
             cut,
+            accepted,
             _tasks: tasks,
         }
     }
 
-    /// The test broker's URL, through this proxy.
+    /// The test broker's URL (its credentials, vhost and options), through this proxy.
     pub fn url(&self) -> String {
         let url = crate::amqp_url();
-        let address = broker_address(&url);
-        url.replacen(&address, &format!("127.0.0.1:{}", self.port), 1)
+        let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", &url));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let credentials = authority
+            .rsplit_once('@')
+            .map_or(String::new(), |(credentials, _)| format!("{credentials}@"));
+        format!("{scheme}://{credentials}127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Drops every forwarded connection; new ones are accepted and never
@@ -64,9 +80,15 @@ fn broker_address(url: &str) -> String {
     }
 }
 
-async fn accept(listener: TcpListener, target: String, state: watch::Receiver<bool>) {
+async fn accept(
+    listener: TcpListener,
+    target: String,
+    state: watch::Receiver<bool>,
+    accepted: Arc<AtomicUsize>,
+) {
     let mut connections = JoinSet::new();
     while let Ok((inbound, _)) = listener.accept().await {
+        accepted.fetch_add(1, Ordering::SeqCst);
         connections.spawn(forward(inbound, target.clone(), state.clone()));
     }
 }
@@ -82,7 +104,9 @@ async fn forward(mut inbound: TcpStream, target: String, mut state: watch::Recei
         return;
     };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        // Checked first: once cut, not a byte more goes through.
+        biased;
         _ = state.wait_for(|cut| *cut) => {}
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
     }
 }

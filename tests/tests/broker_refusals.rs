@@ -1,6 +1,6 @@
 //! Serial tests: they take a broker user's permissions away, so `cargo test`
 //! skips them (`#[ignore]`) and `.ci/run` runs them after the parallel suite,
-//! one at a time (`cargo test -p eda-worker-tests -- --ignored --test-threads=1`).
+//! one at a time (`cargo test --workspace -- --ignored --test-threads=1`).
 
 use std::time::Duration;
 

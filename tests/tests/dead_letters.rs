@@ -63,9 +63,9 @@ async fn every_unhandleable_message_is_dead_lettered_with_its_reason_and_the_nex
         let properties = foreign_properties(id, *kind);
         scene.broker.publish_raw("", queue, body, properties).await;
     }
-    // A due time past the horizon (a year by default) is taken for a
+    // A due time past the horizon (366 days by default) is taken for a
     // mistake; one that is not a time runs at once.
-    let a_year_and_a_day = 366 * 24 * 3600 * 1000;
+    let a_year_and_a_day = 367 * 24 * 3600 * 1000;
     let due = |value: AMQPValue| {
         let mut headers = FieldTable::default();
         headers.insert(HEADER_ETA.into(), value);

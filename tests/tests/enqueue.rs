@@ -330,6 +330,7 @@ async fn enqueues_during_an_outage_each_give_up_at_their_own_deadline() {
         .enqueue(during_outage, 1)
         .await
         .expect_err("the connection is gone");
+    let accepted = proxy.accepted();
     let callers = (2..=65).map(|n| {
         let client = client.clone();
         async move {
@@ -349,6 +350,12 @@ async fn enqueues_during_an_outage_each_give_up_at_their_own_deadline() {
             "an enqueue waited {took:?}, past its {deadline:?} deadline"
         );
     }
+
+    assert!(
+        proxy.accepted() - accepted <= 1,
+        "the callers shared one reconnect attempt, not {}",
+        proxy.accepted() - accepted
+    );
 
     // Back: the next enqueue goes through (retried with the same message id,
     // as the timeout's error advises).

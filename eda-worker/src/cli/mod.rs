@@ -81,6 +81,7 @@ enum CommandError {
 /// Parses the command line and runs the `worker` command.
 pub async fn main() -> ExitCode {
     init_tracing();
+    redact_panics();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Run(args) => run::run(args).await.map_err(CommandError::from),
@@ -101,6 +102,36 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// Redacts URL passwords in panic messages before the default hook prints
+/// them: a handler's panic message may hold one (the worker records the
+/// panic, redacted, as a failed attempt, but the hook prints it first).
+fn redact_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        match redacted_panic(info.payload(), info.location()) {
+            Some(report) => eprintln!("{report}"),
+            None => default(info),
+        }
+    }));
+}
+
+/// The report of a panic whose message holds a URL, redacted; `None` for
+/// the others (the default hook prints those, backtrace and all).
+fn redacted_panic(
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+) -> Option<String> {
+    let message = crate::worker::panic_message(payload);
+    let redacted = crate::broker::redact_text(&message);
+    if redacted == message {
+        return None;
+    }
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let at = location.map_or_else(String::new, |location| format!(" at {location}"));
+    Some(format!("thread '{name}' panicked{at}:\n{redacted}"))
+}
+
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Ignore the error when the embedding app installed a subscriber already.
@@ -108,4 +139,23 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_panic;
+
+    #[test]
+    fn a_panic_holding_a_password_is_reported_redacted_and_others_left_to_the_default_hook() {
+        let leaked: Box<dyn std::any::Any + Send> =
+            Box::new("no answer from https://bot:t0ken@api.example/hook".to_owned());
+        let report = redacted_panic(leaked.as_ref(), None).expect("redacted");
+        assert!(
+            report.contains("https://bot:***@api.example/hook"),
+            "{report}"
+        );
+        assert!(!report.contains("t0ken"), "{report}");
+        let plain: Box<dyn std::any::Any + Send> = Box::new("index out of bounds");
+        assert_eq!(redacted_panic(plain.as_ref(), None), None);
+    }
 }

@@ -49,8 +49,8 @@ pub(super) struct RunArgs {
     /// The broker's consumer_timeout (rabbitmq.conf), to warn about longer jobs.
     #[arg(long, env = "EDA_CONSUMER_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     consumer_timeout: Duration,
-    /// How far ahead a message may be due; one due further ahead is dead-lettered, e.g. 365d.
-    #[arg(long, env = "EDA_ETA_HORIZON", default_value = "365d", value_parser = humantime::parse_duration)]
+    /// How far ahead a message may be due; one due further ahead is dead-lettered, e.g. 366d.
+    #[arg(long, env = "EDA_ETA_HORIZON", default_value = "366d", value_parser = humantime::parse_duration)]
     eta_horizon: Duration,
     /// TTLs of each job queue's delay queues, comma-separated (default: 100ms,250ms,500ms,1s,2s,5s,10s,30s,1m,5m,15m,1h).
     #[arg(long, env = "EDA_DELAY_BUCKETS", value_delimiter = ',', value_parser = humantime::parse_duration)]

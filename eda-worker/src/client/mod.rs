@@ -48,7 +48,7 @@ struct Inner {
     session: RwLock<Arc<Session>>,
     /// The reconnect in progress: the callers that find the connection dead
     /// share one attempt, and each waits for it only until its own deadline.
-    /// No lock is held while it runs.
+    /// No lock is held while it runs; its task empties the slot when done.
     reconnecting: Mutex<Option<Reconnect>>,
     /// Queues declared by this client, so each is declared once, not per publish.
     declared: Declared,
@@ -60,6 +60,21 @@ struct Inner {
 
 /// A reconnect, shared by every caller waiting on it.
 type Reconnect = Shared<BoxFuture<'static, Result<Arc<Session>, Arc<Error>>>>;
+
+/// Empties a client's reconnect slot when its reconnect task ends, so that
+/// the next caller that finds the connection dead starts a new one.
+struct EmptySlotOnDrop(std::sync::Weak<Inner>);
+
+impl Drop for EmptySlotOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            *inner
+                .reconnecting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+}
 
 /// Confirm channels per client: concurrent enqueues beyond this wait for one.
 const PUBLISH_CHANNELS: usize = 64;
@@ -345,42 +360,44 @@ impl Client {
             }
             slot.get_or_insert_with(|| self.reconnect()).clone()
         };
-        let reconnected = reconnect.clone().await;
-        {
-            // Done, either way: the next caller that finds the connection dead
-            // starts a new one.
-            let mut slot = self
-                .inner
-                .reconnecting
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if slot
-                .as_ref()
-                .is_some_and(|current| current.ptr_eq(&reconnect))
-            {
-                *slot = None;
-            }
-        }
-        reconnected.map_err(|source| Error::NotConnected {
-            url: broker::redact_url(&self.inner.url),
-            source: Some(source),
+        reconnect.await.map_err(|source| match *source {
+            Error::ClientClosed => Error::ClientClosed,
+            _ => Error::NotConnected {
+                url: broker::redact_url(&self.inner.url),
+                source: Some(source),
+            },
         })
     }
 
-    /// A reconnect: opens a session and swaps it in, unless the client was
-    /// closed meanwhile.
+    /// Starts a reconnect: a task of its own that opens a session, swaps it
+    /// in (unless the client was closed meanwhile) and empties the reconnect
+    /// slot when it ends, whether or not anyone still waits for it. It holds
+    /// the client weakly, so a dropped client is not kept alive by it.
     fn reconnect(&self) -> Reconnect {
-        let inner = self.inner.clone();
-        async move {
-            tracing::warn!(url = %broker::redact_url(&inner.url), "connection to RabbitMQ lost, reconnecting");
-            let fresh = Session::open(&inner.url, &inner.options.connection_name, inner.policy)
-                .await
-                .map(Arc::new)
-                .map_err(Arc::new)?;
-            {
+        let client = Arc::downgrade(&self.inner);
+        let url = self.inner.url.clone();
+        let name = self.inner.options.connection_name.clone();
+        let policy = self.inner.policy;
+        let task = tokio::spawn(async move {
+            // Emptied however the task ends (a panic included).
+            let _slot = EmptySlotOnDrop(client.clone());
+            let redacted = broker::redact_url(&url);
+            tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
+            let opened = Session::open(&url, &name, policy).await;
+            let fresh = match opened {
+                Ok(fresh) => Arc::new(fresh),
+                Err(error) => {
+                    tracing::warn!(url = %redacted, error = %crate::error::error_chain_text(&error), "could not reconnect to RabbitMQ; the next enqueue tries again");
+                    return Err(Arc::new(error));
+                }
+            };
+            if let Some(inner) = client.upgrade() {
                 // Checked under the lock that `close` reads the session with, so a
                 // close cannot slip in between the check and the swap.
-                let mut slot = inner.session.write().unwrap_or_else(PoisonError::into_inner);
+                let mut slot = inner
+                    .session
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if !inner.closed.load(Ordering::SeqCst) {
                     *slot = fresh.clone();
                     return Ok(fresh);
@@ -389,6 +406,13 @@ impl Client {
             fresh.publisher.close().await;
             let _ = fresh.connection.close(200, "client closed".into()).await;
             Err(Arc::new(Error::ClientClosed))
+        });
+        async move {
+            task.await.unwrap_or_else(|failed| {
+                Err(Arc::new(Error::Config(format!(
+                    "the reconnect task failed: {failed}"
+                ))))
+            })
         }
         .boxed()
         .shared()

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use self::decision::panic_message;
 use self::dispatch::QueueJobs;
 use crate::error::error_chain_text;
 use crate::outbox::Relay;
