@@ -7,7 +7,6 @@ use eda_worker::wire::{HEADER_ERROR, header_text};
 use lapin::message::BasicGetMessage;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -145,15 +144,6 @@ impl Broker {
             messages.push(message);
         }
         messages
-    }
-
-    /// Empties `queue`.
-    pub async fn purge(&self, queue: &str) {
-        self.channel()
-            .await
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
-            .await
-            .expect("purge");
     }
 
     /// Closes the connection.

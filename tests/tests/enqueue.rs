@@ -232,7 +232,7 @@ async fn concurrent_verdicts_match_what_the_broker_stored() {
     scene.enqueue(to_kept_queue, 0).await;
     // Deleted under the client, which still believes it declared it.
     scene.broker.reset(deleted).await;
-    scene.broker.purge(kept).await;
+    scene.broker.drain(kept).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..100u32 {
