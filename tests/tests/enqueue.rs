@@ -179,6 +179,26 @@ async fn refused_credentials_fail_at_once_without_the_password() {
 }
 
 #[tokio::test]
+async fn amqps_is_refused_rather_than_sent_in_clear_text() {
+    // The plain port answers: without the refusal, this would connect
+    // unencrypted and send the password.
+    let url = amqp_url().replacen("amqp://", "amqps://", 1);
+    let error = Client::connect(&url)
+        .await
+        .expect_err("amqps:// is refused");
+    let text = eda_worker::error_chain_text(&error);
+    assert!(matches!(error, Error::InvalidUrl { .. }), "{text}");
+    assert!(text.contains("TLS"), "{text}");
+    if let Some((_, password)) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+    {
+        assert!(!text.contains(&format!(":{password}@")), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn a_publish_the_broker_nacks_is_an_error() {
     let scene = Scene::of(refused).workers(0).start().await;
     let queue = <refused as Job>::QUEUE;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use backon::Retryable;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::Error;
@@ -77,8 +77,11 @@ pub(crate) async fn connect(
 
 /// Parses the URL up front, so that a malformed one is reported as such (and
 /// never echoed with its password).
+///
+/// `amqps://` is refused: this build has no TLS, and lapin would connect
+/// without encryption, sending the password in clear text.
 fn parse_url(url: &str) -> Result<AMQPUri, Error> {
-    url.parse::<AMQPUri>().map_err(|reason| {
+    let uri = url.parse::<AMQPUri>().map_err(|reason| {
         let redacted = redact_url(url);
         let mut reason = reason.replace(url, &redacted);
         if let Some(password) = password_of(url) {
@@ -88,7 +91,14 @@ fn parse_url(url: &str) -> Result<AMQPUri, Error> {
             url: redacted,
             reason,
         }
-    })
+    })?;
+    if uri.scheme == AMQPScheme::AMQPS {
+        return Err(Error::InvalidUrl {
+            url: redact_url(url),
+            reason: "amqps:// (TLS) is not supported by this build of eda-worker, and the connection would not be encrypted; use amqp:// on a trusted network, or a TLS-terminating proxy".into(),
+        });
+    }
+    Ok(uri)
 }
 
 /// The broker refused the login or the vhost.
