@@ -254,7 +254,7 @@ impl BrokerUser {
         let user = BrokerUser {
             name: format!("{prefix}-{}", uuid::Uuid::new_v4().simple()),
             password: uuid::Uuid::new_v4().simple().to_string(),
-            vhost: vhost_of(&crate::amqp_url()),
+            vhost: parse_amqp_url(&crate::amqp_url()).vhost,
         };
         rabbitmqctl(&["add_user", &user.name, &user.password]);
         user.grant();
@@ -297,14 +297,9 @@ impl Drop for BrokerUser {
     }
 }
 
-/// The vhost of an AMQP URL: its path, `%2f` (or nothing) for `/`.
-fn vhost_of(url: &str) -> String {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let without_query = after_scheme.split('?').next().unwrap_or(after_scheme);
-    match without_query.split_once('/') {
-        Some((_, "" | "%2f" | "%2F")) | None => "/".to_owned(),
-        Some((_, vhost)) => vhost.replace("%2f", "/").replace("%2F", "/"),
-    }
+/// `url` parsed as lapin (and so eda-worker) reads it: host, port, vhost.
+pub fn parse_amqp_url(url: &str) -> lapin::uri::AMQPUri {
+    url.parse().expect("AMQP_URL is a valid AMQP URL")
 }
 
 /// The RabbitMQ process id of the connection named `name`.

@@ -68,16 +68,8 @@ impl Proxy {
 
 /// `host:port` of an AMQP URL.
 fn broker_address(url: &str) -> String {
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = after_scheme.split('/').next().unwrap_or(after_scheme);
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:5672")
-    }
+    let authority = crate::broker::parse_amqp_url(url).authority;
+    format!("{}:{}", authority.host, authority.port)
 }
 
 async fn accept(

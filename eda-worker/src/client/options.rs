@@ -7,10 +7,10 @@ use uuid::Uuid;
 
 use crate::DelayQueues;
 use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::wire::now_millis;
 
 /// How long one enqueue may take when not configured.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-use crate::wire::now_millis;
 
 /// How a [`Client`](crate::Client) connects and publishes.
 ///
