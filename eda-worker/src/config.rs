@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::DelayQueues;
 use crate::postgres::Database;
+use crate::{DelayQueues, Tls};
 
 /// The broker URL used when `AMQP_URL` is not set.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -56,6 +56,8 @@ pub fn amqp_url_from_env() -> String {
 pub struct WorkerConfig {
     /// The broker URL.
     pub amqp_url: String,
+    /// TLS files for an `amqps://` URL.
+    pub tls: Tls,
     /// The queues to consume; empty means every queue a registered job uses.
     pub queues: Vec<String>,
     /// Handlers in flight per queue.
@@ -93,6 +95,7 @@ impl std::fmt::Debug for WorkerConfig {
         // By hand, so that the password in the URL never reaches a log line.
         f.debug_struct("WorkerConfig")
             .field("amqp_url", &crate::redact_url(&self.amqp_url))
+            .field("tls", &self.tls)
             .field("queues", &self.queues)
             .field("concurrency", &self.concurrency)
             .field("prefetch", &self.prefetch)
@@ -116,6 +119,7 @@ impl WorkerConfig {
     pub fn new(amqp_url: impl Into<String>) -> Self {
         WorkerConfig {
             amqp_url: amqp_url.into(),
+            tls: Tls::default(),
             queues: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
             prefetch: None,
@@ -133,9 +137,10 @@ impl WorkerConfig {
         }
     }
 
-    /// Defaults, with the broker at `AMQP_URL`.
+    /// Defaults, with the broker at `AMQP_URL` and TLS files from
+    /// `AMQP_TLS_CA`, `AMQP_TLS_CERT` and `AMQP_TLS_KEY`.
     pub fn from_env() -> Self {
-        Self::new(amqp_url_from_env())
+        Self::new(amqp_url_from_env()).tls(Tls::from_env())
     }
 
     /// Consume only these queues.
@@ -149,6 +154,8 @@ impl WorkerConfig {
     }
 
     setters! {
+        /// TLS files for an `amqps://` URL (a CA, a client certificate).
+        tls(Tls) => tls;
         /// Handlers in flight per queue.
         concurrency(usize) => concurrency;
         /// Unacked messages per queue.

@@ -70,6 +70,32 @@ pub enum Error {
         source: lapin::Error,
     },
 
+    /// The TLS handshake with the broker failed: an untrusted or mismatched
+    /// certificate, a plain (non-TLS) port, a refused client certificate.
+    #[error(
+        "TLS handshake with {host} failed ({url}): {reason}; check the CA (--tls-ca), the host name the certificate is for, and that the port speaks TLS"
+    )]
+    Tls {
+        /// The URL with its password redacted.
+        url: String,
+        /// The host the certificate was checked against.
+        host: String,
+        /// What TLS reported.
+        reason: String,
+    },
+
+    /// A TLS file (CA, client certificate or key) cannot be read or holds no
+    /// usable PEM.
+    #[error("cannot use the TLS {what} file `{}`: {reason}", path.display())]
+    TlsFile {
+        /// Which file: `CA`, `client certificate` or `client key`.
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A queue exists on the broker with other arguments than the ones declared.
     #[error(
         "queue `{queue}` exists with other arguments than this worker declares ({detail}); delete the queue or align the job's queue settings"

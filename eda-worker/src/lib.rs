@@ -60,7 +60,7 @@ pub mod retry;
 pub mod wire;
 mod worker;
 
-pub use broker::{QueueType, redact_url};
+pub use broker::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, QueueType, Tls, redact_url};
 pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,

@@ -10,8 +10,10 @@
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod certificates;
 pub mod database;
 pub mod jobs;
+pub mod node;
 pub mod outbox;
 pub mod process;
 pub mod proxy;
@@ -23,8 +25,7 @@ pub use eda_worker::amqp_url_from_env as amqp_url;
 pub use scene::{Scene, SceneBuilder};
 pub use wait::{WAIT, wait_until};
 
-/// The dead-letter tooling, imported here only: it is about to move to
-/// `eda_worker::dead_letter`, and then only this line changes.
+/// The dead-letter tooling, as the tests use it.
 pub use eda_worker::dead_letter::{DeadLetter, DeadLetters, Replay};
 
 /// Worker settings for tests: the test broker, a short shutdown timeout.

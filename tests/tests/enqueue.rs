@@ -179,16 +179,16 @@ async fn refused_credentials_fail_at_once_without_the_password() {
 }
 
 #[tokio::test]
-async fn amqps_is_refused_rather_than_sent_in_clear_text() {
-    // The plain port answers: without the refusal, this would connect
-    // unencrypted and send the password.
+async fn amqps_to_a_plain_port_fails_naming_tls_rather_than_sending_in_clear_text() {
+    // The plain port answers the TLS hello with AMQP: without TLS compiled
+    // in, this would connect unencrypted and send the password.
     let url = amqp_url().replacen("amqp://", "amqps://", 1);
     let error = Client::connect(&url)
         .await
-        .expect_err("amqps:// is refused");
+        .expect_err("a plain port is no TLS listener");
     let text = eda_worker::error_chain_text(&error);
-    assert!(matches!(error, Error::InvalidUrl { .. }), "{text}");
-    assert!(text.contains("TLS"), "{text}");
+    assert!(matches!(error, Error::Tls { .. }), "{text}");
+    assert!(text.contains("TLS handshake"), "{text}");
     if let Some((_, password)) = url
         .split_once("://")
         .and_then(|(_, rest)| rest.rsplit_once('@'))

@@ -8,6 +8,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
+use super::Tls;
 use crate::Error;
 use crate::retry::Backoff;
 
@@ -36,23 +37,37 @@ impl Default for ConnectPolicy {
     }
 }
 
-/// Connects to `url`, retrying with the policy's [`Backoff`] (the retry loop
-/// is the maintained `backon` crate's) and logging each failed attempt with
-/// the password redacted.
+/// Connects to `url` (over TLS for `amqps://`, with `tls`'s files),
+/// retrying with the policy's [`Backoff`] (the retry loop is the maintained
+/// `backon` crate's) and logging each failed attempt with the password
+/// redacted.
 pub(crate) async fn connect(
     url: &str,
+    tls: &Tls,
     name: &str,
     policy: ConnectPolicy,
 ) -> Result<Connection, Error> {
     let uri = parse_url(url)?;
+    let is_tls = uri.scheme == AMQPScheme::AMQPS;
+    // Read on every connect, so that a reconnect picks up rotated files.
+    let tls_config = tls.load(is_tls)?;
     let redacted = redact_url(url);
     let retries = policy.attempts.max(1) - 1;
     let backoff = policy.backoff.delays().take(retries);
     let properties = || ConnectionProperties::default().with_connection_name(name.into());
     let mut attempts = 0;
-    (|| {
+    let connected = (|| {
         attempts += 1;
-        let connecting = Connection::connect_uri(uri.clone(), properties());
+        let connecting = async {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(
+                uri.clone(),
+                properties(),
+                tls_config.clone(),
+                runtime,
+            )
+            .await
+        };
         // A black-holed host would otherwise hold each attempt for the OS's SYN timeout.
         async move {
             match tokio::time::timeout(policy.attempt_timeout, connecting).await {
@@ -66,22 +81,33 @@ pub(crate) async fn connect(
         }
     })
     .retry(backoff)
-    // Wrong credentials or a missing vhost do not get better by waiting.
-    .when(|error: &lapin::Error| policy.retry_refusals || !is_refusal(error))
+    // Wrong credentials, a missing vhost or an untrusted certificate do not
+    // get better by waiting (unless the policy says they may).
+    .when(|error: &lapin::Error| {
+        policy.retry_refusals || !(is_refusal(error) || tls_failure(is_tls, error).is_some())
+    })
     .notify(|error: &lapin::Error, delay: Duration| {
         tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot connect to RabbitMQ, retrying");
     })
-    .await
-    .map_err(|source| Error::Connect { url: redacted.clone(), attempts, source })
+    .await;
+    connected.map_err(|source| match tls_failure(is_tls, &source) {
+        Some(reason) => Error::Tls {
+            url: redacted.clone(),
+            host: uri.authority.host.clone(),
+            reason,
+        },
+        None => Error::Connect {
+            url: redacted.clone(),
+            attempts,
+            source,
+        },
+    })
 }
 
 /// Parses the URL up front, so that a malformed one is reported as such (and
 /// never echoed with its password).
-///
-/// `amqps://` is refused: this build has no TLS, and lapin would connect
-/// without encryption, sending the password in clear text.
 fn parse_url(url: &str) -> Result<AMQPUri, Error> {
-    let uri = url.parse::<AMQPUri>().map_err(|reason| {
+    url.parse::<AMQPUri>().map_err(|reason| {
         let redacted = redact_url(url);
         let mut reason = reason.replace(url, &redacted);
         if let Some(password) = password_of(url) {
@@ -91,14 +117,16 @@ fn parse_url(url: &str) -> Result<AMQPUri, Error> {
             url: redacted,
             reason,
         }
-    })?;
-    if uri.scheme == AMQPScheme::AMQPS {
-        return Err(Error::InvalidUrl {
-            url: redact_url(url),
-            reason: "amqps:// (TLS) is not supported by this build of eda-worker, and the connection would not be encrypted; use amqp:// on a trusted network, or a TLS-terminating proxy".into(),
-        });
-    }
-    Ok(uri)
+    })
+}
+
+/// What TLS reported, when `error` is a failed handshake of a TLS connection
+/// rather than a refused or unreachable TCP connection.
+fn tls_failure(is_tls: bool, error: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::IOError(io) = error.kind() else {
+        return None;
+    };
+    (is_tls && io.kind() == std::io::ErrorKind::InvalidData).then(|| io.to_string())
 }
 
 /// The broker refused the login or the vhost.

@@ -6,8 +6,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::{ArgGroup, Args, Subcommand};
 
 use super::CommandError;
+use super::broker::BrokerArgs;
 use super::table::render_table;
-use crate::config::DEFAULT_AMQP_URL;
 use crate::dead_letter::{DeadLetter, DeadLetters, Replay, queue_name as dead_letter_queue};
 
 /// Dead letters shown by `list` when `--limit` is not given.
@@ -27,13 +27,6 @@ pub(super) enum DlqCommand {
     Replay(ReplayArgs),
     /// Delete every dead letter of QUEUE.
     Purge(PurgeArgs),
-}
-
-#[derive(Debug, Args)]
-pub(super) struct BrokerArgs {
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
-    amqp_url: String,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +79,8 @@ pub(super) async fn run(command: DlqCommand) -> Result<(), CommandError> {
 }
 
 async fn list(args: ListArgs) -> Result<(), CommandError> {
-    let dead_letters = DeadLetters::connect(&args.broker.amqp_url).await?;
+    let dead_letters =
+        DeadLetters::connect_with_tls(&args.broker.amqp_url, &args.broker.tls()).await?;
     let listed = async {
         let ready = dead_letters.count(&args.queue).await?;
         let letters = dead_letters.list(&args.queue, args.limit).await?;
@@ -119,7 +113,8 @@ async fn replay(args: ReplayArgs) -> Result<(), CommandError> {
         // clap's group makes --id or --all required.
         None => Replay::All,
     };
-    let dead_letters = DeadLetters::connect(&args.broker.amqp_url).await?;
+    let dead_letters =
+        DeadLetters::connect_with_tls(&args.broker.amqp_url, &args.broker.tls()).await?;
     let replayed = dead_letters.replay(&args.queue, which).await;
     close(dead_letters).await;
     let replayed = replayed?;
@@ -137,7 +132,8 @@ async fn purge(args: PurgeArgs) -> Result<(), CommandError> {
     if !args.yes && !std::io::stdin().is_terminal() {
         return Err(CommandError::PurgeNotConfirmed { queue });
     }
-    let dead_letters = DeadLetters::connect(&args.broker.amqp_url).await?;
+    let dead_letters =
+        DeadLetters::connect_with_tls(&args.broker.amqp_url, &args.broker.tls()).await?;
     let purged = confirm_and_purge(&dead_letters, &args.queue, &queue, args.yes).await;
     close(dead_letters).await;
     match purged? {

@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::broker::BrokerArgs;
 use super::database::DatabaseArgs;
 use super::signals::until_stopped;
-use crate::config::{
-    DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE,
-};
+use crate::config::{DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::retry::DEFAULT_DELAY_BUCKETS;
 use crate::{DelayQueues, Registry, Worker, WorkerConfig};
 
@@ -25,9 +24,8 @@ pub(super) struct RunArgs {
     /// How long processed message ids stay in the inbox, e.g. 7d.
     #[arg(long, env = "EDA_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     inbox_retention: Duration,
-    /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, hide_default_value = true)]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// Queues to consume, comma-separated (default: every queue a job uses).
     #[arg(long, env = "EDA_QUEUES", value_delimiter = ',')]
     queues: Vec<String>,
@@ -61,7 +59,9 @@ impl RunArgs {
     /// The worker's settings, and where its database is (connected by the caller).
     fn into_config(self) -> Result<(WorkerConfig, DatabaseArgs), crate::Error> {
         let delays = delay_queues(self.delay_buckets)?;
-        let mut config = WorkerConfig::new(self.amqp_url)
+        let tls = self.broker.tls();
+        let mut config = WorkerConfig::new(self.broker.amqp_url)
+            .tls(tls)
             .queues(
                 self.queues
                     .into_iter()

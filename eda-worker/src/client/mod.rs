@@ -19,7 +19,7 @@ use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
 use crate::config::amqp_url_from_env;
 use crate::retry::schedule::publish_delayed;
 use crate::wire::{Envelope, now_millis};
-use crate::{Error, Job, QueueType};
+use crate::{Error, Job, QueueType, Tls};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
 /// connection and a pool of confirm-mode channels, across which the confirms
@@ -85,8 +85,8 @@ struct Session {
 }
 
 impl Session {
-    async fn open(url: &str, name: &str, policy: ConnectPolicy) -> Result<Self, Error> {
-        let connection = Arc::new(broker::connect(url, name, policy).await?);
+    async fn open(url: &str, tls: &Tls, name: &str, policy: ConnectPolicy) -> Result<Self, Error> {
+        let connection = Arc::new(broker::connect(url, tls, name, policy).await?);
         let publisher = Publisher::new(connection.clone(), PUBLISH_CHANNELS);
         Ok(Session {
             connection,
@@ -116,9 +116,15 @@ impl Client {
         Self::connect_with(url, options, ConnectPolicy::default()).await
     }
 
-    /// Connects to `AMQP_URL`, or `amqp://guest:guest@127.0.0.1:5672/%2f` when unset.
+    /// Connects to `AMQP_URL`, or `amqp://guest:guest@127.0.0.1:5672/%2f`
+    /// when unset, with the TLS files of `AMQP_TLS_CA`, `AMQP_TLS_CERT` and
+    /// `AMQP_TLS_KEY`.
     pub async fn from_env() -> Result<Self, Error> {
-        Self::connect(&amqp_url_from_env()).await
+        Self::connect_with_options(
+            &amqp_url_from_env(),
+            ClientOptions::default().tls(Tls::from_env()),
+        )
+        .await
     }
 
     pub(crate) async fn connect_with(
@@ -126,7 +132,7 @@ impl Client {
         options: ClientOptions,
         policy: ConnectPolicy,
     ) -> Result<Self, Error> {
-        let session = Session::open(url, &options.connection_name, policy).await?;
+        let session = Session::open(url, &options.tls, &options.connection_name, policy).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
@@ -377,13 +383,14 @@ impl Client {
         let client = Arc::downgrade(&self.inner);
         let url = self.inner.url.clone();
         let name = self.inner.options.connection_name.clone();
+        let tls = self.inner.options.tls.clone();
         let policy = self.inner.policy;
         let task = tokio::spawn(async move {
             // Emptied however the task ends (a panic included).
             let _slot = EmptySlotOnDrop(client.clone());
             let redacted = broker::redact_url(&url);
             tracing::warn!(url = %redacted, "connection to RabbitMQ lost, reconnecting");
-            let opened = Session::open(&url, &name, policy).await;
+            let opened = Session::open(&url, &tls, &name, policy).await;
             let fresh = match opened {
                 Ok(fresh) => Arc::new(fresh),
                 Err(error) => {

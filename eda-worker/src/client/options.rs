@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-use crate::DelayQueues;
 use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::wire::now_millis;
+use crate::{DelayQueues, Tls};
 
 /// How long one enqueue may take when not configured.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +25,8 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
+    /// TLS files for an `amqps://` URL.
+    pub tls: Tls,
     /// The connection's name, as RabbitMQ's management tools show it.
     pub connection_name: String,
     /// The delay queues scheduled jobs go through (the workers' set).
@@ -40,6 +42,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
+            tls: Tls::default(),
             connection_name: "eda-worker client".to_owned(),
             delay_queues: DelayQueues::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -50,6 +53,8 @@ impl Default for ClientOptions {
 
 impl ClientOptions {
     setters! {
+        /// TLS files for an `amqps://` URL (a CA, a client certificate).
+        tls(Tls) => tls;
         /// Names the connection (e.g. after the app: `"checkout-web"`).
         connection_name(impl Into<String>) => connection_name;
         /// The delay queues scheduled jobs go through.

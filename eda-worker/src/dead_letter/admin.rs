@@ -15,9 +15,9 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::queue_name as dead_letter_queue;
-use crate::Error;
 use crate::broker::{self, ConnectPolicy, Publisher};
 use crate::wire::short_string;
+use crate::{Error, Tls};
 
 use super::letter::{DeadLetter, replay_properties};
 
@@ -43,8 +43,13 @@ impl DeadLetters {
     /// Connects to the broker at `url` (a few attempts with backoff; the
     /// password never shows in logs or errors).
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with_tls(url, &Tls::default()).await
+    }
+
+    /// [`DeadLetters::connect`] with TLS files for an `amqps://` URL.
+    pub async fn connect_with_tls(url: &str, tls: &Tls) -> Result<Self, Error> {
         let connection =
-            Arc::new(broker::connect(url, CONNECTION_NAME, ConnectPolicy::default()).await?);
+            Arc::new(broker::connect(url, tls, CONNECTION_NAME, ConnectPolicy::default()).await?);
         // Replays publish one message at a time.
         let publisher = Publisher::new(connection.clone(), 1);
         Ok(DeadLetters {

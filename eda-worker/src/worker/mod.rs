@@ -126,6 +126,7 @@ impl Worker {
             }
             if self.config.relay {
                 let relay = Relay::new(database.clone(), self.config.amqp_url.clone())
+                    .tls(self.config.tls.clone())
                     .delay_queues(self.config.delay_queues.clone());
                 let relay_token = background_token.clone();
                 handles.push(background.spawn(async move {

@@ -137,8 +137,13 @@ impl Worker {
                 ..ConnectPolicy::default()
             }
         };
-        let connection =
-            broker::connect(&self.config.amqp_url, &self.config.connection_name, policy).await?;
+        let connection = broker::connect(
+            &self.config.amqp_url,
+            &self.config.tls,
+            &self.config.connection_name,
+            policy,
+        )
+        .await?;
         for jobs in &self.queues {
             broker::declare_queue(&connection, &QueueSpec::job(jobs.queue, jobs.queue_type))
                 .await?;

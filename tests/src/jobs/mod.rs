@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod quorum_queues;
 pub mod retries;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

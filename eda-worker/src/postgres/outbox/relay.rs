@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, ConnectPolicy, Publisher, redact_url};
 use crate::postgres::Database;
 use crate::retry::{Pauses, RECONNECT, cancelled_within};
-use crate::{DelayQueues, Error};
+use crate::{DelayQueues, Error, Tls};
 
 /// Rows claimed per pass.
 pub const DEFAULT_BATCH: usize = 500;
@@ -48,6 +48,7 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 pub struct Relay {
     pub(super) database: Database,
     amqp_url: String,
+    tls: Tls,
     pub(super) batch: usize,
     poll_interval: Duration,
     pub(super) delays: DelayQueues,
@@ -58,6 +59,7 @@ impl std::fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("database", &self.database)
             .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("tls", &self.tls)
             .field("batch", &self.batch)
             .field("poll_interval", &self.poll_interval)
             .field("delays", &self.delays)
@@ -71,6 +73,7 @@ impl Relay {
         Relay {
             database,
             amqp_url: amqp_url.into(),
+            tls: Tls::default(),
             batch: DEFAULT_BATCH,
             poll_interval: DEFAULT_POLL_INTERVAL,
             delays: DelayQueues::default(),
@@ -84,6 +87,8 @@ impl Relay {
     }
 
     setters! {
+        /// TLS files for an `amqps://` URL (a CA, a client certificate).
+        tls(Tls) => tls;
         /// How often to look for rows without a notification.
         poll_interval(Duration) => poll_interval;
         /// The delay queues scheduled rows go through.
@@ -125,7 +130,13 @@ impl Relay {
     /// One broker connection and one LISTEN connection, until an error or the token.
     async fn session(&self, token: &CancellationToken) -> Result<(), Error> {
         let connection = Arc::new(
-            broker::connect(&self.amqp_url, "eda-worker relay", ConnectPolicy::default()).await?,
+            broker::connect(
+                &self.amqp_url,
+                &self.tls,
+                "eda-worker relay",
+                ConnectPolicy::default(),
+            )
+            .await?,
         );
         let publisher = Publisher::new(connection.clone(), RELAY_CHANNELS);
         let schema = self.database.schema().clone();
