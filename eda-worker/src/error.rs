@@ -117,6 +117,17 @@ pub enum Error {
         source: lapin::Error,
     },
 
+    /// The broker did not answer a call (a declare, qos, consume, close) in time.
+    #[error(
+        "RabbitMQ did not answer the {operation} within {timeout:?}: it is overloaded, unreachable, or blocking this connection (a memory or disk alarm)"
+    )]
+    BrokerTimeout {
+        /// What was being done.
+        operation: String,
+        /// The bound.
+        timeout: std::time::Duration,
+    },
+
     /// The broker answered a publish with a negative confirm.
     #[error(
         "RabbitMQ refused (nacked) message {message_id} for `{routing_key}`; it was not stored"
@@ -244,16 +255,6 @@ pub enum Error {
     #[error("the broker cancelled the consumer of queue `{queue}` (was the queue deleted?)")]
     ConsumerCancelled {
         /// The queue.
-        queue: String,
-    },
-
-    /// A message could not be moved to its delay queue (a retry, a scheduled
-    /// job) or to its dead-letter queue.
-    #[error(
-        "could not move a message of queue `{queue}` to its delay or dead-letter queue; it went back to the queue, and the worker reconnects to declare those queues again"
-    )]
-    RepublishFailed {
-        /// The job queue.
         queue: String,
     },
 

@@ -18,6 +18,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Semaphore;
 
+use super::BROKER_CALL_TIMEOUT;
 use crate::Error;
 
 /// Publishes with confirms through up to `channels` confirm-mode channels of
@@ -163,14 +164,23 @@ impl ConfirmChannel {
     /// Opens a channel on `connection` and turns on publisher confirms;
     /// failing with what failed and lapin's (cloneable) error.
     async fn open(connection: &Connection) -> Result<Self, (&'static str, lapin::Error)> {
-        let channel = connection
-            .create_channel()
+        let timed_out = || {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {BROKER_CALL_TIMEOUT:?}"),
+            ))
+        };
+        let channel = tokio::time::timeout(BROKER_CALL_TIMEOUT, connection.create_channel())
             .await
+            .unwrap_or_else(|_| Err(timed_out()))
             .map_err(|source| ("open a publishing channel", source))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|source| ("enable publisher confirms", source))?;
+        tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+        .map_err(|source| ("enable publisher confirms", source))?;
         Ok(ConfirmChannel { channel })
     }
 

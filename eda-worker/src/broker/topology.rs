@@ -9,6 +9,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ErrorKind};
 
+use super::bounded;
 use crate::Error;
 use crate::dead_letter::queue_name as dead_letter_queue;
 
@@ -113,13 +114,11 @@ impl QueueSpec {
 
 /// Opens a channel used for one declaration.
 async fn declaring_channel(connection: &Connection, what: &str) -> Result<Channel, Error> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|source| Error::Broker {
-            operation: format!("open a channel to declare {what}"),
-            source,
-        })
+    bounded(
+        || format!("open of a channel to declare {what}"),
+        connection.create_channel(),
+    )
+    .await
 }
 
 /// Declares `spec` (durable) on a short-lived channel of its own.
@@ -127,32 +126,31 @@ async fn declaring_channel(connection: &Connection, what: &str) -> Result<Channe
 /// A queue that exists with other arguments is reported as
 /// [`Error::QueueMismatch`], naming the queue and the differing argument.
 pub(crate) async fn declare_queue(connection: &Connection, spec: &QueueSpec) -> Result<(), Error> {
-    let broker_error = |source| Error::Broker {
-        operation: format!("declare of queue `{}`", spec.name),
-        source,
-    };
+    let operation = || format!("declare of queue `{}`", spec.name);
     let channel = declaring_channel(connection, &format!("queue `{}`", spec.name)).await?;
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let declared = channel
-        .queue_declare(spec.name.as_str().into(), options, spec.arguments.clone())
-        .await;
+    let declared = bounded(
+        operation,
+        channel.queue_declare(spec.name.as_str().into(), options, spec.arguments.clone()),
+    )
+    .await;
     match declared {
         Ok(_) => {
             // Best effort: the declaration is done, a failed close only leaks a channel id
             // until the connection closes.
-            let _ = channel.close(200, "declared".into()).await;
+            let _ = bounded(operation, channel.close(200, "declared".into())).await;
             Ok(())
         }
-        Err(source) => Err(match precondition_detail(&source) {
-            Some(detail) => Error::QueueMismatch {
+        Err(Error::Broker { source, .. }) if precondition_detail(&source).is_some() => {
+            Err(Error::QueueMismatch {
                 queue: spec.name.clone(),
-                detail,
-            },
-            None => broker_error(source),
-        }),
+                detail: precondition_detail(&source).unwrap_or_default(),
+            })
+        }
+        Err(error) => Err(error),
     }
 }
 

@@ -15,7 +15,7 @@ use lapin::Connection;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
+use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
 use crate::config::amqp_url_from_env;
 use crate::retry::schedule::publish_delayed;
 use crate::wire::{Envelope, now_millis};
@@ -324,15 +324,13 @@ impl Client {
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let session = self.current_session();
-        session.publisher.close().await;
-        session
-            .connection
-            .close(200, "client closed".into())
-            .await
-            .map_err(|source| Error::Broker {
-                operation: "close of the connection".into(),
-                source,
-            })
+        // Bounded: a broker that blocks this connection answers nothing.
+        let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, session.publisher.close()).await;
+        broker::bounded(
+            || "close of the connection".into(),
+            session.connection.close(200, "client closed".into()),
+        )
+        .await
     }
 
     fn current_session(&self) -> Arc<Session> {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckTracker, Settlement};
 use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
 use crate::Error;
+use crate::broker::{BROKER_CALL_TIMEOUT, bounded};
 
 /// How one queue is consumed.
 #[derive(Debug, Clone, Copy)]
@@ -41,10 +42,6 @@ pub(crate) enum ConsumerEnd {
 
 type Finished = (u64, Settlement);
 
-/// How long a stopping consumer waits for the broker to answer a cancel or a
-/// close (a blocked connection, during a memory alarm, answers nothing).
-pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
 struct QueueConsumer {
     channel: Channel,
     jobs: Arc<QueueJobs>,
@@ -64,34 +61,27 @@ pub(crate) async fn consume_queue(
 ) -> ConsumerEnd {
     let jobs = dispatch.jobs.clone();
     let queue = jobs.queue;
-    let broker_error = |operation: &str, source| Error::Broker {
-        operation: format!("{operation} on queue `{queue}`"),
-        source,
-    };
-    let channel = match connection.create_channel().await {
+    let on_queue = |operation: &'static str| move || format!("{operation} on queue `{queue}`");
+    let channel = match bounded(on_queue("open of a channel"), connection.create_channel()).await {
         Ok(channel) => channel,
-        Err(source) => return ConsumerEnd::Lost(broker_error("open channel", source)),
+        Err(error) => return ConsumerEnd::Lost(error),
     };
     // Per consumer (global = false): each queue has its own prefetch window.
-    if let Err(source) = channel
-        .basic_qos(settings.prefetch, BasicQosOptions { global: false })
-        .await
-    {
-        return ConsumerEnd::Lost(broker_error("basic.qos", source));
+    let qos = channel.basic_qos(settings.prefetch, BasicQosOptions { global: false });
+    if let Err(error) = bounded(on_queue("basic.qos"), qos).await {
+        return ConsumerEnd::Lost(error);
     }
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            // The broker makes up the tag: one built from the host name and queue
-            // could pass the 255 bytes an AMQP short string holds.
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await;
-    let consumer = match consumer {
+    let consume = channel.basic_consume(
+        queue.into(),
+        // The broker makes up the tag: one built from the host name and queue
+        // could pass the 255 bytes an AMQP short string holds.
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let consumer = match bounded(on_queue("basic.consume"), consume).await {
         Ok(consumer) => consumer,
-        Err(source) => return ConsumerEnd::Lost(broker_error("basic.consume", source)),
+        Err(error) => return ConsumerEnd::Lost(error),
     };
     tracing::info!(
         queue,
@@ -126,11 +116,10 @@ impl QueueConsumer {
                 biased;
                 () = token.cancelled() => break ConsumerEnd::Shutdown,
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    if self.record(joined) == Some(Settlement::Requeue) {
-                        // The dead-letter queue is gone or refusing: rebuild the session
-                        // (which declares it again) instead of looping on the message.
-                        break ConsumerEnd::Lost(Error::RepublishFailed { queue: queue.to_owned() });
-                    }
+                    // A delivery handed back (its retry or dead letter could not be
+                    // published for a long while) is requeued with the next flush; the
+                    // other deliveries and queues go on.
+                    self.record(joined);
                     if self.tracker.finished_count() >= self.settings.ack_batch
                         && let Err(error) = self.flush(false).await {
                             break ConsumerEnd::Lost(error);

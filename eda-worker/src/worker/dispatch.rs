@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::ack::Settlement;
@@ -16,6 +17,7 @@ use super::decision::{
     Admission, DeadLetterWhy, Decision, Failure, Limits, RetryPolicy, admit, decide, panic_message,
 };
 use super::follow_ups::publish_follow_ups;
+use super::hold::until_published;
 use super::transaction::{self, Ending, ending};
 use crate::broker::Publisher;
 use crate::dead_letter::publish_dead_letter;
@@ -82,6 +84,13 @@ pub(crate) struct Dispatch {
     pub(crate) database: Option<Database>,
     /// Queues declared for follow-up jobs (`ctx.enqueue` without a database).
     pub(crate) declared: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// How long a delivery may be held while its retry, hop or dead letter
+    /// cannot be published (see [`super::hold`]).
+    pub(crate) hold_limit: std::time::Duration,
+    /// Whether the broker blocks publishers (named when a hold starts).
+    pub(crate) broker: Arc<crate::broker::BrokerState>,
+    /// The broker session: held deliveries are handed back when it ends.
+    pub(crate) session: tokio_util::sync::CancellationToken,
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
@@ -96,6 +105,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
         attempt = envelope.attempt,
     );
+    let received = tokio::time::Instant::now();
     async {
         if envelope.eta.is_none()
             && let Some(eta) = unparsable_eta(&delivery.properties)
@@ -112,9 +122,11 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         );
         let job = match admission {
             Admission::Run(job) => job,
-            Admission::NotDue { eta } => return hop(&delivery, &envelope, eta, dispatch).await,
+            Admission::NotDue { eta } => {
+                return hop(&delivery, &envelope, eta, dispatch, received).await;
+            }
             Admission::Refuse(failure) => {
-                return settle_failure(&delivery, &envelope, failure, None, dispatch).await;
+                return settle_failure(&delivery, &envelope, failure, None, dispatch, received).await;
             }
         };
         let policy = Some(RetryPolicy {
@@ -129,7 +141,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
             }
             Ok(None) => None,
             Err(failure) => {
-                return settle_failure(&delivery, &envelope, failure, policy, dispatch).await;
+                return settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
             }
         };
         let mut ctx = JobContext::new(
@@ -158,7 +170,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
                 tracing::debug!("job succeeded");
                 Settlement::Ack
             }
-            Err(failure) => settle_failure(&delivery, &envelope, failure, policy, dispatch).await,
+            Err(failure) => settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await,
         }
     }
     .instrument(span)
@@ -191,16 +203,19 @@ async fn hop(
     envelope: &Envelope,
     eta: u64,
     dispatch: &Dispatch,
+    received: Instant,
 ) -> Settlement {
-    let published = publish_hop(
-        &dispatch.delays,
-        &dispatch.publisher,
-        dispatch.jobs.queue,
-        &envelope.message_id,
-        &delivery.data,
-        &delivery.properties,
-        eta,
-    )
+    let published = until_published(dispatch, received, "hop to a delay queue", || {
+        publish_hop(
+            &dispatch.delays,
+            &dispatch.publisher,
+            dispatch.jobs.queue,
+            &envelope.message_id,
+            &delivery.data,
+            &delivery.properties,
+            eta,
+        )
+    })
     .await;
     match &published {
         Ok(bucket) => tracing::debug!(
@@ -223,6 +238,7 @@ async fn settle_failure(
     failure: Failure,
     policy: Option<RetryPolicy>,
     dispatch: &Dispatch,
+    received: Instant,
 ) -> Settlement {
     let reason = failure.reason();
     let queue = dispatch.jobs.queue;
@@ -235,13 +251,15 @@ async fn settle_failure(
                 delay,
                 error: &reason,
             };
-            let published = publish_retry(
-                &dispatch.delays,
-                &dispatch.publisher,
-                retry,
-                &delivery.data,
-                &delivery.properties,
-            )
+            let published = until_published(dispatch, received, "retry", || {
+                publish_retry(
+                    &dispatch.delays,
+                    &dispatch.publisher,
+                    retry,
+                    &delivery.data,
+                    &delivery.properties,
+                )
+            })
             .await;
             match &published {
                 Ok(()) => {
@@ -256,14 +274,16 @@ async fn settle_failure(
             Settlement::after_republish(&published)
         }
         Decision::DeadLetter { why } => {
-            let published = publish_dead_letter(
-                &dispatch.publisher,
-                queue,
-                &delivery.data,
-                &delivery.properties,
-                &reason,
-                envelope.attempt,
-            )
+            let published = until_published(dispatch, received, "dead letter", || {
+                publish_dead_letter(
+                    &dispatch.publisher,
+                    queue,
+                    &delivery.data,
+                    &delivery.properties,
+                    &reason,
+                    envelope.attempt,
+                )
+            })
             .await;
             match (&published, why) {
                 (Ok(()), DeadLetterWhy::RetriesSpent) => tracing::warn!(

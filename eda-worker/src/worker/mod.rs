@@ -9,6 +9,7 @@ mod consumer;
 mod decision;
 mod dispatch;
 mod follow_ups;
+mod hold;
 mod session;
 mod transaction;
 
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) use self::decision::panic_message;
 use self::dispatch::QueueJobs;
+use crate::broker::BrokerState;
 use crate::error::error_chain_text;
 use crate::outbox::Relay;
 use crate::postgres::{inbox, pool_size};
@@ -44,6 +46,8 @@ use crate::{Error, JobDefinition, Registry, WorkerConfig};
 pub struct Worker {
     config: WorkerConfig,
     queues: Vec<Arc<QueueJobs>>,
+    /// Whether the broker blocks the worker's connections (for readiness).
+    broker: Arc<BrokerState>,
 }
 
 impl Worker {
@@ -79,7 +83,11 @@ impl Worker {
             .into_iter()
             .map(|queue| Arc::new(QueueJobs::new(queue, registry.jobs().copied())))
             .collect();
-        Ok(Worker { config, queues })
+        Ok(Worker {
+            config,
+            queues,
+            broker: Arc::default(),
+        })
     }
 
     /// The queues this worker consumes.

@@ -9,12 +9,12 @@ use lapin::Connection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::{BROKER_CALL_TIMEOUT, ConsumerEnd, ConsumerSettings, consume_queue};
+use super::consumer::{ConsumerEnd, ConsumerSettings, consume_queue};
 use super::decision::Limits;
 use super::dispatch::Dispatch;
 use super::{Worker, jobs_outliving};
 use crate::Error;
-use crate::broker::{self, ConnectPolicy, Publisher, QueueSpec};
+use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
 use crate::error::error_chain_text;
 use crate::retry::Backoff;
 use crate::retry::{Pauses, RECONNECT, cancelled_within};
@@ -75,8 +75,8 @@ impl Worker {
                 () = token.cancelled() => return Ok(()),
                 opened = self.open(started) => opened,
             };
-            let connection = match opened {
-                Ok(connection) => Arc::new(connection),
+            let connections = match opened {
+                Ok(connections) => connections,
                 Err(error) if !started || is_fatal(&error) => return Err(error),
                 Err(error) => {
                     let pause = pauses.next_pause();
@@ -89,8 +89,8 @@ impl Worker {
             };
             started = true;
             let session_started = tokio::time::Instant::now();
-            let end = self.run_session(&connection, &token).await;
-            close_connection(&connection).await;
+            let end = self.run_session(&connections, &token).await;
+            connections.close().await;
             match end {
                 Ok(()) => return Ok(()),
                 Err(error) if token.is_cancelled() => {
@@ -112,11 +112,12 @@ impl Worker {
         }
     }
 
-    /// Connects and declares every queue, its dead-letter queue and its delay
-    /// queues. Before the first session the configured attempts apply and a
-    /// refused login is fatal; after it, attempts are unbounded, refusals
-    /// included (the caller stops them with the token).
-    async fn open(&self, started: bool) -> Result<Connection, Error> {
+    /// Opens the consuming and the publishing connection and declares every
+    /// queue, its dead-letter queue and its delay queues. Before the first
+    /// session the configured attempts apply and a refused login is fatal;
+    /// after it, attempts are unbounded, refusals included (the caller stops
+    /// them with the token).
+    async fn open(&self, started: bool) -> Result<Connections, Error> {
         let policy = if started {
             let default = ConnectPolicy::default();
             // Once running, a refused login or vhost is waited out like any
@@ -137,32 +138,54 @@ impl Worker {
                 ..ConnectPolicy::default()
             }
         };
-        let connection = broker::connect(
+        let (url, tls, name) = (
             &self.config.amqp_url,
             &self.config.tls,
             &self.config.connection_name,
-            policy,
-        )
-        .await?;
-        for jobs in &self.queues {
-            broker::declare_queue(&connection, &QueueSpec::job(jobs.queue, jobs.queue_type))
-                .await?;
-            broker::declare_queue(&connection, &QueueSpec::dead_letter(jobs.queue)).await?;
-            self.config
-                .delay_queues
-                .declare(&connection, jobs.queue)
-                .await?;
+        );
+        let consuming = Arc::new(broker::connect(url, tls, name, policy).await?);
+        let publishing = match broker::connect(url, tls, &format!("{name} publisher"), policy).await
+        {
+            Ok(publishing) => Arc::new(publishing),
+            Err(error) => {
+                close_connection(&consuming).await;
+                return Err(error);
+            }
+        };
+        let connections = Connections {
+            consuming,
+            publishing,
+        };
+        if let Err(error) = self.declare(&connections.consuming).await {
+            connections.close().await;
+            return Err(error);
         }
-        Ok(connection)
+        Ok(connections)
     }
 
-    /// One connection's life: a consumer per queue until shutdown or a loss.
+    async fn declare(&self, connection: &Connection) -> Result<(), Error> {
+        for jobs in &self.queues {
+            broker::declare_queue(connection, &QueueSpec::job(jobs.queue, jobs.queue_type)).await?;
+            broker::declare_queue(connection, &QueueSpec::dead_letter(jobs.queue)).await?;
+            self.config
+                .delay_queues
+                .declare(connection, jobs.queue)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One session's life: a consumer per queue until shutdown or a loss of
+    /// either connection.
     async fn run_session(
         &self,
-        connection: &Arc<Connection>,
+        connections: &Connections,
         token: &CancellationToken,
     ) -> Result<(), Error> {
-        let publisher = Arc::new(Publisher::new(connection.clone(), REPUBLISH_CHANNELS));
+        let publisher = Arc::new(Publisher::new(
+            connections.publishing.clone(),
+            REPUBLISH_CHANNELS,
+        ));
         let delays = Arc::new(self.config.delay_queues.clone());
         let settings = ConsumerSettings {
             concurrency: self.config.concurrency,
@@ -174,8 +197,21 @@ impl Worker {
         // A loss on one queue stops the others too, so that the session reconnects whole.
         let session = token.child_token();
         let mut consumers = JoinSet::new();
+        for (connection, role) in [
+            (&connections.consuming, "consuming"),
+            (&connections.publishing, "publishing"),
+        ] {
+            let (connection, state, session) =
+                (connection.clone(), self.broker.clone(), session.clone());
+            consumers.spawn(async move {
+                tokio::select! {
+                    () = session.cancelled() => ConsumerEnd::Shutdown,
+                    error = broker::watch(&connection, role, &state) => ConsumerEnd::Lost(error),
+                }
+            });
+        }
         for jobs in &self.queues {
-            let connection = connection.clone();
+            let connection = connections.consuming.clone();
             let dispatch = Arc::new(Dispatch {
                 jobs: jobs.clone(),
                 publisher: publisher.clone(),
@@ -186,6 +222,9 @@ impl Worker {
                 },
                 database: self.config.database.clone(),
                 declared: std::sync::Mutex::default(),
+                hold_limit: self.config.consumer_timeout / 2,
+                broker: self.broker.clone(),
+                session: session.clone(),
             });
             let session = session.clone();
             consumers.spawn(async move {
@@ -216,8 +255,24 @@ impl Worker {
     }
 }
 
-/// Closes the session's connection, bounded: a blocked connection (memory or
-/// disk alarm) answers nothing.
+/// A session's two connections. Retries, hops, dead letters and follow-ups go
+/// out on the publishing one, so that a broker that blocks publishers (a
+/// memory or disk alarm) never stops the acks of the consuming one, and the
+/// consumers keep draining, which is what relieves the alarm.
+struct Connections {
+    consuming: Arc<Connection>,
+    publishing: Arc<Connection>,
+}
+
+impl Connections {
+    async fn close(&self) {
+        close_connection(&self.consuming).await;
+        close_connection(&self.publishing).await;
+    }
+}
+
+/// Closes a connection, bounded: a blocked connection (memory or disk alarm)
+/// answers nothing.
 async fn close_connection(connection: &Connection) {
     if !connection.status().connected() {
         return;

@@ -1,0 +1,30 @@
+//! Every broker call has a bound: a broker that is away, black-holed or
+//! blocking the connection (a memory or disk alarm) answers nothing, and a
+//! worker must neither hang at start nor at shutdown because of it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::Error;
+
+/// How long a declare, qos, consume, cancel or close may take.
+pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `call` for at most [`BROKER_CALL_TIMEOUT`]; `operation` names it in
+/// the error (e.g. ``declare of queue `email` ``).
+pub(crate) async fn bounded<T>(
+    operation: impl FnOnce() -> String,
+    call: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::Broker {
+            operation: operation(),
+            source,
+        }),
+        Err(_elapsed) => Err(Error::BrokerTimeout {
+            operation: operation(),
+            timeout: BROKER_CALL_TIMEOUT,
+        }),
+    }
+}
