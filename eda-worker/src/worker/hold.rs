@@ -26,6 +26,10 @@ use crate::retry::{Backoff, cancelled_within};
 /// black-holed connection answers nothing.
 pub(crate) const REPUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a stopping worker still waits for a first try in flight (a
+/// healthy broker confirms in milliseconds; a blocked one never does).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// The pauses between tries.
 const HOLD_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
 
@@ -70,12 +74,29 @@ where
     let mut tries = 0u32;
     loop {
         let timeout = try_timeout(dispatch.hold_limit);
-        let published = match tokio::time::timeout(timeout, publish()).await {
-            Ok(published) => published,
-            Err(_elapsed) => Err(Error::BrokerTimeout {
-                operation: format!("publish of the {what}"),
-                timeout,
-            }),
+        let published = tokio::select! {
+            published = tokio::time::timeout(timeout, publish()) => match published {
+                Ok(published) => published,
+                Err(_elapsed) => Err(Error::BrokerTimeout {
+                    operation: format!("publish of the {what}"),
+                    timeout,
+                }),
+            },
+            // A stop does not wait long for a broker that blocks publishers. The
+            // copy may still arrive: the message then runs twice, which the inbox
+            // (or the job's idempotence) absorbs; it is never lost.
+            () = async {
+                dispatch.session.cancelled().await;
+                if tries == 0 {
+                    tokio::time::sleep(STOP_GRACE).await;
+                }
+            } => {
+                tracing::warn!("the worker stops; handing the message back to its queue unsettled (this is not a failed attempt)");
+                return Err(Error::BrokerTimeout {
+                    operation: format!("publish of the {what} (stopped)"),
+                    timeout,
+                });
+            }
         };
         let error = match published {
             Ok(value) => {

@@ -243,9 +243,11 @@ impl Worker {
                 first_error.get_or_insert(error);
             }
         }
-        if tokio::time::timeout(BROKER_CALL_TIMEOUT, publisher.close())
-            .await
-            .is_err()
+        // A blocked connection sends no frame: its channels go with it.
+        if !connections.publishing.status().blocked()
+            && tokio::time::timeout(BROKER_CALL_TIMEOUT, publisher.close())
+                .await
+                .is_err()
         {
             tracing::warn!(
                 "the broker did not answer the close of the republishing channels in time"
@@ -275,6 +277,12 @@ impl Connections {
 /// answers nothing.
 async fn close_connection(connection: &Connection) {
     if !connection.status().connected() {
+        return;
+    }
+    if connection.status().blocked() {
+        // lapin sends no frame on a blocked connection, the close included:
+        // dropping it ends the socket, and the broker cleans up.
+        tracing::info!("not closing a connection the broker blocks; dropping it");
         return;
     }
     let close = connection.close(200, "worker stopped".into());

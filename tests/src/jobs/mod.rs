@@ -12,9 +12,11 @@ pub mod enqueue;
 pub mod flow_control;
 pub mod follow_ups;
 pub mod inbox;
+pub mod memory_alarm;
 pub mod outbox;
 pub mod quorum_queues;
 pub mod retries;
+pub mod settlement;
 pub mod shutdown;
 pub mod tls;
 
