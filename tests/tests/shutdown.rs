@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use eda_worker::Job;
 use eda_worker_tests::jobs::dead_letters::dead_letter_sleeps;
 use eda_worker_tests::jobs::enqueue::refused;
-use eda_worker_tests::jobs::shutdown::{Effect, deadline_effect, long_effect, slow_effect};
+use eda_worker_tests::jobs::shutdown::{
+    Effect, deadline_effect, leaky_log, long_effect, slow_effect,
+};
 use eda_worker_tests::{Scene, WAIT, wait_until, worker_command};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -50,6 +52,22 @@ impl WorkerProcess {
     async fn wait_for_log(&mut self, words: &str) {
         let found = tokio::time::timeout(WAIT, async {
             while let Some(line) = self.log.recv().await {
+                if line.contains(words) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "the worker should log {words:?}");
+    }
+
+    /// Waits for a log line containing `words`, asserting on the way that no
+    /// line contains `secret`.
+    async fn wait_for_log_without(&mut self, words: &str, secret: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.log.recv().await {
+                assert!(!line.contains(secret), "the log shows {secret:?}: {line}");
                 if line.contains(words) {
                     return true;
                 }
@@ -303,4 +321,27 @@ async fn worker_jobs_lists_every_linked_job() {
             "eda_worker_tests::jobs::dead_letters::dead_letter_sleeps"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_password_in_a_handler_error_is_redacted_in_the_log() {
+    let scene = Scene::of(leaky_log).workers(0).start().await;
+    let mut worker = WorkerProcess::spawn(scene.queue(), &[]);
+    worker.wait_for_log("consuming").await;
+    scene.enqueue(leaky_log, 7).await;
+    // The retry's warning, then the dead letter's.
+    worker
+        .wait_for_log_without("GET https://user:***@host/x/7 refused", ":secret@")
+        .await;
+    worker
+        .wait_for_log_without("moved to the dead-letter queue", ":secret@")
+        .await;
+    worker.signal("TERM");
+    let (status, _) = worker.exit().await;
+    assert!(status.success());
+    scene.wait_for_dead_letters(1).await;
+    let letters = scene.take_dead_letters().await;
+    let error = eda_worker_tests::broker::error_header(&letters[0]);
+    assert!(error.contains("https://user:***@host/x/7"), "{error}");
+    scene.finish().await;
 }

@@ -60,3 +60,12 @@ crate::job_family! {
     // The shutdown-deadline test.
     deadline_effect(queue = "eda-test.deadline");
 }
+
+/// Fails (retryable, then for good) with an error holding a URL with a
+/// password, which the worker's log must show redacted.
+#[job(queue = "eda-test.leaky-log", retries = 1, backoff = "10ms..10ms")]
+pub async fn leaky_log(_ctx: JobContext, n: u32) -> Result<(), JobError> {
+    Err(JobError::retryable(format!(
+        "GET https://user:secret@host/x/{n} refused"
+    )))
+}
