@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 /// Forwards connections to the broker of `AMQP_URL` until cut off.
 pub struct Proxy {
     port: u16,
-    cut: watch::Sender<bool>,
+    cut: watch::Sender<Cut>,
     accepted: Arc<AtomicUsize>,
     /// The accept loop; its connections' tasks end with it (dropped: aborted).
     _tasks: JoinSet<()>,
@@ -25,7 +25,7 @@ impl Proxy {
             .await
             .expect("bind a local port");
         let port = listener.local_addr().expect("a bound address").port();
-        let (cut, state) = watch::channel(false);
+        let (cut, state) = watch::channel(Cut::default());
         let accepted = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let target = broker_address(&crate::amqp_url());
@@ -57,13 +57,31 @@ impl Proxy {
     /// Drops every forwarded connection; new ones are accepted and never
     /// answered, as a black-holed network does.
     pub fn black_hole(&self) {
-        self.cut.send_replace(true);
+        self.cut.send_modify(|cut| {
+            cut.black_holed = true;
+            cut.generation += 1;
+        });
     }
 
     /// Forwards again (the connections held unanswered are dropped).
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.cut.send_modify(|cut| cut.black_holed = false);
     }
+
+    /// Drops every forwarded connection, as a broker or a load balancer
+    /// closing them does; new ones are forwarded at once.
+    pub fn cut(&self) {
+        self.cut.send_modify(|cut| cut.generation += 1);
+    }
+}
+
+/// What the proxy does to connections.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cut {
+    /// New connections are held unanswered.
+    black_holed: bool,
+    /// Bumped to drop every connection forwarded so far.
+    generation: u64,
 }
 
 /// `host:port` of an AMQP URL.
@@ -75,7 +93,7 @@ fn broker_address(url: &str) -> String {
 async fn accept(
     listener: TcpListener,
     target: String,
-    state: watch::Receiver<bool>,
+    state: watch::Receiver<Cut>,
     accepted: Arc<AtomicUsize>,
 ) {
     let mut connections = JoinSet::new();
@@ -86,10 +104,11 @@ async fn accept(
 }
 
 /// Forwards one connection until either side closes or the proxy is cut.
-async fn forward(mut inbound: TcpStream, target: String, mut state: watch::Receiver<bool>) {
-    if *state.borrow() {
+async fn forward(mut inbound: TcpStream, target: String, mut state: watch::Receiver<Cut>) {
+    let started = *state.borrow();
+    if started.black_holed {
         // Black-holed: hold the socket, answer nothing, until restored.
-        let _ = state.wait_for(|cut| !cut).await;
+        let _ = state.wait_for(|cut| !cut.black_holed).await;
         return;
     }
     let Ok(mut outbound) = TcpStream::connect(&target).await else {
@@ -98,7 +117,7 @@ async fn forward(mut inbound: TcpStream, target: String, mut state: watch::Recei
     tokio::select! {
         // Checked first: once cut, not a byte more goes through.
         biased;
-        _ = state.wait_for(|cut| *cut) => {}
+        _ = state.wait_for(|cut| cut.generation != started.generation) => {}
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
     }
 }

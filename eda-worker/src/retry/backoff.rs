@@ -135,9 +135,10 @@ impl Pauses {
 }
 
 /// The pauses between two broker sessions of the worker and of the outbox
-/// relay: from 1 s, doubling, at most 30 s.
+/// relay: from 100 ms (a connection a load balancer or a failover dropped
+/// comes back at once), doubling, at most 30 s.
 pub(crate) const RECONNECT: Backoff = Backoff {
-    min: Duration::from_secs(1),
+    min: Duration::from_millis(100),
     max: Duration::from_secs(30),
 };
 

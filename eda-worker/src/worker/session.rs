@@ -23,7 +23,7 @@ use crate::retry::{Pauses, RECONNECT, cancelled_within};
 const ACK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A session that lived this long resets the reconnect backoff.
-const STABLE_SESSION: Duration = Duration::from_secs(10);
+const STABLE_SESSION: Duration = Duration::from_secs(5);
 
 /// Confirm channels for retries, hops and dead letters, shared by the queues
 /// of a worker: one publish in flight per channel (see `broker::Publisher`).

@@ -8,6 +8,7 @@
 //! ratio. The drains run in child processes (this same binary), so each
 //! reports its own peak RSS.
 
+mod faults;
 mod postgres;
 mod raw;
 mod report;
@@ -103,6 +104,12 @@ struct Settings {
     /// Commits timed one by one for the relay latency.
     #[arg(long, default_value_t = 200, global = true)]
     relay_latency_samples: u64,
+    /// Forced connection closes in the reconnect figure.
+    #[arg(long, default_value_t = 7, global = true)]
+    reconnect_rounds: u64,
+    /// Confirmed enqueues per listener in the TLS figure (on a node of the bench's own).
+    #[arg(long, default_value_t = 40_000, global = true)]
+    tls_messages: u64,
 }
 
 /// Child-process modes; the parent runs them and reads their last stdout line.
@@ -512,6 +519,32 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         backlog.lateness(50.0),
     ));
 
+    // Broker faults: a forced close, and TLS on a node of the bench's own.
+    let (eda_reconnect, raw_floor) = faults::reconnect(settings.reconnect_rounds).await?;
+    for percentile in [50.0, 100.0] {
+        let label = if percentile == 100.0 {
+            "max".to_owned()
+        } else {
+            format!("p{percentile}")
+        };
+        table.push(Row::latency(
+            &format!("forced connection close to first job run again, {label} (ms), vs raw lapin connect+consume to first delivery"),
+            eda_reconnect.p(percentile),
+            raw_floor.p(percentile),
+        ));
+    }
+    let (amqps, amqp, raw_amqps) =
+        faults::tls_enqueue(settings.tls_messages, settings.publishers, 2).await?;
+    table.push(Row::throughput(
+        &format!("confirmed enqueue over amqps://, {callers} callers (msg/s)"),
+        amqps.rate(),
+        raw_amqps.rate(),
+    ));
+    table.push(Row::baseline(
+        "  eda-worker over amqp:// on the same node (msg/s)",
+        amqp.rate(),
+    ));
+
     // PostgreSQL: the inbox in the handler's transaction, and the outbox relay.
     let db = postgres::run(
         settings.db_jobs,
@@ -556,6 +589,11 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     println!(
         "fail-once throughput relative to the no-op drain of this run: {:.2}x (target: at least 0.3x; each such job costs two deliveries and a confirmed delay publish)",
         backlog.rate() / eda.rate()
+    );
+    println!(
+        "confirmed enqueue over amqps:// relative to amqp:// on the same TLS node: {:.2}x (target: at least 0.8x); forced close to first job run again: p50 {:.0} ms (target: under 1000 ms)",
+        amqps.rate() / amqp.rate(),
+        eda_reconnect.p(50.0)
     );
     println!(
         "raw lapin publishes and drains the same messages as eda-worker (same properties and headers, set by hand); \

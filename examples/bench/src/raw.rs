@@ -11,6 +11,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde::Serialize;
@@ -179,6 +180,37 @@ pub(crate) async fn publish<T: Serialize + 'static>(
     format: Format,
 ) -> anyhow::Result<Latencies> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    publish_on(connection, queue, count, publishers, payload, format).await
+}
+
+/// [`publish`] over an `amqps://` URL with `tls`.
+pub(crate) async fn publish_with_tls<T: Serialize + 'static>(
+    url: &str,
+    tls: OwnedTLSConfig,
+    queue: &'static str,
+    count: u64,
+    publishers: usize,
+    payload: fn(u64) -> T,
+    format: Format,
+) -> anyhow::Result<Latencies> {
+    let connection = Connection::connect_with_config(
+        url,
+        ConnectionProperties::default(),
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await?;
+    publish_on(connection, queue, count, publishers, payload, format).await
+}
+
+async fn publish_on<T: Serialize + 'static>(
+    connection: Connection,
+    queue: &'static str,
+    count: u64,
+    publishers: usize,
+    payload: fn(u64) -> T,
+    format: Format,
+) -> anyhow::Result<Latencies> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
