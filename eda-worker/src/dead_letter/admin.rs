@@ -15,11 +15,14 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::queue_name as dead_letter_queue;
-use crate::broker::{self, ConnectPolicy, Publisher};
+use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, bounded};
 use crate::wire::short_string;
 use crate::{Error, Tls};
 
 use super::letter::{DeadLetter, replay_properties};
+
+/// How long one replayed message may take to be confirmed.
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The connection's name, as RabbitMQ's management tools show it.
 const CONNECTION_NAME: &str = "eda-worker dlq";
@@ -143,15 +146,20 @@ impl DeadLetters {
             {
                 continue;
             }
-            self.publisher
-                .publish(
-                    "",
-                    queue,
-                    &message_id,
-                    &body,
-                    replay_properties(&properties),
-                )
-                .await?;
+            let replayed_copy = self.publisher.publish(
+                "",
+                queue,
+                &message_id,
+                &body,
+                replay_properties(&properties),
+            );
+            // A broker that blocks publishers (an alarm) answers nothing.
+            tokio::time::timeout(REPLAY_TIMEOUT, replayed_copy)
+                .await
+                .map_err(|_| Error::PublishTimeout {
+                    message_id: message_id.clone(),
+                    timeout: REPLAY_TIMEOUT,
+                })??;
             borrowed
                 .remove(tag)
                 .await
@@ -181,13 +189,11 @@ impl DeadLetters {
         // Purging a missing queue would fail with a bare NOT_FOUND; say which one.
         self.ready(&dead_letters).await?;
         let channel = self.channel(&dead_letters).await?;
-        let purged = channel
-            .queue_purge(dead_letters.clone(), QueuePurgeOptions::default())
-            .await
-            .map_err(|source| Error::Broker {
-                operation: format!("purge of `{dead_letters}`"),
-                source,
-            })?;
+        let purged = bounded(
+            || format!("purge of `{dead_letters}`"),
+            channel.queue_purge(dead_letters.clone(), QueuePurgeOptions::default()),
+        )
+        .await?;
         close_channel(&channel).await;
         tracing::info!(queue, dead_letter_queue = %dead_letters, purged, "dead letters purged");
         Ok(purged)
@@ -196,14 +202,12 @@ impl DeadLetters {
     /// Closes the connection. Messages still borrowed (none, unless an
     /// operation was cancelled midway) go back to their queue.
     pub async fn close(self) -> Result<(), Error> {
-        self.publisher.close().await;
-        self.connection
-            .close(200, "dlq tool done".into())
-            .await
-            .map_err(|source| Error::Broker {
-                operation: "close of the connection".into(),
-                source,
-            })
+        let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, self.publisher.close()).await;
+        bounded(
+            || "close of the connection".into(),
+            self.connection.close(200, "dlq tool done".into()),
+        )
+        .await
     }
 
     /// Ready messages in `dead_letters`, by a passive declare on a channel of
@@ -214,32 +218,31 @@ impl DeadLetters {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        match channel
-            .queue_declare(dead_letters.clone(), options, FieldTable::default())
-            .await
-        {
+        let declared = bounded(
+            || format!("passive declare of `{dead_letters}`"),
+            channel.queue_declare(dead_letters.clone(), options, FieldTable::default()),
+        )
+        .await;
+        match declared {
             Ok(declared) => {
                 close_channel(&channel).await;
                 Ok(declared.message_count())
             }
-            Err(source) if is_not_found(&source) => Err(Error::DeadLetterQueueNotFound {
-                queue: dead_letters.to_string(),
-            }),
-            Err(source) => Err(Error::Broker {
-                operation: format!("passive declare of `{dead_letters}`"),
-                source,
-            }),
+            Err(Error::Broker { source, .. }) if is_not_found(&source) => {
+                Err(Error::DeadLetterQueueNotFound {
+                    queue: dead_letters.to_string(),
+                })
+            }
+            Err(error) => Err(error),
         }
     }
 
     async fn channel(&self, dead_letters: &ShortString) -> Result<Channel, Error> {
-        self.connection
-            .create_channel()
-            .await
-            .map_err(|source| Error::Broker {
-                operation: format!("open of a channel for `{dead_letters}`"),
-                source,
-            })
+        bounded(
+            || format!("open of a channel for `{dead_letters}`"),
+            self.connection.create_channel(),
+        )
+        .await
     }
 }
 
@@ -260,13 +263,11 @@ struct Borrowed {
 
 impl Borrowed {
     async fn open(connection: &Connection, queue: ShortString) -> Result<Self, Error> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|source| Error::Broker {
-                operation: format!("open of a channel for `{queue}`"),
-                source,
-            })?;
+        let channel = bounded(
+            || format!("open of a channel for `{queue}`"),
+            connection.create_channel(),
+        )
+        .await?;
         Ok(Borrowed {
             channel,
             queue,
@@ -276,14 +277,12 @@ impl Borrowed {
 
     /// Takes the next message, or `None` when the queue is empty.
     async fn take(&mut self) -> Result<Option<(u64, BasicProperties, Vec<u8>)>, Error> {
-        let got = self
-            .channel
-            .basic_get(self.queue.clone(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|source| Error::Broker {
-                operation: format!("basic.get from `{}`", self.queue),
-                source,
-            })?;
+        let got = bounded(
+            || format!("basic.get from `{}`", self.queue),
+            self.channel
+                .basic_get(self.queue.clone(), BasicGetOptions { no_ack: false }),
+        )
+        .await?;
         Ok(got.map(|message| {
             let delivery = message.delivery;
             self.held.push(delivery.delivery_tag);
@@ -326,7 +325,11 @@ impl Borrowed {
 
 async fn close_channel(channel: &Channel) {
     if channel.status().connected()
-        && let Err(error) = channel.close(200, "done".into()).await
+        && let Err(error) = bounded(
+            || "close of a channel".into(),
+            channel.close(200, "done".into()),
+        )
+        .await
     {
         tracing::debug!(error = %error, "dlq channel close failed");
     }
