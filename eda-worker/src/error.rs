@@ -370,6 +370,20 @@ pub enum Error {
         known: i64,
     },
 
+    /// eda-worker's tables are missing or older than this binary needs.
+    #[error(
+        "eda-worker's tables in schema `{schema}` are not migrated ({}; this binary needs up to {needed}): run `worker migrate`, or start the worker with --migrate",
+        applied.map_or_else(|| "no migration applied".to_owned(), |version| format!("applied up to {version}"))
+    )]
+    NotMigrated {
+        /// The schema.
+        schema: String,
+        /// The newest migration applied, if any.
+        applied: Option<i64>,
+        /// The newest migration this binary knows.
+        needed: i64,
+    },
+
     /// An applied migration differs from this binary's.
     #[error(
         "migration {version} in schema `{schema}` differs from this binary's: migrations must not be edited once applied"

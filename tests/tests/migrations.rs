@@ -1,9 +1,13 @@
 //! eda-worker's tables: `worker migrate` creates them in their own schema,
-//! running it again changes nothing, and a database migrated by a newer
-//! eda-worker is refused with a clear error.
+//! running it again changes nothing, a database migrated by a newer
+//! eda-worker is refused with a clear error, and a worker stops at start
+//! when the tables are missing or older than it needs.
 
+use eda_worker::Job;
 use eda_worker::postgres::Database;
+use eda_worker_tests::WAIT;
 use eda_worker_tests::database::{execute, fresh_database, migrated_database, remove_database};
+use eda_worker_tests::jobs::migrations::unmigrated;
 use eda_worker_tests::process::database_env;
 use eda_worker_tests::worker_command;
 use sqlx::AssertSqlSafe;
@@ -113,5 +117,69 @@ async fn worker_migrate_applies_the_migrations_and_says_what_is_missing() {
         stderr.contains("could not connect to PostgreSQL at postgres://app:***@127.0.0.1:1/test"),
         "{stderr}"
     );
+    remove_database(database).await;
+}
+
+#[tokio::test]
+async fn a_worker_stops_at_start_naming_worker_migrate_when_the_tables_are_missing_or_old() {
+    let queue = <unmigrated as Job>::QUEUE;
+    let run = |env: [(&'static str, String); 2]| async move {
+        let output = tokio::time::timeout(
+            WAIT,
+            worker_command!("run", "--queues", queue, "--no-relay")
+                .envs(env)
+                .output(),
+        )
+        .await
+        .expect("the worker stops at start")
+        .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let database = fresh_database("eda_test_unmigrated").await;
+    let (code, stderr) = run(database_env(&database)).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "eda-worker's tables in schema `eda_test_unmigrated` are not migrated (no migration applied; this binary needs up to 2): run `worker migrate`, or start the worker with --migrate"
+        ),
+        "{stderr}"
+    );
+
+    // Migrated by an older eda-worker: the newest migration is missing.
+    database.migrate().await.unwrap();
+    execute(
+        &database,
+        format!(
+            "DELETE FROM {schema}._sqlx_migrations WHERE version = 2; DROP TABLE {schema}.outbox; DROP FUNCTION {schema}.outbox_notify()",
+            schema = database.schema()
+        ),
+    )
+    .await;
+    let error = database.check_migrated().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            eda_worker::Error::NotMigrated {
+                applied: Some(1),
+                needed: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let (code, stderr) = run(database_env(&database)).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(applied up to 1; this binary needs up to 2): run `worker migrate`"),
+        "{stderr}"
+    );
+
+    // `--migrate` brings it up to date; the check passes.
+    database.migrate().await.unwrap();
+    database.check_migrated().await.expect("migrated");
+    assert_eq!(applied(&database).await, [1, 2]);
     remove_database(database).await;
 }

@@ -10,6 +10,11 @@ use crate::Error;
 /// How long a declare, qos, consume, cancel or close may take.
 pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a cancel or close waits after a loss: the connection is most
+/// likely gone, and a close that waits for an answer only delays the
+/// reconnect.
+pub(crate) const CLOSE_AFTER_LOSS: Duration = Duration::from_secs(1);
+
 /// Runs `call` for at most [`BROKER_CALL_TIMEOUT`]; `operation` names it in
 /// the error (e.g. ``declare of queue `email` ``).
 pub(crate) async fn bounded<T>(

@@ -26,6 +26,7 @@ pub(super) struct RelayArgs {
 pub(super) async fn relay(args: RelayArgs) -> Result<(), crate::Error> {
     let delays = delay_queues(args.delay_buckets)?;
     let database = args.database.require("worker relay").await?;
+    database.check_migrated().await?;
     let relay = Relay::new(database, args.broker.amqp_url.clone())
         .tls(args.broker.tls())
         .delay_queues(delays);

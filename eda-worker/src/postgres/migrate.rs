@@ -37,6 +37,51 @@ pub(super) async fn run(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks that every migration of this binary is applied to `schema`, so
+/// that a worker never runs jobs against tables that are missing or old.
+/// A newer database (migrations this binary does not know) is fine: they
+/// only add.
+pub(super) async fn check(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
+    let statement = format!(
+        "SELECT version FROM {} WHERE success",
+        schema.table("_sqlx_migrations")
+    );
+    let applied: Vec<i64> = match sqlx::query_scalar(sqlx::AssertSqlSafe(statement))
+        .fetch_all(pool)
+        .await
+    {
+        Ok(applied) => applied,
+        // 42P01: no bookkeeping table, so never migrated (3F000: no schema at all).
+        Err(error)
+            if error
+                .as_database_error()
+                .and_then(|error| error.code())
+                .is_some_and(|code| code == "42P01" || code == "3F000") =>
+        {
+            Vec::new()
+        }
+        Err(source) => {
+            return Err(Error::Database {
+                operation: format!("check of the migrations in schema `{schema}`"),
+                source,
+            });
+        }
+    };
+    let missing: Vec<i64> = MIGRATIONS
+        .iter()
+        .map(|migration| migration.version)
+        .filter(|version| !applied.contains(version))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotMigrated {
+        schema: schema.to_string(),
+        applied: applied.iter().copied().max(),
+        needed: latest_version(),
+    })
+}
+
 /// The newest migration this binary knows.
 pub fn latest_version() -> i64 {
     MIGRATIONS

@@ -188,6 +188,13 @@ impl Database {
         migrate::run(&self.pool, &self.schema).await
     }
 
+    /// Checks that eda-worker's tables are migrated as far as this binary
+    /// needs: [`Error::NotMigrated`] names `worker migrate` when they are not.
+    /// The worker and the relay check this at start (unless they migrate).
+    pub async fn check_migrated(&self) -> Result<(), Error> {
+        migrate::check(&self.pool, &self.schema).await
+    }
+
     /// Deletes inbox rows processed more than `retention` ago, in small
     /// batches; returns how many. The worker does this every few minutes.
     pub async fn prune_inbox(&self, retention: Duration) -> Result<u64, Error> {

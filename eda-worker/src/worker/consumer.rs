@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckTracker, Settlement};
 use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
 use crate::Error;
-use crate::broker::{BROKER_CALL_TIMEOUT, bounded};
+use crate::broker::{BROKER_CALL_TIMEOUT, CLOSE_AFTER_LOSS, bounded};
 
 /// How one queue is consumed.
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +159,11 @@ impl QueueConsumer {
             let cancel = self
                 .channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-            match tokio::time::timeout(BROKER_CALL_TIMEOUT, cancel).await {
+            let wait = match end {
+                ConsumerEnd::Shutdown => BROKER_CALL_TIMEOUT,
+                ConsumerEnd::Lost(_) => CLOSE_AFTER_LOSS,
+            };
+            match tokio::time::timeout(wait, cancel).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(queue, error = %error, "could not cancel the consumer")

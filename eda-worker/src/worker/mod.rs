@@ -118,6 +118,8 @@ impl Worker {
             // Before the relay and the pruner, which need the tables.
             if self.config.migrate {
                 database.migrate().await?;
+            } else {
+                database.check_migrated().await?;
             }
             let needed = pool_size(
                 self.config.concurrency,

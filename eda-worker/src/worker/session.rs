@@ -14,7 +14,9 @@ use super::decision::Limits;
 use super::dispatch::Dispatch;
 use super::{Worker, jobs_outliving};
 use crate::Error;
-use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
+use crate::broker::{
+    self, BROKER_CALL_TIMEOUT, CLOSE_AFTER_LOSS, ConnectPolicy, Publisher, QueueSpec,
+};
 use crate::error::error_chain_text;
 use crate::retry::Backoff;
 use crate::retry::{Pauses, RECONNECT, cancelled_within};
@@ -90,7 +92,13 @@ impl Worker {
             started = true;
             let session_started = tokio::time::Instant::now();
             let end = self.run_session(&connections, &token).await;
-            connections.close().await;
+            connections
+                .close(if end.is_ok() {
+                    BROKER_CALL_TIMEOUT
+                } else {
+                    CLOSE_AFTER_LOSS
+                })
+                .await;
             match end {
                 Ok(()) => return Ok(()),
                 Err(error) if token.is_cancelled() => {
@@ -148,7 +156,7 @@ impl Worker {
         {
             Ok(publishing) => Arc::new(publishing),
             Err(error) => {
-                close_connection(&consuming).await;
+                close_connection(&consuming, BROKER_CALL_TIMEOUT).await;
                 return Err(error);
             }
         };
@@ -157,7 +165,7 @@ impl Worker {
             publishing,
         };
         if let Err(error) = self.declare(&connections.consuming).await {
-            connections.close().await;
+            connections.close(BROKER_CALL_TIMEOUT).await;
             return Err(error);
         }
         Ok(connections)
@@ -244,10 +252,14 @@ impl Worker {
             }
         }
         // A blocked connection sends no frame: its channels go with it.
+        let wait = if first_error.is_none() {
+            BROKER_CALL_TIMEOUT
+        } else {
+            CLOSE_AFTER_LOSS
+        };
         if !connections.publishing.status().blocked()
-            && tokio::time::timeout(BROKER_CALL_TIMEOUT, publisher.close())
-                .await
-                .is_err()
+            && connections.publishing.status().connected()
+            && tokio::time::timeout(wait, publisher.close()).await.is_err()
         {
             tracing::warn!(
                 "the broker did not answer the close of the republishing channels in time"
@@ -267,15 +279,18 @@ struct Connections {
 }
 
 impl Connections {
-    async fn close(&self) {
-        close_connection(&self.consuming).await;
-        close_connection(&self.publishing).await;
+    /// Closes both, each waiting up to `wait` for the broker's answer.
+    async fn close(&self, wait: Duration) {
+        tokio::join!(
+            close_connection(&self.consuming, wait),
+            close_connection(&self.publishing, wait)
+        );
     }
 }
 
-/// Closes a connection, bounded: a blocked connection (memory or disk alarm)
-/// answers nothing.
-async fn close_connection(connection: &Connection) {
+/// Closes a connection, bounded by `wait`: a blocked connection (memory or
+/// disk alarm) answers nothing.
+async fn close_connection(connection: &Connection, wait: Duration) {
     if !connection.status().connected() {
         return;
     }
@@ -286,7 +301,7 @@ async fn close_connection(connection: &Connection) {
         return;
     }
     let close = connection.close(200, "worker stopped".into());
-    match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
+    match tokio::time::timeout(wait, close).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::debug!(error = %error, "connection close failed"),
         Err(_) => tracing::warn!("the broker did not answer the connection close in time"),

@@ -13,6 +13,7 @@ pub mod flow_control;
 pub mod follow_ups;
 pub mod inbox;
 pub mod memory_alarm;
+pub mod migrations;
 pub mod outbox;
 pub mod quorum_queues;
 pub mod retries;
