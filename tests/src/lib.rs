@@ -15,6 +15,7 @@ pub mod database;
 pub mod jobs;
 pub mod node;
 pub mod outbox;
+pub mod postgres_node;
 pub mod process;
 pub mod proxy;
 pub mod scene;

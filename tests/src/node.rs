@@ -194,7 +194,7 @@ fn free_ports() -> [u16; 3] {
     [port(0), port(1), port(2)]
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

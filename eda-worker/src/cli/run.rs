@@ -21,6 +21,10 @@ pub(super) struct RunArgs {
     /// Do not run the outbox relay inside the worker (run `worker relay` instead).
     #[arg(long, env = "EDA_NO_RELAY")]
     no_relay: bool,
+    /// Most database connections this worker opens (default: concurrency x
+    /// queues + the relay's and the pruner's). Smaller, jobs wait for one.
+    #[arg(long, env = "EDA_DB_POOL_SIZE")]
+    db_pool_size: Option<u32>,
     /// How long processed message ids stay in the inbox, e.g. 7d.
     #[arg(long, env = "EDA_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     inbox_retention: Duration,
@@ -81,7 +85,7 @@ impl RunArgs {
 }
 
 pub(super) async fn run(args: RunArgs) -> Result<(), crate::Error> {
-    let (migrate, relay) = (args.migrate, !args.no_relay);
+    let (migrate, relay, pool) = (args.migrate, !args.no_relay, args.db_pool_size);
     let (mut config, database) = args.into_config()?;
     config = config.relay(relay);
     let queues = if config.queues.is_empty() {
@@ -89,7 +93,8 @@ pub(super) async fn run(args: RunArgs) -> Result<(), crate::Error> {
     } else {
         config.queues.len()
     };
-    let pool_size = crate::postgres::pool_size(config.concurrency, queues, relay);
+    let pool_size =
+        pool.unwrap_or_else(|| crate::postgres::pool_size(config.concurrency, queues, relay));
     match database.connect_with_pool_size(pool_size).await? {
         Some(database) => config = config.database(database).migrate_on_start(migrate),
         None if migrate => {

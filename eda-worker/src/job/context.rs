@@ -37,6 +37,19 @@ pub(crate) struct TxSlot {
     /// Whether the handler ever borrowed it (only then can a statement of
     /// its own have failed in it).
     borrowed: AtomicBool,
+    /// Whether the handler asked for it, begun or not (its queue uses the
+    /// database, so it pauses while the database is away).
+    wanted: AtomicBool,
+    /// For a job that does not dedup: how to begin the transaction at its
+    /// first `ctx.tx()`. Cleared when it begins or the attempt ends.
+    lazy: std::sync::Mutex<Option<LazyBegin>>,
+}
+
+/// How a transaction not begun yet begins.
+#[derive(Debug, Clone)]
+pub(crate) struct LazyBegin {
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) lock_timeout: std::time::Duration,
 }
 
 impl TxSlot {
@@ -44,12 +57,46 @@ impl TxSlot {
         Arc::new(TxSlot {
             tx: Mutex::new(Some(tx)),
             borrowed: AtomicBool::new(false),
+            wanted: AtomicBool::new(false),
+            lazy: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A slot whose transaction begins at the handler's first `ctx.tx()`,
+    /// so that a job that never asks for one holds no connection.
+    pub(crate) fn lazy(begin: LazyBegin) -> SharedTx {
+        Arc::new(TxSlot {
+            tx: Mutex::new(None),
+            borrowed: AtomicBool::new(false),
+            wanted: AtomicBool::new(false),
+            lazy: std::sync::Mutex::new(Some(begin)),
         })
     }
 
     /// Whether the handler ever borrowed the transaction.
     pub(crate) fn was_borrowed(&self) -> bool {
         self.borrowed.load(Ordering::Acquire)
+    }
+
+    /// Whether the handler asked for the transaction (even if it could not begin).
+    pub(crate) fn was_wanted(&self) -> bool {
+        self.wanted.load(Ordering::Acquire)
+    }
+
+    /// Ends the chance of a lazy begin; true when the transaction never began.
+    pub(crate) fn close_lazy(&self) -> bool {
+        self.lazy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .is_some()
+    }
+
+    fn pending_begin(&self) -> Option<LazyBegin> {
+        self.lazy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -248,13 +295,26 @@ impl JobContext {
                 reason: "the worker has no database: set DATABASE_URL (or WorkerConfig::database)",
             });
         };
-        let Ok(guard) = shared.tx.try_lock() else {
+        shared.wanted.store(true, Ordering::Release);
+        let Ok(mut guard) = shared.tx.try_lock() else {
             return Err(Error::NoTransaction {
                 job: self.job,
                 reason: "the transaction is borrowed by an earlier `ctx.tx()` that is still alive: \
                          drop it first, or call `enqueue` on it",
             });
         };
+        if guard.is_none()
+            && let Some(begin) = shared.pending_begin()
+        {
+            let tx = crate::postgres::inbox::begin_transaction(&begin.pool, begin.lock_timeout)
+                .await
+                .map_err(|source| Error::Database {
+                    operation: "begin of the job's transaction".into(),
+                    source,
+                })?;
+            *guard = Some(tx);
+            shared.close_lazy();
+        }
         if guard.is_none() {
             return Err(Error::NoTransaction {
                 job: self.job,

@@ -12,14 +12,14 @@ use crate::retry::cancelled_within;
 
 /// What beginning a job's transaction found.
 pub(crate) enum Begun {
-    /// A transaction for the handler, holding the message's inbox row when
-    /// the job dedups (committed with the handler's writes).
+    /// A transaction for the handler, holding the message's inbox row
+    /// (committed with the handler's writes).
     Open(Transaction<'static, Postgres>),
     /// The message's effects committed before: ack it without running.
     AlreadyProcessed,
 }
 
-/// Begins the handler's transaction and, when `dedup`, claims `message_id`.
+/// Begins the handler's transaction and claims `message_id` in it.
 ///
 /// The claim is an `INSERT ... ON CONFLICT DO NOTHING`: while another
 /// transaction holds an uncommitted row for the same id (the same message
@@ -37,30 +37,36 @@ pub(crate) async fn begin(
     message_id: &str,
     job: &str,
     queue: &str,
-    dedup: bool,
     lock_timeout: Duration,
 ) -> Result<Begun, sqlx::Error> {
-    let lock_timeout_ms = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
-    let begin = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}");
-    let mut tx = database.pool().begin_with(AssertSqlSafe(begin)).await?;
-    if dedup {
-        let claim = format!(
-            "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (queue, message_id) DO NOTHING",
-            database.schema().table("inbox")
-        );
-        let claimed = sqlx::query(AssertSqlSafe(claim))
-            .bind(message_id)
-            .bind(job)
-            .bind(queue)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if claimed == 0 {
-            tx.rollback().await?;
-            return Ok(Begun::AlreadyProcessed);
-        }
+    let mut tx = begin_transaction(database.pool(), lock_timeout).await?;
+    let claim = format!(
+        "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (queue, message_id) DO NOTHING",
+        database.schema().table("inbox")
+    );
+    let claimed = sqlx::query(AssertSqlSafe(claim))
+        .bind(message_id)
+        .bind(job)
+        .bind(queue)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if claimed == 0 {
+        tx.rollback().await?;
+        return Ok(Begun::AlreadyProcessed);
     }
     Ok(Begun::Open(tx))
+}
+
+/// Begins a transaction whose lock waits end after `lock_timeout`, in one
+/// round trip.
+pub(crate) async fn begin_transaction(
+    pool: &sqlx::PgPool,
+    lock_timeout: Duration,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let lock_timeout_ms = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
+    let begin = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}");
+    pool.begin_with(AssertSqlSafe(begin)).await
 }
 
 /// Rows deleted per statement when pruning: small, so that no statement

@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod health;
 pub(crate) mod inbox;
 mod migrate;
 pub mod outbox;

@@ -12,6 +12,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -71,15 +72,7 @@ pub(crate) async fn consume_queue(
     if let Err(error) = bounded(on_queue("basic.qos"), qos).await {
         return ConsumerEnd::Lost(error);
     }
-    let consume = channel.basic_consume(
-        queue.into(),
-        // The broker makes up the tag: one built from the host name and queue
-        // could pass the 255 bytes an AMQP short string holds.
-        "".into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    );
-    let consumer = match bounded(on_queue("basic.consume"), consume).await {
+    let consumer = match start_consumer(&channel, queue).await {
         Ok(consumer) => consumer,
         Err(error) => return ConsumerEnd::Lost(error),
     };
@@ -101,24 +94,74 @@ pub(crate) async fn consume_queue(
     state.drain(end).await
 }
 
+/// `basic.consume` on `queue`, bounded.
+async fn start_consumer(channel: &Channel, queue: &'static str) -> Result<lapin::Consumer, Error> {
+    let consume = channel.basic_consume(
+        queue.into(),
+        // The broker makes up the tag: one built from the host name and queue
+        // could pass the 255 bytes an AMQP short string holds.
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    bounded(|| format!("basic.consume on queue `{queue}`"), consume).await
+}
+
+/// The next delivery of `consumer`, or never while there is none (paused).
+async fn next_delivery(
+    consumer: &mut Option<lapin::Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next change of whether the database answers, or never without one.
+async fn database_change(health: &mut Option<watch::Receiver<bool>>) {
+    match health {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl QueueConsumer {
     async fn consume(
         &mut self,
-        mut consumer: lapin::Consumer,
+        consumer: lapin::Consumer,
         token: &CancellationToken,
     ) -> ConsumerEnd {
         let queue = self.jobs.queue;
+        let mut consumer = Some(consumer);
+        let mut health = self.dispatch.health.as_ref().map(|health| health.watch());
         let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
         flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let end = loop {
+            let database_down = health.as_ref().is_some_and(|health| !*health.borrow());
+            if database_down
+                && self.dispatch.needs_database()
+                && let Some(running) = consumer.take()
+            {
+                // Stop taking jobs the database would fail, and hand back the
+                // prefetched ones for a worker that can run them.
+                self.stop_consuming(running, BROKER_CALL_TIMEOUT).await;
+                tracing::warn!(
+                    queue,
+                    "PostgreSQL is away: stopped taking jobs from this queue until it answers"
+                );
+            }
             let can_take = self.in_flight.len() < self.settings.concurrency;
             tokio::select! {
                 biased;
                 () = token.cancelled() => break ConsumerEnd::Shutdown,
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     // A delivery handed back (its retry or dead letter could not be
-                    // published for a long while) is requeued with the next flush; the
-                    // other deliveries and queues go on.
+                    // published for a long while, or the database is away) is requeued
+                    // with the next flush; the other deliveries and queues go on.
                     self.record(joined);
                     if self.tracker.finished_count() >= self.settings.ack_batch
                         && let Err(error) = self.flush(false).await {
@@ -130,7 +173,19 @@ impl QueueConsumer {
                         break ConsumerEnd::Lost(error);
                     }
                 }
-                delivery = consumer.next(), if can_take => match delivery {
+                () = database_change(&mut health) => {
+                    let up = health.as_ref().is_some_and(|health| *health.borrow());
+                    if up && consumer.is_none() {
+                        match start_consumer(&self.channel, queue).await {
+                            Ok(started) => {
+                                tracing::info!(queue, "PostgreSQL answers: taking jobs from this queue again");
+                                consumer = Some(started);
+                            }
+                            Err(error) => break ConsumerEnd::Lost(error),
+                        }
+                    }
+                }
+                delivery = next_delivery(&mut consumer), if can_take => match delivery {
                     Some(Ok(delivery)) => {
                         self.tracker.delivered(delivery.delivery_tag, delivery.acker.clone());
                         let dispatch = self.dispatch.clone();
@@ -153,43 +208,52 @@ impl QueueConsumer {
         };
         // Stop deliveries before draining, and hand what was prefetched but not
         // started straight back, so that another worker can take it now rather
-        // than when this one has finished draining. Their tags are above every
-        // started one, so the multiple acks of the drain never cover them.
-        if self.channel.status().connected() {
-            let cancel = self
-                .channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        // than when this one has finished draining.
+        if let Some(consumer) = consumer {
             let wait = match end {
                 ConsumerEnd::Shutdown => BROKER_CALL_TIMEOUT,
                 ConsumerEnd::Lost(_) => CLOSE_AFTER_LOSS,
             };
-            match tokio::time::timeout(wait, cancel).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(queue, error = %error, "could not cancel the consumer")
-                }
-                Err(_) => tracing::warn!(
-                    queue,
-                    "the broker did not answer the consumer cancel in time"
-                ),
-            }
-            let mut returned = 0usize;
-            while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                let requeue = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
-                    break;
-                }
-                returned += 1;
-            }
-            if returned > 0 {
-                tracing::info!(queue, returned, "returned unstarted messages to the queue");
-            }
+            self.stop_consuming(consumer, wait).await;
         }
-        drop(consumer);
         end
+    }
+
+    /// Cancels `consumer` (waiting up to `wait` for the broker) and hands
+    /// back what it delivered but nothing started. Their tags are above
+    /// every started one, so later multiple acks never cover them.
+    async fn stop_consuming(&mut self, mut consumer: lapin::Consumer, wait: Duration) {
+        let queue = self.jobs.queue;
+        if !self.channel.status().connected() {
+            return;
+        }
+        let cancel = self
+            .channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(wait, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(queue, error = %error, "could not cancel the consumer")
+            }
+            Err(_) => tracing::warn!(
+                queue,
+                "the broker did not answer the consumer cancel in time"
+            ),
+        }
+        let mut returned = 0usize;
+        while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
+                break;
+            }
+            returned += 1;
+        }
+        if returned > 0 {
+            tracing::info!(queue, returned, "returned unstarted messages to the queue");
+        }
     }
 
     /// Lets running handlers finish for up to the shutdown timeout, acks what

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
 use lapin::message::Delivery;
@@ -18,14 +19,14 @@ use super::decision::{
 };
 use super::follow_ups::publish_follow_ups;
 use super::hold::until_published;
-use super::transaction::{self, Ending, ending};
+use super::transaction::{self, Ending, Start, ending};
 use crate::broker::Publisher;
 use crate::dead_letter::publish_dead_letter;
 use crate::error::error_chain_text;
-use crate::job::{JobDefinition, TxSlot};
+use crate::job::JobDefinition;
 use crate::outbox::Outbox;
 use crate::postgres::Database;
-use crate::postgres::inbox::Begun;
+use crate::postgres::health::{DatabaseHealth, is_outage, outage_in_chain};
 use crate::retry::schedule::{Retry, publish_hop, publish_retry};
 use crate::wire::{Envelope, now_millis, unparsable_eta};
 use crate::{DelayQueues, JobContext, QueueType};
@@ -36,6 +37,10 @@ pub(crate) struct QueueJobs {
     pub(crate) queue: &'static str,
     pub(crate) queue_type: QueueType,
     jobs: HashMap<&'static str, JobDefinition>,
+    /// Whether a job of this queue asked for its transaction (a queue whose
+    /// jobs dedup uses the database anyway): such a queue stops taking
+    /// deliveries while the database is away.
+    uses_database: AtomicBool,
 }
 
 impl QueueJobs {
@@ -58,6 +63,7 @@ impl QueueJobs {
             queue,
             queue_type,
             jobs,
+            uses_database: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +97,17 @@ pub(crate) struct Dispatch {
     pub(crate) broker: Arc<crate::broker::BrokerState>,
     /// The broker session: held deliveries are handed back when it ends.
     pub(crate) session: tokio_util::sync::CancellationToken,
+    /// Whether the database answers, when one is configured.
+    pub(crate) health: Option<Arc<DatabaseHealth>>,
+}
+
+impl Dispatch {
+    /// Whether this queue's jobs need the database to run.
+    pub(crate) fn needs_database(&self) -> bool {
+        self.database.is_some()
+            && (self.jobs.definitions().any(|job| job.dedup != Some(false))
+                || self.jobs.uses_database.load(Ordering::Relaxed))
+    }
 }
 
 /// Handles one delivery to the end and says how to settle it. Never panics
@@ -134,13 +151,16 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
             backoff: job.backoff,
         });
         let tx = match transaction::begin(&envelope, job, dispatch).await {
-            Ok(Some(Begun::Open(tx))) => Some(TxSlot::new(tx)),
-            Ok(Some(Begun::AlreadyProcessed)) => {
+            Ok(Some(Start::Tx(tx))) => Some(tx),
+            Ok(Some(Start::AlreadyProcessed)) => {
                 tracing::info!("already processed (its inbox row exists); acked without running");
                 return Settlement::Ack;
             }
             Ok(None) => None,
             Err(failure) => {
+                if database_away(&failure, dispatch).await {
+                    return Settlement::Requeue;
+                }
                 return settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
             }
         };
@@ -156,6 +176,9 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         }
         let follow_ups = ctx.follow_ups();
         let ran = run_attempt(&delivery, ctx, job).await;
+        if tx.as_ref().is_some_and(|tx| tx.was_wanted()) {
+            dispatch.jobs.uses_database.store(true, Ordering::Relaxed);
+        }
         let outcome = match ending(ran, tx) {
             Ending::Commit(tx) => transaction::commit(&tx).await,
             Ending::PublishFollowUps => publish_follow_ups(&follow_ups, dispatch).await,
@@ -170,11 +193,41 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
                 tracing::debug!("job succeeded");
                 Settlement::Ack
             }
+            Err(failure) if database_away(&failure, dispatch).await => Settlement::Requeue,
             Err(failure) => settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await,
         }
     }
     .instrument(span)
     .await
+}
+
+/// Whether `failure` is the database's rather than the job's: its
+/// transaction could not begin, claim or commit because PostgreSQL is away,
+/// or the handler failed on a database that a probe finds away. Such a
+/// delivery is handed back without spending an attempt, and the queues that
+/// use the database stop taking deliveries until it answers.
+async fn database_away(failure: &Failure, dispatch: &Dispatch) -> bool {
+    let Some(health) = &dispatch.health else {
+        return false;
+    };
+    let away = match failure {
+        Failure::Database { operation, error } if is_outage(error) => {
+            health.report_outage(operation, error);
+            true
+        }
+        Failure::Failed(error) => match outage_in_chain(error.source_error()) {
+            Some(outage) => health.confirm_outage(outage).await,
+            None => false,
+        },
+        _ => false,
+    };
+    if away {
+        tracing::warn!(
+            error = %failure.reason(),
+            "PostgreSQL is away: the job is handed back to its queue, and that spends no retry"
+        );
+    }
+    away
 }
 
 async fn run_attempt(

@@ -24,6 +24,7 @@ use self::dispatch::QueueJobs;
 use crate::broker::BrokerState;
 use crate::error::error_chain_text;
 use crate::outbox::Relay;
+use crate::postgres::health::DatabaseHealth;
 use crate::postgres::{inbox, pool_size};
 use crate::{Error, JobDefinition, Registry, WorkerConfig};
 
@@ -48,6 +49,8 @@ pub struct Worker {
     queues: Vec<Arc<QueueJobs>>,
     /// Whether the broker blocks the worker's connections (for readiness).
     broker: Arc<BrokerState>,
+    /// Whether the database answers (set when `run` starts).
+    health: Option<Arc<DatabaseHealth>>,
 }
 
 impl Worker {
@@ -87,6 +90,7 @@ impl Worker {
             config,
             queues,
             broker: Arc::default(),
+            health: None,
         })
     }
 
@@ -110,9 +114,14 @@ impl Worker {
     /// pruner run beside the consumers, on a task tracker of the worker's;
     /// they are cancelled with the token, and `run` returns once they and
     /// the consumers have stopped.
-    pub async fn run(self, token: CancellationToken) -> Result<(), Error> {
+    pub async fn run(mut self, token: CancellationToken) -> Result<(), Error> {
         let background = TaskTracker::new();
         let background_token = token.child_token();
+        self.health = self
+            .config
+            .database
+            .clone()
+            .map(|database| DatabaseHealth::new(database, background_token.clone()));
         let mut handles = Vec::new();
         if let Some(database) = &self.config.database {
             // Before the relay and the pruner, which need the tables.

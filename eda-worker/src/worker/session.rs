@@ -233,6 +233,7 @@ impl Worker {
                 hold_limit: self.config.consumer_timeout / 2,
                 broker: self.broker.clone(),
                 session: session.clone(),
+                health: self.health.clone(),
             });
             let session = session.clone();
             consumers.spawn(async move {

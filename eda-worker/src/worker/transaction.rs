@@ -1,6 +1,7 @@
-//! The handler's PostgreSQL transaction: begun (with the inbox claim) before
-//! the handler runs, then committed, rolled back, or left alone, as
-//! [`ending`] decides from how the attempt went.
+//! The handler's PostgreSQL transaction: begun with the inbox claim before
+//! the handler runs (or at its first `ctx.tx()` for a job that does not
+//! dedup), then committed, rolled back, or left alone, as [`ending`]
+//! decides from how the attempt went.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::decision::Failure;
 use super::dispatch::Dispatch;
-use crate::job::{JobDefinition, SharedTx};
+use crate::job::{JobDefinition, LazyBegin, SharedTx, TxSlot};
 use crate::postgres::inbox::{self, Begun};
 use crate::wire::Envelope;
 
@@ -52,34 +53,52 @@ pub(super) fn ending<T>(ran: Result<(), Failure>, tx: Option<T>) -> Ending<T> {
     }
 }
 
-/// Begins the handler's transaction when a database is configured, claiming
-/// the message in the inbox unless the job opted out of dedup.
+/// What the handler gets before it runs.
+pub(super) enum Start {
+    /// Its transaction: begun with the message's inbox claim when the job
+    /// dedups, or begun at its first `ctx.tx()` when it does not.
+    Tx(SharedTx),
+    /// The message's effects committed before: ack it without running.
+    AlreadyProcessed,
+}
+
+/// The handler's transaction when a database is configured: begun now with
+/// the inbox claim when the job dedups, else begun lazily, so that a job
+/// that never calls `ctx.tx()` holds no connection.
 pub(super) async fn begin(
     envelope: &Envelope,
     job: &JobDefinition,
     dispatch: &Dispatch,
-) -> Result<Option<Begun>, Failure> {
+) -> Result<Option<Start>, Failure> {
     let Some(database) = &dispatch.database else {
         return Ok(None);
     };
-    // A message without an id (from a foreign producer) cannot be deduplicated.
-    let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
     // A copy of this message still running past its own timeout is stuck.
     let lock_timeout = job.timeout.saturating_add(LOCK_TIMEOUT_MARGIN);
-    inbox::begin(
+    // A message without an id (from a foreign producer) cannot be deduplicated.
+    let dedup = job.dedup != Some(false) && !envelope.message_id.is_empty();
+    if !dedup {
+        return Ok(Some(Start::Tx(TxSlot::lazy(LazyBegin {
+            pool: database.pool().clone(),
+            lock_timeout,
+        }))));
+    }
+    match inbox::begin(
         database,
         &envelope.message_id,
         job.name,
         job.queue,
-        dedup,
         lock_timeout,
     )
     .await
-    .map(Some)
-    .map_err(|error| Failure::Database {
-        operation: "begin of the job's transaction",
-        error,
-    })
+    {
+        Ok(Begun::Open(tx)) => Ok(Some(Start::Tx(TxSlot::new(tx)))),
+        Ok(Begun::AlreadyProcessed) => Ok(Some(Start::AlreadyProcessed)),
+        Err(error) => Err(Failure::Database {
+            operation: "begin of the job's transaction",
+            error,
+        }),
+    }
 }
 
 /// Commits the handler's transaction (its writes and the inbox row).
@@ -91,7 +110,12 @@ pub(super) async fn begin(
 /// a failed attempt (checked when the handler borrowed the transaction).
 pub(super) async fn commit(shared: &SharedTx) -> Result<(), Failure> {
     // Taken out: a task the handler spawned can no longer use it.
-    let Some(mut tx) = take(shared, TX_RELEASE_WAIT).await? else {
+    let (tx, never_begun) = take(shared, TX_RELEASE_WAIT).await?;
+    let Some(mut tx) = tx else {
+        if never_begun {
+            // A job that does not dedup and never asked for its transaction.
+            return Ok(());
+        }
         return Err(Failure::Uncommitted(
             "its transaction was finished before the worker could commit it",
         ));
@@ -127,7 +151,7 @@ pub(super) async fn commit(shared: &SharedTx) -> Result<(), Failure> {
 /// connection and its inbox row lock are released before the retry. When a
 /// task the handler spawned still holds it, that task's end rolls it back.
 pub(super) async fn roll_back(shared: &SharedTx) {
-    match take(shared, Duration::ZERO).await {
+    match take(shared, Duration::ZERO).await.map(|(tx, _)| tx) {
         // Bounded: after a timeout the connection may still be running the
         // handler's abandoned statement, which the rollback waits for. Past
         // the bound the transaction is dropped, and sqlx rolls it back when
@@ -150,13 +174,17 @@ pub(super) async fn roll_back(shared: &SharedTx) {
 }
 
 /// Takes the transaction out of the context, waiting up to `wait` for a task
-/// the handler spawned to let go of it.
+/// the handler spawned to let go of it; with whether it never began (a lazy
+/// one the handler did not ask for). Either way it cannot begin afterwards.
 async fn take(
     shared: &SharedTx,
     wait: Duration,
-) -> Result<Option<Transaction<'static, Postgres>>, Failure> {
+) -> Result<(Option<Transaction<'static, Postgres>>, bool), Failure> {
     match tokio::time::timeout(wait, shared.tx.lock()).await {
-        Ok(mut guard) => Ok(guard.take()),
+        Ok(mut guard) => {
+            let never_begun = shared.close_lazy();
+            Ok((guard.take(), never_begun))
+        }
         Err(_) => Err(Failure::Uncommitted(
             "a task the handler spawned still held its transaction (a `ctx.tx()` guard) after the handler returned",
         )),
