@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 /// makes the broker close the consumer's channel.
 pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// How often a redelivered message may have started without finishing
+/// before it is dead-lettered, when not configured.
+pub const DEFAULT_MAX_STARTS: u32 = 5;
+
 /// How far ahead a message may be due when not configured: a year, of 366
 /// days so that a date a calendar year ahead is fine in a leap year too.
 pub const DEFAULT_ETA_HORIZON: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -88,6 +92,10 @@ pub struct WorkerConfig {
     pub relay: bool,
     /// How long processed message ids stay in the inbox.
     pub inbox_retention: Duration,
+    /// How often a redelivered message may have started without finishing
+    /// (each time, the worker died under it) before it is dead-lettered
+    /// instead of run; counted in the database, so only with one. 0: no limit.
+    pub max_starts: u32,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -110,6 +118,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("migrate", &self.migrate)
             .field("relay", &self.relay)
             .field("inbox_retention", &self.inbox_retention)
+            .field("max_starts", &self.max_starts)
             .finish()
     }
 }
@@ -130,6 +139,7 @@ impl WorkerConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
             eta_horizon: DEFAULT_ETA_HORIZON,
+            max_starts: DEFAULT_MAX_STARTS,
             database: None,
             migrate: false,
             relay: true,
@@ -185,6 +195,9 @@ impl WorkerConfig {
         relay(bool) => relay;
         /// How long processed message ids stay in the inbox (7 days by default).
         inbox_retention(Duration) => inbox_retention;
+        /// How often a redelivered message may have started without
+        /// finishing before it is dead-lettered (5 by default; 0: no limit).
+        max_starts(u32) => max_starts;
     }
 
     /// The prefetch in force: the configured one, or 4 × concurrency (at most 65535).

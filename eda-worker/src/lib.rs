@@ -64,8 +64,8 @@ pub use broker::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, QueueType, Tls, redact_u
 pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
-    DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, WorkerConfig,
-    amqp_url_from_env,
+    DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STARTS, DEFAULT_SHUTDOWN_TIMEOUT,
+    WorkerConfig, amqp_url_from_env,
 };
 pub use eda_worker_macros::job;
 pub use error::{Error, MAX_ERROR_TEXT, error_chain_text};

@@ -7,7 +7,9 @@ use clap::Args;
 use super::broker::BrokerArgs;
 use super::database::DatabaseArgs;
 use super::signals::until_stopped;
-use crate::config::{DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::config::{
+    DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STARTS,
+};
 use crate::retry::DEFAULT_DELAY_BUCKETS;
 use crate::{DelayQueues, Registry, Worker, WorkerConfig};
 
@@ -25,6 +27,10 @@ pub(super) struct RunArgs {
     /// queues + the relay's and the pruner's). Smaller, jobs wait for one.
     #[arg(long, env = "EDA_DB_POOL_SIZE")]
     db_pool_size: Option<u32>,
+    /// Starts without a finish (the worker died each time) after which a
+    /// redelivered message is dead-lettered instead of run; needs a database. 0: no limit.
+    #[arg(long, env = "EDA_MAX_STARTS", default_value_t = DEFAULT_MAX_STARTS)]
+    max_starts: u32,
     /// How long processed message ids stay in the inbox, e.g. 7d.
     #[arg(long, env = "EDA_INBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     inbox_retention: Duration,
@@ -78,7 +84,8 @@ impl RunArgs {
             .consumer_timeout(self.consumer_timeout)
             .eta_horizon(self.eta_horizon)
             .delay_queues(delays)
-            .inbox_retention(self.inbox_retention);
+            .inbox_retention(self.inbox_retention)
+            .max_starts(self.max_starts);
         config.prefetch = self.prefetch;
         Ok((config, self.database))
     }

@@ -73,17 +73,33 @@ pub(crate) async fn begin_transaction(
 /// holds many row locks or runs long.
 const PRUNE_BATCH: i64 = 1000;
 
-/// Deletes inbox rows processed more than `retention` ago, in batches of
-/// 1000, and returns how many. A message redelivered after its row was
-/// pruned would run again: keep the retention well above any redelivery
-/// delay (the longest retry backoff, a broker outage).
+/// Deletes inbox rows processed more than `retention` ago, and start-ledger
+/// rows last started that long ago (left by a worker that died between a
+/// message's finish and the row's delete), in batches of 1000; returns how
+/// many. A message redelivered after its inbox row was pruned would run
+/// again: keep the retention well above any redelivery delay (the longest
+/// retry backoff, a broker outage).
 pub(crate) async fn prune(database: &Database, retention: Duration) -> Result<u64, sqlx::Error> {
-    let table = database.schema().table("inbox");
+    let mut total = 0;
+    for (table, time) in [("inbox", "processed_at"), ("job_starts", "last_started_at")] {
+        total += prune_table(database, table, time, retention).await?;
+    }
+    Ok(total)
+}
+
+/// Deletes the rows of `table` whose `time` is more than `retention` ago.
+async fn prune_table(
+    database: &Database,
+    table: &str,
+    time: &str,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    let table = database.schema().table(table);
     let statement = format!(
         "DELETE FROM {table} WHERE (queue, message_id) IN (\
            SELECT queue, message_id FROM {table} \
-           WHERE processed_at < now() - make_interval(secs => $1) \
-           ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+           WHERE {time} < now() - make_interval(secs => $1) \
+           ORDER BY {time} LIMIT $2 FOR UPDATE SKIP LOCKED)"
     );
     let mut total = 0;
     loop {

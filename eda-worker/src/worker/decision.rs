@@ -99,6 +99,9 @@ pub(crate) enum Failure {
     FollowUp(crate::Error),
     /// The handler returned `Ok`, but its transaction could not be committed.
     Uncommitted(&'static str),
+    /// A redelivered message started this often without finishing: each
+    /// start ended the worker.
+    CrashLoop { starts: u32 },
     /// The job's transaction could not begin or commit.
     Database {
         operation: &'static str,
@@ -134,6 +137,9 @@ impl Failure {
             Failure::Database { operation, error } => {
                 format!("PostgreSQL {operation} failed: {error}")
             }
+            Failure::CrashLoop { starts } => format!(
+                "the job was started {starts} times without finishing: each time the worker died while it ran (an abort, a crash, an out-of-memory kill), so it is not run again (--max-starts)"
+            ),
             Failure::TooFarAhead { ahead, horizon } => format!(
                 "x-eda-eta is {} ahead, past the horizon of {} (--eta-horizon): a due time that far is taken for a mistake",
                 humantime::format_duration(Duration::from_secs(ahead.as_secs())),
@@ -164,7 +170,8 @@ impl Failure {
             | Failure::UnknownJob { .. }
             | Failure::BadArguments { .. }
             | Failure::TooLarge { .. }
-            | Failure::TooFarAhead { .. } => false,
+            | Failure::TooFarAhead { .. }
+            | Failure::CrashLoop { .. } => false,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::decision::{
 };
 use super::follow_ups::publish_follow_ups;
 use super::hold::until_published;
+use super::starts;
 use super::transaction::{self, Ending, Start, ending};
 use crate::broker::Publisher;
 use crate::dead_letter::publish_dead_letter;
@@ -41,6 +42,8 @@ pub(crate) struct QueueJobs {
     /// jobs dedup uses the database anyway): such a queue stops taking
     /// deliveries while the database is away.
     uses_database: AtomicBool,
+    /// Held while a redelivered message runs: they run one at a time.
+    redelivered: tokio::sync::Mutex<()>,
 }
 
 impl QueueJobs {
@@ -64,6 +67,7 @@ impl QueueJobs {
             queue_type,
             jobs,
             uses_database: AtomicBool::new(false),
+            redelivered: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -99,9 +103,18 @@ pub(crate) struct Dispatch {
     pub(crate) session: tokio_util::sync::CancellationToken,
     /// Whether the database answers, when one is configured.
     pub(crate) health: Option<Arc<DatabaseHealth>>,
+    /// Starts without a finish after which a redelivered message is
+    /// dead-lettered instead of run (0: no limit).
+    pub(crate) max_starts: u32,
 }
 
 impl Dispatch {
+    /// Where redelivered messages' starts are counted: the database, when
+    /// one is configured and the limit is on.
+    fn start_ledger(&self) -> Option<&Database> {
+        self.database.as_ref().filter(|_| self.max_starts > 0)
+    }
+
     /// Whether this queue's jobs need the database to run.
     pub(crate) fn needs_database(&self) -> bool {
         self.database.is_some()
@@ -150,55 +163,100 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
             retries: job.retries,
             backoff: job.backoff,
         });
-        let tx = match transaction::begin(&envelope, job, dispatch).await {
-            Ok(Some(Start::Tx(tx))) => Some(tx),
-            Ok(Some(Start::AlreadyProcessed)) => {
-                tracing::info!("already processed (its inbox row exists); acked without running");
-                return Settlement::Ack;
-            }
-            Ok(None) => None,
-            Err(failure) => {
-                if database_away(&failure, dispatch).await {
-                    return Settlement::Requeue;
-                }
-                return settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
-            }
+        // A redelivered message may be the one that killed the last worker:
+        // its starts are counted, and such messages run one at a time, so
+        // that an innocent one never dies beside it.
+        let ledger = dispatch
+            .start_ledger()
+            .filter(|_| delivery.redelivered && !envelope.message_id.is_empty());
+        let Some(database) = ledger else {
+            return run_job(&delivery, &envelope, job, policy, dispatch, received).await;
         };
-        let mut ctx = JobContext::new(
-            envelope.message_id.clone(),
-            envelope.correlation_id.clone(),
-            envelope.attempt,
-            job.name,
-            job.queue,
-        );
-        if let (Some(tx), Some(database)) = (&tx, &dispatch.database) {
-            ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
-        }
-        let follow_ups = ctx.follow_ups();
-        let ran = run_attempt(&delivery, ctx, job).await;
-        if tx.as_ref().is_some_and(|tx| tx.was_wanted()) {
-            dispatch.jobs.uses_database.store(true, Ordering::Relaxed);
-        }
-        let outcome = match ending(ran, tx) {
-            Ending::Commit(tx) => transaction::commit(&tx).await,
-            Ending::PublishFollowUps => publish_follow_ups(&follow_ups, dispatch).await,
-            Ending::RollBack(tx, failure) => {
-                transaction::roll_back(&tx).await;
-                Err(failure)
+        let queue = dispatch.jobs.queue;
+        let _one_at_a_time = dispatch.jobs.redelivered.lock().await;
+        let failure = match starts::record(database, queue, &envelope.message_id).await {
+            Ok(starts) if !starts::too_many(starts, dispatch.max_starts) => {
+                let settlement = run_job(&delivery, &envelope, job, policy, dispatch, received).await;
+                starts::clear(database, queue, &envelope.message_id).await;
+                return settlement;
             }
-            Ending::Fail(failure) => Err(failure),
+            Ok(starts) => Failure::CrashLoop { starts },
+            Err(error) => Failure::Database {
+                operation: "record of the job's start",
+                error,
+            },
         };
-        match outcome {
-            Ok(()) => {
-                tracing::debug!("job succeeded");
-                Settlement::Ack
-            }
-            Err(failure) if database_away(&failure, dispatch).await => Settlement::Requeue,
-            Err(failure) => settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await,
+        if database_away(&failure, dispatch).await {
+            return Settlement::Requeue;
         }
+        let settlement = settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
+        if settlement == Settlement::Ack {
+            starts::clear(database, queue, &envelope.message_id).await;
+        }
+        settlement
     }
     .instrument(span)
     .await
+}
+
+/// Runs an admitted job: begins its transaction, runs the handler, ends the
+/// transaction, and settles.
+async fn run_job(
+    delivery: &Delivery,
+    envelope: &Envelope,
+    job: &JobDefinition,
+    policy: Option<RetryPolicy>,
+    dispatch: &Dispatch,
+    received: Instant,
+) -> Settlement {
+    let tx = match transaction::begin(envelope, job, dispatch).await {
+        Ok(Some(Start::Tx(tx))) => Some(tx),
+        Ok(Some(Start::AlreadyProcessed)) => {
+            tracing::info!("already processed (its inbox row exists); acked without running");
+            return Settlement::Ack;
+        }
+        Ok(None) => None,
+        Err(failure) => {
+            if database_away(&failure, dispatch).await {
+                return Settlement::Requeue;
+            }
+            return settle_failure(delivery, envelope, failure, policy, dispatch, received).await;
+        }
+    };
+    let mut ctx = JobContext::new(
+        envelope.message_id.clone(),
+        envelope.correlation_id.clone(),
+        envelope.attempt,
+        job.name,
+        job.queue,
+    );
+    if let (Some(tx), Some(database)) = (&tx, &dispatch.database) {
+        ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
+    }
+    let follow_ups = ctx.follow_ups();
+    let ran = run_attempt(delivery, ctx, job).await;
+    if tx.as_ref().is_some_and(|tx| tx.was_wanted()) {
+        dispatch.jobs.uses_database.store(true, Ordering::Relaxed);
+    }
+    let outcome = match ending(ran, tx) {
+        Ending::Commit(tx) => transaction::commit(&tx).await,
+        Ending::PublishFollowUps => publish_follow_ups(&follow_ups, dispatch).await,
+        Ending::RollBack(tx, failure) => {
+            transaction::roll_back(&tx).await;
+            Err(failure)
+        }
+        Ending::Fail(failure) => Err(failure),
+    };
+    match outcome {
+        Ok(()) => {
+            tracing::debug!("job succeeded");
+            Settlement::Ack
+        }
+        Err(failure) if database_away(&failure, dispatch).await => Settlement::Requeue,
+        Err(failure) => {
+            settle_failure(delivery, envelope, failure, policy, dispatch, received).await
+        }
+    }
 }
 
 /// Whether `failure` is the database's rather than the job's: its

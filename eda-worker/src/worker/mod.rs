@@ -11,6 +11,7 @@ mod dispatch;
 mod follow_ups;
 mod hold;
 mod session;
+mod starts;
 mod transaction;
 
 use std::sync::Arc;

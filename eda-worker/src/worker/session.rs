@@ -234,6 +234,7 @@ impl Worker {
                 broker: self.broker.clone(),
                 session: session.clone(),
                 health: self.health.clone(),
+                max_starts: self.config.max_starts,
             });
             let session = session.clone();
             consumers.spawn(async move {
