@@ -7,7 +7,7 @@ use std::time::Duration;
 use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
 use eda_worker::{DelayQueues, Job};
 use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
-use eda_worker_tests::jobs::quorum_queues::{quorum_echo, quorum_flaky};
+use eda_worker_tests::jobs::quorum_queues::{quorum_echo, quorum_flaky, quorum_legacy_dlq};
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::{
     DeadLetters, Replay, Scene, WAIT, amqp_url, now_millis, rabbitmqctl, wait_until,
@@ -21,16 +21,37 @@ fn queue_type(queue: &str) -> Option<String> {
         .map(|(_, kind)| kind.trim().to_owned())
 }
 
+fn queue_arguments(queue: &str) -> String {
+    rabbitmqctl(&[
+        "list_queues",
+        "-q",
+        "--no-table-headers",
+        "name",
+        "arguments",
+    ])
+    .lines()
+    .filter_map(|line| line.split_once('\t'))
+    .find(|(name, _)| *name == queue)
+    .map(|(_, arguments)| arguments.trim().to_owned())
+    .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
     // `quorum_echo` shares the queue of `quorum_flaky`.
     let mut scene = Scene::of(quorum_flaky).start().await;
     let queue = <quorum_flaky as Job>::QUEUE;
     assert_eq!(queue_type(queue).as_deref(), Some("quorum"));
+    // The DLQ survives the loss of a node like its job queue, and its
+    // delivery limit is lifted so that `dlq list` never wears it out.
     assert_eq!(
         queue_type(&scene.dead_letter_queue()).as_deref(),
-        Some("classic"),
-        "a DLQ must not count the deliveries of `dlq list`"
+        Some("quorum")
+    );
+    assert!(
+        queue_arguments(&scene.dead_letter_queue()).contains("{\"x-delivery-limit\",2147483647}"),
+        "{}",
+        queue_arguments(&scene.dead_letter_queue())
     );
     let one_second = DelayQueues::default().name(queue, Duration::from_secs(1));
     assert_eq!(queue_type(&one_second).as_deref(), Some("quorum"));
@@ -68,6 +89,11 @@ async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
 
     // The DLQ tooling reads and replays the quorum DLQ.
     let dead_letters = DeadLetters::connect(&amqp_url()).await.unwrap();
+    // Each list hands the messages back: more than RabbitMQ 4's default
+    // delivery limit of 20 lists lose none.
+    for _ in 0..25 {
+        assert_eq!(dead_letters.list(queue, 10).await.unwrap().len(), 2);
+    }
     let listed = dead_letters.list(queue, 10).await.unwrap();
     let mut listed_ids: Vec<&str> = listed.iter().map(|dead| dead.message_id.as_str()).collect();
     listed_ids.sort_unstable();
@@ -106,5 +132,23 @@ async fn retries_dead_letters_schedules_and_replays_work_on_a_quorum_queue() {
         Some(0)
     );
     assert_eq!(scene.ready().await, 0);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_classic_dlq_an_older_version_declared_is_used_as_it_is() {
+    let mut scene = Scene::of(quorum_legacy_dlq).workers(0).start().await;
+    let dead_letter_queue = scene.dead_letter_queue();
+    scene
+        .broker
+        .declare_durable(&dead_letter_queue, lapin::types::FieldTable::default())
+        .await;
+    scene.start_worker().await;
+    let id = scene.enqueue(quorum_legacy_dlq, 9).await;
+    scene.wait_for_dead_letters(1).await;
+    assert_eq!(queue_type(&dead_letter_queue).as_deref(), Some("classic"));
+    let dead = scene.take_dead_letters().await;
+    assert_eq!(eda_worker_tests::broker::message_id(&dead[0]), id);
+    assert!(scene.workers_running());
     scene.finish().await;
 }

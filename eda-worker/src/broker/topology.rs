@@ -78,12 +78,22 @@ impl QueueSpec {
         }
     }
 
-    /// The dead-letter queue of a job queue: always a classic queue, even for
-    /// a quorum job queue. A quorum queue counts every message handed back
-    /// (as `worker dlq list` does) as a delivery, and RabbitMQ 4 drops a
-    /// message after 20 of them by default: a DLQ must be safe to look at.
-    pub(crate) fn dead_letter(queue: &str) -> Self {
-        QueueSpec::durable(dead_letter_queue(queue))
+    /// The dead-letter queue of a job queue, of the job queue's type: a
+    /// quorum job queue's dead letters must survive the loss of a node as
+    /// well as the queue does.
+    ///
+    /// A quorum queue counts every message handed back (as `worker dlq list`
+    /// does) as a delivery, and RabbitMQ 4 drops a message after 20 of them
+    /// by default: a quorum DLQ lifts that limit to the largest value, so
+    /// that looking at dead letters never wears them out.
+    pub(crate) fn dead_letter(queue: &str, queue_type: QueueType) -> Self {
+        let spec = QueueSpec::durable(dead_letter_queue(queue));
+        match queue_type {
+            QueueType::Classic => spec,
+            QueueType::Quorum => spec
+                .with("x-queue-type", Self::text("quorum"))
+                .with("x-delivery-limit", AMQPValue::LongInt(i32::MAX)),
+        }
     }
 
     /// A delay queue of job queue `target`: every message waits `ttl`, then
@@ -151,6 +161,29 @@ pub(crate) async fn declare_queue(connection: &Connection, spec: &QueueSpec) -> 
             })
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Declares the dead-letter queue of job queue `queue`. One that exists with
+/// other arguments (a classic DLQ an older eda-worker declared for a quorum
+/// job queue, or one an operator set up) is used as it is, with a warning:
+/// dead letters still land there.
+pub(crate) async fn declare_dead_letter_queue(
+    connection: &Connection,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<(), Error> {
+    match declare_queue(connection, &QueueSpec::dead_letter(queue, queue_type)).await {
+        Err(Error::QueueMismatch { queue: dlq, detail }) => {
+            tracing::warn!(
+                dead_letter_queue = %dlq,
+                detail = %detail,
+                expected = %queue_type,
+                "the dead-letter queue exists with other arguments and is used as it is; to have it declared as eda-worker does (a quorum one survives the loss of a node), move its messages away (worker dlq replay) and delete it"
+            );
+            Ok(())
+        }
+        declared => declared,
     }
 }
 

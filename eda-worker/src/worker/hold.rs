@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::dispatch::Dispatch;
 use crate::Error;
-use crate::broker::{self, QueueSpec};
+use crate::broker;
 use crate::error::error_chain_text;
 use crate::retry::{Backoff, cancelled_within};
 
@@ -143,7 +143,7 @@ async fn redeclare(dispatch: &Dispatch) {
     let queue = dispatch.jobs.queue;
     let connection = dispatch.publisher.connection();
     let declared = async {
-        broker::declare_queue(connection, &QueueSpec::dead_letter(queue)).await?;
+        broker::declare_dead_letter_queue(connection, queue, dispatch.jobs.queue_type).await?;
         dispatch.delays.declare(connection, queue).await
     }
     .await;

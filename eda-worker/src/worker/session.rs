@@ -174,7 +174,7 @@ impl Worker {
     async fn declare(&self, connection: &Connection) -> Result<(), Error> {
         for jobs in &self.queues {
             broker::declare_queue(connection, &QueueSpec::job(jobs.queue, jobs.queue_type)).await?;
-            broker::declare_queue(connection, &QueueSpec::dead_letter(jobs.queue)).await?;
+            broker::declare_dead_letter_queue(connection, jobs.queue, jobs.queue_type).await?;
             self.config
                 .delay_queues
                 .declare(connection, jobs.queue)

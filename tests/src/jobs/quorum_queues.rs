@@ -13,3 +13,9 @@ crate::job_family! {
     fn(u32) => record_run;
     quorum_echo(queue = "eda-test.quorum", queue_type = "quorum");
 }
+
+crate::job_family! {
+    /// Fails until attempt `args`, on a quorum queue (its DLQ classic, as an older eda-worker declared it).
+    fn(u32) => fail_until;
+    quorum_legacy_dlq(queue = "eda-test.quorum-legacy", queue_type = "quorum", retries = 0);
+}
