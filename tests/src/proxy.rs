@@ -73,6 +73,15 @@ impl Proxy {
     pub fn cut(&self) {
         self.cut.send_modify(|cut| cut.generation += 1);
     }
+
+    /// Drops every forwarded connection and closes new ones at once, as a
+    /// node that died does (its port refuses).
+    pub fn down(&self) {
+        self.cut.send_modify(|cut| {
+            cut.down = true;
+            cut.generation += 1;
+        });
+    }
 }
 
 /// What the proxy does to connections.
@@ -82,6 +91,8 @@ struct Cut {
     black_holed: bool,
     /// Bumped to drop every connection forwarded so far.
     generation: u64,
+    /// New connections are closed at once.
+    down: bool,
 }
 
 /// `host:port` of an AMQP URL.
@@ -106,6 +117,9 @@ async fn accept(
 /// Forwards one connection until either side closes or the proxy is cut.
 async fn forward(mut inbound: TcpStream, target: String, mut state: watch::Receiver<Cut>) {
     let started = *state.borrow();
+    if started.down {
+        return;
+    }
     if started.black_holed {
         // Black-holed: hold the socket, answer nothing, until restored.
         let _ = state.wait_for(|cut| !cut.black_holed).await;

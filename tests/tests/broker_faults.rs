@@ -1,15 +1,17 @@
 //! The worker and the broker's topology: a queue declared with other
 //! arguments is a clear error; a connection the broker drops, a queue or a
-//! dead-letter queue deleted under a running worker are rebuilt.
+//! dead-letter queue deleted under a running worker are rebuilt; a URL
+//! that lists several nodes is followed to the next when one dies.
 
-use eda_worker::{Error, Job, Worker};
+use eda_worker::{Client, Error, Job, Worker, WorkerConfig};
 use eda_worker_tests::broker::{
     error_header, message_id, unique_connection_name, wait_for_new_connection,
 };
 use eda_worker_tests::jobs::broker_faults::{
-    always_fails, deleted_queue_echo, mismatched, reconnect_echo,
+    always_fails, cluster_echo, deleted_queue_echo, mismatched, reconnect_echo,
 };
 use eda_worker_tests::jobs::runs;
+use eda_worker_tests::proxy::Proxy;
 use eda_worker_tests::{Scene, WAIT, close_connection, connection_pid, wait_until, worker_config};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
@@ -99,5 +101,65 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_the_failure_still_lan
     assert_eq!(message_id(&dead[0]), id);
     assert_eq!(error_header(&dead[0]), "record 3 does not exist");
     assert_eq!(scene.ready().await, 0, "nothing left behind");
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn with_several_nodes_in_the_url_the_worker_and_the_client_move_on_when_one_dies() {
+    let (first, second) = (Proxy::start().await, Proxy::start().await);
+    let nodes = format!("{},{}", first.url(), second.url());
+    let scene = Scene::of(cluster_echo).workers(0).start().await;
+    let queue = <cluster_echo as Job>::QUEUE;
+    let token = CancellationToken::new();
+    let config = WorkerConfig::new(nodes.clone())
+        .queues([queue])
+        .shutdown_timeout(std::time::Duration::from_secs(10));
+    let worker = Worker::new(config).expect("config");
+    let running = tokio::spawn(worker.run(token.clone()));
+    let client = Client::connect(&nodes)
+        .await
+        .expect("the client connects to the first node");
+    client.enqueue(cluster_echo, 1).await.unwrap();
+    wait_until("the first job ran", WAIT, || async {
+        runs(queue).len() == 1
+    })
+    .await;
+    // The worker's two connections and the client's went to the first node.
+    assert_eq!(first.accepted(), 3);
+    assert_eq!(second.accepted(), 0);
+
+    // The first node dies: everybody moves on to the second.
+    first.down();
+    // An enqueue on the connection that died fails (whether it reached the
+    // broker is unknown, so the client says so); the next one reconnects.
+    if client.enqueue(cluster_echo, 2).await.is_err() {
+        client.enqueue(cluster_echo, 2).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !runs(queue).iter().any(|run| run.args == serde_json::json!(2)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second job did not run: runs {:?}, {} ready, {} consumers, connections {} and {}",
+            runs(queue),
+            scene.ready().await,
+            scene.broker.consumers(queue).await,
+            first.accepted(),
+            second.accepted()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        second.accepted() >= 3,
+        "{} connections to the second node",
+        second.accepted()
+    );
+    assert!(!running.is_finished());
+    token.cancel();
+    running
+        .await
+        .expect("worker task")
+        .expect("the worker stops cleanly");
+    client.close().await.unwrap();
+    assert_eq!(scene.ready().await, 0);
     scene.finish().await;
 }

@@ -37,71 +37,153 @@ impl Default for ConnectPolicy {
     }
 }
 
+/// One node of the URL, ready to connect to.
+struct Node {
+    uri: AMQPUri,
+    is_tls: bool,
+    tls_config: lapin::tcp::OwnedTLSConfig,
+    redacted: String,
+}
+
+/// A failed attempt on node `index`.
+struct NodeFailure {
+    index: usize,
+    error: lapin::Error,
+}
+
 /// Connects to `url` (over TLS for `amqps://`, with `tls`'s files),
 /// retrying with the policy's [`Backoff`] (the retry loop is the maintained
 /// `backon` crate's) and logging each failed attempt with the password
 /// redacted.
+///
+/// `url` may list a cluster's nodes, as whole URLs separated by commas
+/// (see [`addresses`]): each attempt tries them in order and takes the first
+/// that answers, so a worker that lost its node reconnects to the next.
 pub(crate) async fn connect(
     url: &str,
     tls: &Tls,
     name: &str,
     policy: ConnectPolicy,
 ) -> Result<Connection, Error> {
-    let uri = parse_url(url)?;
-    let is_tls = uri.scheme == AMQPScheme::AMQPS;
-    // Read on every connect, so that a reconnect picks up rotated files.
-    let tls_config = tls.load(is_tls)?;
-    let redacted = redact_url(url);
+    let nodes = addresses(url)
+        .into_iter()
+        .map(|address| {
+            let uri = parse_url(address)?;
+            let is_tls = uri.scheme == AMQPScheme::AMQPS;
+            Ok(Node {
+                // Read on every connect, so that a reconnect picks up rotated files.
+                tls_config: tls.load(is_tls)?,
+                is_tls,
+                uri,
+                redacted: redact_url(address),
+            })
+        })
+        .collect::<Result<Vec<Node>, Error>>()?;
     let retries = policy.attempts.max(1) - 1;
     let backoff = policy.backoff.delays().take(retries);
-    let properties = || ConnectionProperties::default().with_connection_name(name.into());
+    let several = nodes.len() > 1;
     let mut attempts = 0;
     let connected = (|| {
         attempts += 1;
-        let connecting = async {
-            let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_uri_with_config(
-                uri.clone(),
-                properties(),
-                tls_config.clone(),
-                runtime,
-            )
-            .await
-        };
-        // A black-holed host would otherwise hold each attempt for the OS's SYN timeout.
+        let nodes = &nodes;
         async move {
-            match tokio::time::timeout(policy.attempt_timeout, connecting).await {
-                Ok(connected) => connected,
-                Err(_elapsed) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", policy.attempt_timeout),
-                )
-                .into()),
+            let mut failure = None;
+            for (index, node) in nodes.iter().enumerate() {
+                match attempt(node, name, policy.attempt_timeout).await {
+                    Ok(connection) => {
+                        if several {
+                            tracing::info!(node = %node.redacted, "connected to RabbitMQ");
+                        }
+                        return Ok(connection);
+                    }
+                    Err(error) => {
+                        if several && index + 1 < nodes.len() {
+                            tracing::warn!(node = %node.redacted, error = %error, "cannot connect to this RabbitMQ node; trying the next");
+                        }
+                        failure = Some(NodeFailure { index, error });
+                    }
+                }
             }
+            Err(failure.expect("a URL has at least one node"))
         }
     })
     .retry(backoff)
     // Wrong credentials, a missing vhost or an untrusted certificate do not
     // get better by waiting (unless the policy says they may).
-    .when(|error: &lapin::Error| {
-        policy.retry_refusals || !(is_refusal(error) || tls_failure(is_tls, error).is_some())
+    .when(|failed: &NodeFailure| {
+        let is_tls = nodes[failed.index].is_tls;
+        policy.retry_refusals
+            || !(is_refusal(&failed.error) || tls_failure(is_tls, &failed.error).is_some())
     })
-    .notify(|error: &lapin::Error, delay: Duration| {
-        tracing::warn!(url = %redacted, error = %error, retry_in = ?delay, "cannot connect to RabbitMQ, retrying");
+    .notify(|failed: &NodeFailure, delay: Duration| {
+        let node = &nodes[failed.index];
+        tracing::warn!(url = %node.redacted, error = %failed.error, retry_in = ?delay, "cannot connect to RabbitMQ, retrying");
     })
     .await;
-    connected.map_err(|source| match tls_failure(is_tls, &source) {
-        Some(reason) => Error::Tls {
-            url: redacted.clone(),
-            host: uri.authority.host.clone(),
-            reason,
-        },
-        None => Error::Connect {
-            url: redacted.clone(),
-            attempts,
-            source,
-        },
+    connected.map_err(|failed| {
+        let node = &nodes[failed.index];
+        match tls_failure(node.is_tls, &failed.error) {
+            Some(reason) => Error::Tls {
+                url: node.redacted.clone(),
+                host: node.uri.authority.host.clone(),
+                reason,
+            },
+            None => Error::Connect {
+                url: redact_url(url),
+                attempts,
+                source: failed.error,
+            },
+        }
     })
+}
+
+/// One connection attempt to `node`, bounded by `timeout`.
+async fn attempt(node: &Node, name: &str, timeout: Duration) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connecting = async {
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_uri_with_config(
+            node.uri.clone(),
+            properties,
+            node.tls_config.clone(),
+            runtime,
+        )
+        .await
+    };
+    // A black-holed host would otherwise hold each attempt for the OS's SYN timeout.
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(connected) => connected,
+        Err(_elapsed) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )
+        .into()),
+    }
+}
+
+/// The nodes of an AMQP URL: one URL, or a cluster's nodes as whole URLs
+/// separated by commas (`amqp://u:p@rabbit-1/%2f,amqp://u:p@rabbit-2/%2f`).
+/// A comma starts a new node only before `amqp://` or `amqps://`, so a raw
+/// comma in a password stays in it.
+pub(crate) fn addresses(url: &str) -> Vec<&str> {
+    let starts_node = |rest: &str| {
+        let rest = rest.trim_start().as_bytes();
+        [b"amqp://".as_slice(), b"amqps://".as_slice()]
+            .iter()
+            .any(|scheme| {
+                rest.len() >= scheme.len() && rest[..scheme.len()].eq_ignore_ascii_case(scheme)
+            })
+    };
+    let mut nodes = Vec::new();
+    let mut start = 0;
+    for (comma, _) in url.match_indices(',') {
+        if starts_node(&url[comma + 1..]) {
+            nodes.push(url[start..comma].trim());
+            start = comma + 1;
+        }
+    }
+    nodes.push(url[start..].trim());
+    nodes
 }
 
 /// Parses the URL up front, so that a malformed one is reported as such (and
@@ -174,6 +256,14 @@ fn password_of(url: &str) -> Option<&str> {
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
+    let nodes = addresses(url);
+    if nodes.len() > 1 {
+        return nodes
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     if !url.contains("://") {
         // Not a URL we understand: it may be a password pasted by mistake.
         return "<unparseable URL>".to_owned();
@@ -233,7 +323,7 @@ fn redact_query_passwords(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{addresses, redact_url};
 
     #[test]
     fn password_query_parameters_are_redacted() {
@@ -256,6 +346,24 @@ mod tests {
         assert_eq!(
             redact_url("postgres://db/app?password=x&application_name=svc@host#f"),
             "postgres://db/app?password=***&application_name=svc@host#f"
+        );
+    }
+
+    #[test]
+    fn a_list_of_nodes_is_split_before_each_url_and_each_password_redacted() {
+        let list = "amqp://u:p1@rabbit-1:5672/%2f, amqps://u:p,2@rabbit-2/%2f,AMQP://rabbit-3";
+        assert_eq!(
+            addresses(list),
+            [
+                "amqp://u:p1@rabbit-1:5672/%2f",
+                "amqps://u:p,2@rabbit-2/%2f",
+                "AMQP://rabbit-3"
+            ]
+        );
+        assert_eq!(addresses("amqp://u:a,b@h/%2f"), ["amqp://u:a,b@h/%2f"]);
+        assert_eq!(
+            redact_url(list),
+            "amqp://u:***@rabbit-1:5672/%2f,amqps://u:***@rabbit-2/%2f,AMQP://rabbit-3"
         );
     }
 

@@ -12,6 +12,8 @@ crate::job_family! {
     deleted_queue_echo(queue = "eda-test.queue-deleted");
     // The serial test whose worker the broker refuses for a while.
     refusal_echo(queue = "eda-test.refusal");
+    // The test of a URL that lists several nodes.
+    cluster_echo(queue = "eda-test.several-nodes");
 }
 
 crate::job_family! {
