@@ -21,6 +21,9 @@ pub struct NodeSpec<'a> {
     pub tls: Option<&'a Certificates>,
     /// Lines appended to `rabbitmq.conf`.
     pub config: Vec<String>,
+    /// Erlang schedulers (the default: one per core), fewer for a cluster
+    /// of several nodes on one small machine.
+    pub schedulers: Option<u32>,
 }
 
 /// A running node of the test's own.
@@ -91,6 +94,12 @@ impl Node {
                 node.dir.join("enabled_plugins"),
             )
             .env("RABBITMQ_PID_FILE", node.pid_file())
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                spec.schedulers
+                    .map(|count| format!("+S {count}:{count}"))
+                    .unwrap_or_default(),
+            )
             .status()
             .expect("rabbitmq-server runs");
         assert!(status.success(), "rabbitmq-server -detached failed");
@@ -109,6 +118,18 @@ impl Node {
             );
         }
         node
+    }
+
+    /// The node's name (`eda-<label>-<pid>@localhost`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Makes this (freshly started) node join `other`'s cluster.
+    pub fn join(&self, other: &Node) {
+        self.ctl(&["stop_app"]);
+        self.ctl(&["join_cluster", other.name()]);
+        self.ctl(&["start_app"]);
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f` on the plain listener.

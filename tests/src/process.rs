@@ -41,3 +41,87 @@ pub fn database_env(database: &Database) -> [(&'static str, String); 2] {
         ("EDA_DB_SCHEMA", database.schema().to_string()),
     ]
 }
+
+/// A `worker` subprocess whose log lines are collected (and echoed to the
+/// test's stderr, prefixed `[test-worker]`).
+pub struct WorkerProcess {
+    child: tokio::process::Child,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl WorkerProcess {
+    /// Spawns `command` (`worker_command!("run")`) on `queue` with `extra`
+    /// arguments, logging at `info` (or `TEST_WORKER_LOG`).
+    pub fn spawn(mut command: Command, queue: &str, extra: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = command
+            .args(["--queues", queue])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn test-worker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[test-worker] {line}");
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WorkerProcess { child, log }
+    }
+
+    /// Waits for a log line containing `words`.
+    pub async fn wait_for_log(&mut self, words: &str) {
+        self.wait_for_log_without(words, "\u{0}never\u{0}").await;
+    }
+
+    /// Waits for a log line containing `words`, asserting on the way that no
+    /// line contains `secret`.
+    pub async fn wait_for_log_without(&mut self, words: &str, secret: &str) {
+        let found = tokio::time::timeout(crate::WAIT, async {
+            while let Some(line) = self.log.recv().await {
+                assert!(!line.contains(secret), "the log shows {secret:?}: {line}");
+                if line.contains(words) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(found, Ok(true), "the worker should log {words:?}");
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, `KILL`) to the worker.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("the worker runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Whether the worker still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits (at most [`crate::WAIT`]) for the worker to exit: its status
+    /// and how long that took.
+    pub async fn exit(mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(crate::WAIT, self.child.wait())
+            .await
+            .expect("the worker exits in time")
+            .expect("wait for the worker");
+        (status, started.elapsed())
+    }
+}

@@ -136,7 +136,10 @@ async fn with_several_nodes_in_the_url_the_worker_and_the_client_move_on_when_on
         client.enqueue(cluster_echo, 2).await.unwrap();
     }
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !runs(queue).iter().any(|run| run.args == serde_json::json!(2)) {
+    while !runs(queue)
+        .iter()
+        .any(|run| run.args == serde_json::json!(2))
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the second job did not run: runs {:?}, {} ready, {} consumers, connections {} and {}",

@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eda_worker::Job;
 use eda_worker_tests::jobs::dead_letters::dead_letter_sleeps;
@@ -12,90 +11,8 @@ use eda_worker_tests::jobs::enqueue::refused;
 use eda_worker_tests::jobs::shutdown::{
     Effect, deadline_effect, leaky_log, long_effect, slow_effect,
 };
+use eda_worker_tests::process::WorkerProcess;
 use eda_worker_tests::{Scene, WAIT, wait_until, worker_command};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
-use tokio::sync::mpsc;
-
-/// A `worker run` subprocess whose log lines are collected.
-struct WorkerProcess {
-    child: Child,
-    log: mpsc::UnboundedReceiver<String>,
-}
-
-impl WorkerProcess {
-    fn spawn(queue: &str, extra: &[&str]) -> Self {
-        let mut child = worker_command!("run", "--queues", queue)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn test-worker");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (sender, log) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[test-worker] {line}");
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        WorkerProcess { child, log }
-    }
-
-    /// Waits for a log line containing `words`.
-    async fn wait_for_log(&mut self, words: &str) {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.log.recv().await {
-                if line.contains(words) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "the worker should log {words:?}");
-    }
-
-    /// Waits for a log line containing `words`, asserting on the way that no
-    /// line contains `secret`.
-    async fn wait_for_log_without(&mut self, words: &str, secret: &str) {
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(line) = self.log.recv().await {
-                assert!(!line.contains(secret), "the log shows {secret:?}: {line}");
-                if line.contains(words) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(found, Ok(true), "the worker should log {words:?}");
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("the worker runs").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} {pid}");
-    }
-
-    async fn exit(mut self) -> (ExitStatus, Duration) {
-        let started = Instant::now();
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("the worker exits in time")
-            .unwrap();
-        (status, started.elapsed())
-    }
-}
 
 /// Enqueues `count` jobs of `job`, each logging its id to `log` and working `work_ms`.
 async fn enqueue_effects<J: Job<Args = Effect>>(
@@ -143,7 +60,7 @@ async fn terminate_while_every_job_runs<J: Job<Args = Effect>>(
     let scene = Scene::of(job).workers(0).start().await;
     let log = effect_log(J::NAME);
     enqueue_effects(&scene, job, &log, jobs, work_ms).await;
-    let worker = WorkerProcess::spawn(J::QUEUE, extra);
+    let worker = WorkerProcess::spawn(worker_command!("run"), J::QUEUE, extra);
     wait_until("every job started", WAIT, || async {
         effects(&log).len() == jobs as usize
     })
@@ -172,7 +89,7 @@ async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     enqueue_effects(&scene, slow_effect, &log, JOBS, 50).await;
 
     let options = ["--concurrency", "8", "--prefetch", "16"];
-    let mut first = WorkerProcess::spawn(queue, &options);
+    let mut first = WorkerProcess::spawn(worker_command!("run"), queue, &options);
     first.wait_for_log("consuming").await;
     wait_until("some jobs ran", WAIT, || async {
         effects(&log).len() >= 40
@@ -197,7 +114,7 @@ async fn sigterm_mid_backlog_loses_and_duplicates_nothing() {
     })
     .await;
 
-    let mut second = WorkerProcess::spawn(queue, &options);
+    let mut second = WorkerProcess::spawn(worker_command!("run"), queue, &options);
     second.wait_for_log("consuming").await;
     wait_until("the second worker drained the rest", WAIT, || async {
         effects(&log).len() == JOBS as usize
@@ -326,7 +243,7 @@ async fn worker_jobs_lists_every_linked_job() {
 #[tokio::test]
 async fn a_password_in_a_handler_error_is_redacted_in_the_log() {
     let scene = Scene::of(leaky_log).workers(0).start().await;
-    let mut worker = WorkerProcess::spawn(scene.queue(), &[]);
+    let mut worker = WorkerProcess::spawn(worker_command!("run"), scene.queue(), &[]);
     worker.wait_for_log("consuming").await;
     scene.enqueue(leaky_log, 7).await;
     // The retry's warning, then the dead letter's.

@@ -320,10 +320,17 @@ impl Client {
         }
     }
 
-    /// Closes the connection; this client and its clones refuse to enqueue from now on.
+    /// Closes the connection; this client and its clones refuse to enqueue
+    /// from now on. A connection that is already gone (its node died) is
+    /// not an error.
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let session = self.current_session();
+        if !session.connection.status().connected() {
+            // Its node died or the broker closed it: nothing is left to close,
+            // and the next enqueue would have reconnected.
+            return Ok(());
+        }
         // Bounded: a broker that blocks this connection answers nothing.
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, session.publisher.close()).await;
         broker::bounded(

@@ -246,7 +246,9 @@ impl QueueConsumer {
                 multiple: false,
                 requeue: true,
             };
-            if !matches!(delivery.acker.nack(requeue).await, Ok(true)) {
+            // Bounded: on a connection that just died, lapin may never answer.
+            let nacked = tokio::time::timeout(wait, delivery.acker.nack(requeue)).await;
+            if !matches!(nacked, Ok(Ok(true))) {
                 break;
             }
             returned += 1;
@@ -348,22 +350,31 @@ impl QueueConsumer {
 
     async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
         for op in self.tracker.take_ops(stragglers) {
-            let sent = match op.settlement {
-                Settlement::Ack => {
-                    op.handle
-                        .ack(BasicAckOptions {
-                            multiple: op.multiple,
-                        })
-                        .await
+            let send = async {
+                match op.settlement {
+                    Settlement::Ack => {
+                        op.handle
+                            .ack(BasicAckOptions {
+                                multiple: op.multiple,
+                            })
+                            .await
+                    }
+                    Settlement::Requeue => {
+                        op.handle
+                            .nack(BasicNackOptions {
+                                multiple: false,
+                                requeue: true,
+                            })
+                            .await
+                    }
                 }
-                Settlement::Requeue => {
-                    op.handle
-                        .nack(BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        })
-                        .await
-                }
+            };
+            // Bounded: on a connection that just died, lapin may never answer.
+            let Ok(sent) = tokio::time::timeout(BROKER_CALL_TIMEOUT, send).await else {
+                return Err(Error::BrokerTimeout {
+                    operation: format!("ack on queue `{}`", self.jobs.queue),
+                    timeout: BROKER_CALL_TIMEOUT,
+                });
             };
             match sent {
                 Ok(true) => {}

@@ -28,3 +28,10 @@ crate::job_family! {
 pub async fn always_fails(_ctx: JobContext, args: u32) -> Result<(), JobError> {
     Err(JobError::permanent(format!("record {args} does not exist")))
 }
+
+crate::job_family! {
+    /// Writes its effect, on a quorum queue of a three-node cluster.
+    fn(super::inbox::DbWrite) => super::inbox::write_effect;
+    // The serial test that stops the node leading this queue midway.
+    cluster_write(queue = "eda-test.cluster", queue_type = "quorum");
+}
