@@ -53,14 +53,16 @@ impl WorkerProcess {
     /// Spawns `command` (`worker_command!("run")`) on `queue` with `extra`
     /// arguments, logging at `info` (or `TEST_WORKER_LOG`).
     pub fn spawn(mut command: Command, queue: &str, extra: &[&str]) -> Self {
+        command.args(["--queues", queue]).args(extra);
+        let level = std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into());
+        Self::start(command, &level)
+    }
+
+    /// Spawns `command` as it is, logging at `level` (`RUST_LOG`).
+    pub fn start(mut command: Command, level: &str) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = command
-            .args(["--queues", queue])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", level)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn test-worker");
@@ -70,9 +72,8 @@ impl WorkerProcess {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[test-worker] {line}");
-                if sender.send(line).is_err() {
-                    break;
-                }
+                // The receiver may be gone (or never read): keep echoing.
+                let _ = sender.send(line);
             }
         });
         WorkerProcess { child, log }

@@ -6,6 +6,7 @@
 //! [`job_family!`](crate::job_family) each.
 
 pub mod broker_faults;
+pub mod chaos;
 pub mod crash_loop;
 pub mod database_outage;
 pub mod dead_letter_admin;
