@@ -44,6 +44,9 @@ pub(crate) enum ConsumerEnd {
 type Finished = (u64, Settlement);
 
 struct QueueConsumer {
+    /// The consuming connection: once it is gone, nothing is sent on the
+    /// channel (lapin may update the channel's status a moment later).
+    connection: Arc<Connection>,
     channel: Channel,
     jobs: Arc<QueueJobs>,
     dispatch: Arc<Dispatch>,
@@ -55,7 +58,7 @@ struct QueueConsumer {
 /// Consumes `jobs.queue` until `token` is cancelled or the broker goes away,
 /// then drains: see [`QueueConsumer::drain`].
 pub(crate) async fn consume_queue(
-    connection: &Connection,
+    connection: Arc<Connection>,
     dispatch: Arc<Dispatch>,
     settings: ConsumerSettings,
     token: CancellationToken,
@@ -83,6 +86,7 @@ pub(crate) async fn consume_queue(
         "consuming"
     );
     let mut state = QueueConsumer {
+        connection,
         channel,
         dispatch,
         jobs,
@@ -130,6 +134,11 @@ async fn database_change(health: &mut Option<watch::Receiver<bool>>) {
 }
 
 impl QueueConsumer {
+    /// Whether frames can still go out on the channel.
+    fn alive(&self) -> bool {
+        self.channel.status().connected() && self.connection.status().connected()
+    }
+
     async fn consume(
         &mut self,
         consumer: lapin::Consumer,
@@ -224,7 +233,7 @@ impl QueueConsumer {
     /// every started one, so later multiple acks never cover them.
     async fn stop_consuming(&mut self, mut consumer: lapin::Consumer, wait: Duration) {
         let queue = self.jobs.queue;
-        if !self.channel.status().connected() {
+        if !self.alive() {
             return;
         }
         let cancel = self
@@ -266,7 +275,7 @@ impl QueueConsumer {
         let queue = self.jobs.queue;
         // With the channel gone, no ack can be sent: waiting would only delay the
         // reconnect, and the broker redelivers these messages anyway.
-        let wait = if self.channel.status().connected() {
+        let wait = if self.alive() {
             self.settings.shutdown_timeout
         } else {
             Duration::ZERO
@@ -314,7 +323,7 @@ impl QueueConsumer {
             }
         }
         let flushed = self.flush(true).await;
-        if self.channel.status().connected() {
+        if self.alive() {
             let close = self.channel.close(200, "worker stopped".into());
             match tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
                 Ok(Ok(())) => {}
@@ -349,7 +358,17 @@ impl QueueConsumer {
     }
 
     async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
-        for op in self.tracker.take_ops(stragglers) {
+        let ops = self.tracker.take_ops(stragglers);
+        if let Some(first) = ops.first()
+            && !self.alive()
+        {
+            // Nothing goes out on a dead connection: the broker redelivers these.
+            return Err(Error::AckFailed {
+                queue: self.jobs.queue.to_owned(),
+                tag: first.tag,
+            });
+        }
+        for op in ops {
             let send = async {
                 match op.settlement {
                     Settlement::Ack => {

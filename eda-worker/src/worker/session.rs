@@ -238,7 +238,7 @@ impl Worker {
             });
             let session = session.clone();
             consumers.spawn(async move {
-                consume_queue(&connection, dispatch, settings, session).await
+                consume_queue(connection, dispatch, settings, session).await
             });
         }
         let mut first_error = None;
