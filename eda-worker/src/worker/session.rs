@@ -237,9 +237,8 @@ impl Worker {
                 max_starts: self.config.max_starts,
             });
             let session = session.clone();
-            consumers.spawn(async move {
-                consume_queue(connection, dispatch, settings, session).await
-            });
+            consumers
+                .spawn(async move { consume_queue(connection, dispatch, settings, session).await });
         }
         let mut first_error = None;
         while let Some(joined) = consumers.join_next().await {
