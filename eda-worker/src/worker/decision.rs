@@ -424,6 +424,8 @@ mod tests {
                 error: serde_json::from_slice::<u8>(b"{").unwrap_err(),
             },
             Failure::TooLarge { size: 2, limit: 1 },
+            // A crash loop is never retried: it would only crash again.
+            Failure::CrashLoop { starts: 5 },
         ];
         for failure in &failures {
             assert_eq!(
