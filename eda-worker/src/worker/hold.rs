@@ -26,8 +26,8 @@ use crate::retry::{Backoff, cancelled_within};
 /// black-holed connection answers nothing.
 pub(crate) const REPUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a stopping worker still waits for a first try in flight (a
-/// healthy broker confirms in milliseconds; a blocked one never does).
+/// How long a stopping worker still waits for a try in flight (a healthy
+/// broker confirms in milliseconds; a blocked one never does).
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The pauses between tries.
@@ -85,11 +85,12 @@ where
             // A stop does not wait long for a broker that blocks publishers. The
             // copy may still arrive: the message then runs twice, which the inbox
             // (or the job's idempotence) absorbs; it is never lost.
+            // A try in flight gets a short grace: a healthy broker confirms it in
+            // milliseconds, and a copy confirmed after its original was handed back
+            // would run the message twice.
             () = async {
                 dispatch.session.cancelled().await;
-                if tries == 0 {
-                    tokio::time::sleep(STOP_GRACE).await;
-                }
+                tokio::time::sleep(STOP_GRACE).await;
             } => {
                 tracing::warn!("the worker stops; handing the message back to its queue unsettled (this is not a failed attempt)");
                 return Err(Error::BrokerTimeout {
