@@ -67,12 +67,10 @@ pub(super) async fn check(pool: &PgPool, schema: &Schema) -> Result<(), Error> {
             });
         }
     };
-    let missing: Vec<i64> = MIGRATIONS
+    if MIGRATIONS
         .iter()
-        .map(|migration| migration.version)
-        .filter(|version| !applied.contains(version))
-        .collect();
-    if missing.is_empty() {
+        .all(|migration| applied.contains(&migration.version))
+    {
         return Ok(());
     }
     Err(Error::NotMigrated {

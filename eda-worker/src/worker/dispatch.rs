@@ -186,9 +186,6 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
                 error,
             },
         };
-        if database_away(&failure, dispatch).await {
-            return Settlement::Requeue;
-        }
         let settlement = settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
         if settlement == Settlement::Ack {
             starts::clear(database, queue, &envelope.message_id).await;
@@ -217,9 +214,6 @@ async fn run_job(
         }
         Ok(None) => None,
         Err(failure) => {
-            if database_away(&failure, dispatch).await {
-                return Settlement::Requeue;
-            }
             return settle_failure(delivery, envelope, failure, policy, dispatch, received).await;
         }
     };
@@ -252,7 +246,6 @@ async fn run_job(
             tracing::debug!("job succeeded");
             Settlement::Ack
         }
-        Err(failure) if database_away(&failure, dispatch).await => Settlement::Requeue,
         Err(failure) => {
             settle_failure(delivery, envelope, failure, policy, dispatch, received).await
         }
@@ -342,7 +335,8 @@ async fn hop(
     Settlement::after_republish(&published)
 }
 
-/// Retries or dead-letters a failed delivery, as [`decide`] says.
+/// Retries or dead-letters a failed delivery, as [`decide`] says; or, when
+/// the failure is the database's (see [`database_away`]), hands it back.
 async fn settle_failure(
     delivery: &Delivery,
     envelope: &Envelope,
@@ -351,6 +345,9 @@ async fn settle_failure(
     dispatch: &Dispatch,
     received: Instant,
 ) -> Settlement {
+    if database_away(&failure, dispatch).await {
+        return Settlement::Requeue;
+    }
     let reason = failure.reason();
     let queue = dispatch.jobs.queue;
     match decide(&failure, envelope.attempt, policy, fastrand::f64()) {
