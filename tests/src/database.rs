@@ -65,6 +65,14 @@ pub async fn effects_table(database: &Database) -> String {
     table
 }
 
+/// The number `statement` (a `SELECT count(...)`) returns.
+pub async fn count(database: &Database, statement: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(statement.to_owned()))
+        .fetch_one(database.pool())
+        .await
+        .unwrap_or_else(|error| panic!("{statement}: {error}"))
+}
+
 /// Rows of `table` for message `id`.
 pub async fn rows_for_message(database: &Database, table: &str, id: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(format!(

@@ -7,14 +7,13 @@
 //! more nodes on a 2-core machine would slow every other test.
 
 use eda_worker::{Client, Job};
-use eda_worker_tests::database::{effects_table, migrated_database, remove_database};
+use eda_worker_tests::database::{count, effects_table, migrated_database, remove_database};
 use eda_worker_tests::jobs::broker_faults::cluster_write;
 use eda_worker_tests::jobs::inbox::DbWrite;
 use eda_worker_tests::node::{Node, NodeSpec};
 use eda_worker_tests::process::{WorkerProcess, database_env};
 use eda_worker_tests::{DeadLetters, WAIT, wait_until, worker_command};
 use futures_util::StreamExt;
-use sqlx::AssertSqlSafe;
 
 const JOBS: u32 = 10_000;
 
@@ -60,14 +59,8 @@ async fn a_quorum_queue_s_jobs_survive_the_loss_of_its_leader_node() {
             enqueued.expect("confirmed");
         })
         .await;
-    let effects = || async {
-        sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
-            "SELECT count(DISTINCT message_id) FROM {table}"
-        )))
-        .fetch_one(database.pool())
-        .await
-        .unwrap()
-    };
+    let distinct_messages = format!("SELECT count(DISTINCT message_id) FROM {table}");
+    let effects = || count(&database, &distinct_messages);
 
     let mut command = worker_command!("run");
     command.env("AMQP_URL", &urls).envs(database_env(&database));
@@ -116,10 +109,7 @@ async fn a_quorum_queue_s_jobs_survive_the_loss_of_its_leader_node() {
     client.close().await.unwrap();
     // Nothing lost, nothing twice.
     assert_eq!(effects().await, i64::from(JOBS));
-    let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(database.pool())
-        .await
-        .unwrap();
+    let rows = count(&database, &format!("SELECT count(*) FROM {table}")).await;
     assert_eq!(rows, i64::from(JOBS));
     remove_database(database).await;
 }

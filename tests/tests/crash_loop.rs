@@ -6,12 +6,11 @@
 
 use eda_worker::Job;
 use eda_worker_tests::broker::error_header;
-use eda_worker_tests::database::{effects_table, execute};
+use eda_worker_tests::database::{count, effects_table, execute};
 use eda_worker_tests::jobs::crash_loop::{MaybeAbort, crash_loop_classic, crash_loop_quorum};
 use eda_worker_tests::jobs::inbox::DbWrite;
 use eda_worker_tests::process::database_env;
 use eda_worker_tests::{Scene, WAIT, worker_command};
-use sqlx::AssertSqlSafe;
 
 const JOBS: u32 = 50;
 const POISON: u32 = 2;
@@ -35,14 +34,8 @@ async fn crash_loop<J: Job<Args = MaybeAbort>>(job: J, schema: &str) {
             poison_id = id;
         }
     }
-    let effects = || async {
-        sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
-            "SELECT count(DISTINCT message_id) FROM {table}"
-        )))
-        .fetch_one(database.pool())
-        .await
-        .unwrap()
-    };
+    let distinct_messages = format!("SELECT count(DISTINCT message_id) FROM {table}");
+    let effects = || count(&database, &distinct_messages);
     let done = || async {
         effects().await == i64::from(JOBS - 1) && scene.dead_letters_ready().await == 1
     };
@@ -94,19 +87,14 @@ async fn crash_loop<J: Job<Args = MaybeAbort>>(job: J, schema: &str) {
     );
     // Every other job ran, its effect once.
     assert_eq!(effects().await, i64::from(JOBS - 1));
-    let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-        .fetch_one(database.pool())
-        .await
-        .unwrap();
+    let rows = count(&database, &format!("SELECT count(*) FROM {table}")).await;
     assert_eq!(rows, i64::from(JOBS - 1));
     // The ledger forgot every message that finished.
-    let ledger: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT count(*) FROM {}.job_starts",
-        database.schema()
-    )))
-    .fetch_one(database.pool())
-    .await
-    .unwrap();
+    let ledger = count(
+        &database,
+        &format!("SELECT count(*) FROM {}.job_starts", database.schema()),
+    )
+    .await;
     assert_eq!(ledger, 0);
     assert_eq!(scene.ready().await, 0);
     execute(&database, format!("DROP TABLE {table}")).await;

@@ -11,25 +11,17 @@ use std::time::Duration;
 
 use eda_worker::postgres::{Database, Schema};
 use eda_worker::{Job, Worker};
-use eda_worker_tests::database::{effects_table, execute};
+use eda_worker_tests::database::{count, effects_table, execute};
 use eda_worker_tests::jobs::database_outage::{outage_dedup, outage_free, outage_lazy};
 use eda_worker_tests::jobs::inbox::DbWrite;
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::postgres_node::PostgresNode;
 use eda_worker_tests::{Scene, WAIT, wait_until, worker_config};
-use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 
 const OUTAGE: Duration = Duration::from_secs(60);
 const DEDUP_JOBS: u32 = 500;
 const LAZY_JOBS: u32 = 100;
-
-async fn count(database: &Database, statement: String) -> i64 {
-    sqlx::query_scalar(AssertSqlSafe(statement))
-        .fetch_one(database.pool())
-        .await
-        .expect("count")
-}
 
 #[tokio::test]
 #[ignore = "serial: stops a PostgreSQL server for 60 s; .ci/run runs it after the parallel suite"]
@@ -71,7 +63,7 @@ async fn a_database_outage_dead_letters_nothing_and_every_effect_commits_once() 
             .await;
     }
     wait_until("some effects committed", WAIT, || async {
-        count(&database, effects(&table)).await >= 50
+        count(&database, &effects(&table)).await >= 50
     })
     .await;
     server.stop();
@@ -108,8 +100,8 @@ async fn a_database_outage_dead_letters_nothing_and_every_effect_commits_once() 
     let dedup_rows = format!("SELECT count(*) FROM {table} WHERE n < 10000");
     let lazy_messages = format!("SELECT count(DISTINCT message_id) FROM {table} WHERE n >= 10000");
     wait_until("every job's effect committed", WAIT * 4, || async {
-        count(&database, dedup_rows.clone()).await >= i64::from(DEDUP_JOBS)
-            && count(&database, lazy_messages.clone()).await >= i64::from(LAZY_JOBS)
+        count(&database, &dedup_rows).await >= i64::from(DEDUP_JOBS)
+            && count(&database, &lazy_messages).await >= i64::from(LAZY_JOBS)
     })
     .await;
     for queue in queues {
@@ -122,11 +114,11 @@ async fn a_database_outage_dead_letters_nothing_and_every_effect_commits_once() 
     // Exactly once for the dedup'd jobs: one row per message, one inbox row
     // each. (A job that does not dedup is at least once: a commit whose
     // answer the outage cut off may run again.)
-    assert_eq!(count(&database, dedup_rows).await, i64::from(DEDUP_JOBS));
+    assert_eq!(count(&database, &dedup_rows).await, i64::from(DEDUP_JOBS));
     assert_eq!(
         count(
             &database,
-            format!("SELECT count(DISTINCT message_id) FROM {table} WHERE n < 10000")
+            &format!("SELECT count(DISTINCT message_id) FROM {table} WHERE n < 10000")
         )
         .await,
         i64::from(DEDUP_JOBS)
@@ -134,7 +126,7 @@ async fn a_database_outage_dead_letters_nothing_and_every_effect_commits_once() 
     assert_eq!(
         count(
             &database,
-            format!("SELECT count(*) FROM {}.inbox", database.schema())
+            &format!("SELECT count(*) FROM {}.inbox", database.schema())
         )
         .await,
         i64::from(DEDUP_JOBS)
