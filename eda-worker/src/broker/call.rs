@@ -15,6 +15,16 @@ pub(crate) const BROKER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// reconnect.
 pub(crate) const CLOSE_AFTER_LOSS: Duration = Duration::from_secs(1);
 
+/// How long a cancel or close waits: [`BROKER_CALL_TIMEOUT`] on a healthy
+/// stop, [`CLOSE_AFTER_LOSS`] once something was `lost`.
+pub(crate) fn close_wait(lost: bool) -> Duration {
+    if lost {
+        CLOSE_AFTER_LOSS
+    } else {
+        BROKER_CALL_TIMEOUT
+    }
+}
+
 /// Runs `call` for at most [`BROKER_CALL_TIMEOUT`]; `operation` names it in
 /// the error (e.g. ``declare of queue `email` ``).
 pub(crate) async fn bounded<T>(

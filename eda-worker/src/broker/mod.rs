@@ -8,7 +8,7 @@ mod tls;
 mod topology;
 mod watch;
 
-pub(crate) use call::{BROKER_CALL_TIMEOUT, CLOSE_AFTER_LOSS, bounded};
+pub(crate) use call::{BROKER_CALL_TIMEOUT, bounded, close_wait};
 pub use connect::redact_url;
 pub(crate) use connect::{ConnectPolicy, connect, redact_text};
 pub(crate) use publisher::{Outgoing, Publisher};

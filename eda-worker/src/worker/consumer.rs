@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{AckTracker, Settlement};
 use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
 use crate::Error;
-use crate::broker::{BROKER_CALL_TIMEOUT, CLOSE_AFTER_LOSS, bounded};
+use crate::broker::{BROKER_CALL_TIMEOUT, bounded, close_wait};
 
 /// How one queue is consumed.
 #[derive(Debug, Clone, Copy)]
@@ -219,11 +219,8 @@ impl QueueConsumer {
         // started straight back, so that another worker can take it now rather
         // than when this one has finished draining.
         if let Some(consumer) = consumer {
-            let wait = match end {
-                ConsumerEnd::Shutdown => BROKER_CALL_TIMEOUT,
-                ConsumerEnd::Lost(_) => CLOSE_AFTER_LOSS,
-            };
-            self.stop_consuming(consumer, wait).await;
+            let lost = matches!(end, ConsumerEnd::Lost(_));
+            self.stop_consuming(consumer, close_wait(lost)).await;
         }
         end
     }

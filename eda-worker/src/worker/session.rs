@@ -14,9 +14,7 @@ use super::decision::Limits;
 use super::dispatch::Dispatch;
 use super::{Worker, jobs_outliving};
 use crate::Error;
-use crate::broker::{
-    self, BROKER_CALL_TIMEOUT, CLOSE_AFTER_LOSS, ConnectPolicy, Publisher, QueueSpec,
-};
+use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
 use crate::error::error_chain_text;
 use crate::retry::Backoff;
 use crate::retry::{Pauses, RECONNECT, cancelled_within};
@@ -92,13 +90,7 @@ impl Worker {
             started = true;
             let session_started = tokio::time::Instant::now();
             let end = self.run_session(&connections, &token).await;
-            connections
-                .close(if end.is_ok() {
-                    BROKER_CALL_TIMEOUT
-                } else {
-                    CLOSE_AFTER_LOSS
-                })
-                .await;
+            connections.close(broker::close_wait(end.is_err())).await;
             match end {
                 Ok(()) => return Ok(()),
                 Err(error) if token.is_cancelled() => {
@@ -253,11 +245,7 @@ impl Worker {
             }
         }
         // A blocked connection sends no frame: its channels go with it.
-        let wait = if first_error.is_none() {
-            BROKER_CALL_TIMEOUT
-        } else {
-            CLOSE_AFTER_LOSS
-        };
+        let wait = broker::close_wait(first_error.is_some());
         if !connections.publishing.status().blocked()
             && connections.publishing.status().connected()
             && tokio::time::timeout(wait, publisher.close()).await.is_err()
