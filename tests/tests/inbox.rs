@@ -3,17 +3,17 @@
 //! running, two copies racing on two workers run once, and a failed handler
 //! leaves neither its writes nor the inbox row.
 
-use eda_worker::postgres::DEFAULT_INBOX_RETENTION;
+use eda_worker::postgres::{DEFAULT_INBOX_RETENTION, Database};
 use eda_worker::{EnqueueOptions, Job, Worker};
-use eda_worker_tests::broker::error_header;
+use eda_worker_tests::broker::{error_header, foreign_properties};
 use eda_worker_tests::database::{
-    effects_table, execute, inbox_rows, migrated_database, remove_database, rows_for_message,
-    sleeping_in, slow_trigger_function,
+    database_url, effects_table, execute, inbox_rows, migrated_database, remove_database,
+    rows_for_message, sleeping_in, slow_trigger_function,
 };
 use eda_worker_tests::jobs::inbox::{
-    DbWrite, dedup_required, inbox_ack_lost, inbox_dedup, inbox_locked, inbox_per_queue_a,
-    inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction,
-    swallows_a_failed_statement,
+    DbWrite, dedup_required, inbox_ack_lost, inbox_dedup, inbox_foreign_id, inbox_locked,
+    inbox_per_queue_a, inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction,
+    swallows_a_failed_statement, uses_a_savepoint,
 };
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::process::database_env;
@@ -335,5 +335,77 @@ async fn a_claim_that_waits_past_the_lock_timeout_fails_the_attempt_without_runn
     assert_eq!(runs_of(queue, &id).len(), 0, "the handler never ran");
     assert_eq!(rows_for_message(&database, &table, &id).await, 0);
     assert_eq!(inbox_rows(&database, &id).await, 0);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_foreign_message_id_with_quotes_and_backslashes_is_claimed_verbatim_and_deduplicated() {
+    // One connection for the worker: the duplicate's refused claim must hand
+    // it back usable for the next message.
+    let database = migrated_database("eda_test_inbox_foreign_id").await;
+    let one_connection =
+        Database::connect_with_pool_size(&database_url(), database.schema().clone(), 1)
+            .await
+            .expect("connect");
+    let table = effects_table(&database).await;
+    let worker_database = one_connection.clone();
+    let mut scene = Scene::of(inbox_foreign_id)
+        .worker_config(|config| config.database(worker_database))
+        .start()
+        .await;
+    let queue = <inbox_foreign_id as Job>::QUEUE;
+    let odd = r#"o'brien\'); DELETE FROM inbox; --$$\"#;
+    let next = Uuid::new_v4().to_string();
+    let body = |n| serde_json::to_vec(&DbWrite::new(&table, n)).expect("json");
+    for (id, n) in [(odd, 1), (odd, 1), (next.as_str(), 2)] {
+        let properties = foreign_properties(id, Some(<inbox_foreign_id as Job>::NAME));
+        scene
+            .broker
+            .publish_raw("", queue, &body(n), properties)
+            .await;
+    }
+    wait_until("all three deliveries are settled", WAIT, || async {
+        inbox_rows(&database, &next).await == 1 && scene.ready().await == 0
+    })
+    .await;
+    scene.stop_workers().await;
+
+    assert_eq!(runs_of(queue, odd).len(), 1, "the handler ran once");
+    assert_eq!(
+        inbox_rows(&database, odd).await,
+        1,
+        "the id is stored as sent"
+    );
+    assert_eq!(rows_for_message(&database, &table, odd).await, 1);
+    assert_eq!(runs_of(queue, &next).len(), 1);
+    assert_eq!(rows_for_message(&database, &table, &next).await, 1);
+    assert_eq!(scene.dead_letters_ready().await, 0);
+    scene.finish().await;
+    one_connection.close().await;
+    remove_database(database).await;
+}
+
+#[tokio::test]
+async fn a_savepoint_rolled_back_in_the_handler_keeps_its_transaction_and_inbox_row() {
+    let (mut scene, table) =
+        inbox_scene(Scene::of(uses_a_savepoint).database("eda_test_inbox_savepoint")).await;
+    let queue = <uses_a_savepoint as Job>::QUEUE;
+    let database = scene.database().clone();
+    let id = scene
+        .enqueue(uses_a_savepoint, DbWrite::new(&table, 9))
+        .await;
+    wait_until("the job ran", WAIT, || async {
+        scene.ready().await == 0 && runs_of(queue, &id).len() == 1
+    })
+    .await;
+    scene.stop_workers().await;
+
+    assert_eq!(rows_for_message(&database, &table, &id).await, 1);
+    assert_eq!(
+        inbox_rows(&database, &id).await,
+        1,
+        "the claim committed with the effect"
+    );
+    assert_eq!(scene.dead_letters_ready().await, 0);
     scene.finish().await;
 }

@@ -5,11 +5,12 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgConnection;
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 use crate::outbox::Outbox;
+use crate::postgres::transaction::JobTransaction;
 use crate::wire::Envelope;
 use crate::{Error, Job, QueueType};
 
@@ -33,16 +34,25 @@ pub(crate) type SharedTx = Arc<TxSlot>;
 /// Where the handler's transaction lives while it runs.
 #[derive(Debug)]
 pub(crate) struct TxSlot {
-    pub(crate) tx: Mutex<Option<Transaction<'static, Postgres>>>,
+    pub(crate) tx: Mutex<TxState>,
     /// Whether the handler ever borrowed it (only then can a statement of
     /// its own have failed in it).
     borrowed: AtomicBool,
     /// Whether the handler asked for it, begun or not (its queue uses the
     /// database, so it pauses while the database is away).
     wanted: AtomicBool,
-    /// For a job that does not dedup: how to begin the transaction at its
-    /// first `ctx.tx()`. Cleared when it begins or the attempt ends.
-    lazy: std::sync::Mutex<Option<LazyBegin>>,
+}
+
+/// The handler's transaction, through an attempt.
+#[derive(Debug)]
+pub(crate) enum TxState {
+    /// Not begun: a job that does not dedup begins it at its first `ctx.tx()`.
+    Lazy(LazyBegin),
+    /// Open, for the handler to use.
+    Open(JobTransaction),
+    /// Taken by the worker to be committed or rolled back, or never begun
+    /// when the attempt ended.
+    Finished,
 }
 
 /// How a transaction not begun yet begins.
@@ -53,24 +63,22 @@ pub(crate) struct LazyBegin {
 }
 
 impl TxSlot {
-    pub(crate) fn new(tx: Transaction<'static, Postgres>) -> SharedTx {
+    fn with(state: TxState) -> SharedTx {
         Arc::new(TxSlot {
-            tx: Mutex::new(Some(tx)),
+            tx: Mutex::new(state),
             borrowed: AtomicBool::new(false),
             wanted: AtomicBool::new(false),
-            lazy: std::sync::Mutex::new(None),
         })
+    }
+
+    pub(crate) fn new(tx: JobTransaction) -> SharedTx {
+        TxSlot::with(TxState::Open(tx))
     }
 
     /// A slot whose transaction begins at the handler's first `ctx.tx()`,
     /// so that a job that never asks for one holds no connection.
     pub(crate) fn lazy(begin: LazyBegin) -> SharedTx {
-        Arc::new(TxSlot {
-            tx: Mutex::new(None),
-            borrowed: AtomicBool::new(false),
-            wanted: AtomicBool::new(false),
-            lazy: std::sync::Mutex::new(Some(begin)),
-        })
+        TxSlot::with(TxState::Lazy(begin))
     }
 
     /// Whether the handler ever borrowed the transaction.
@@ -81,22 +89,6 @@ impl TxSlot {
     /// Whether the handler asked for the transaction (even if it could not begin).
     pub(crate) fn was_wanted(&self) -> bool {
         self.wanted.load(Ordering::Acquire)
-    }
-
-    /// Ends the chance of a lazy begin; true when the transaction never began.
-    pub(crate) fn close_lazy(&self) -> bool {
-        self.lazy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .is_some()
-    }
-
-    fn pending_begin(&self) -> Option<LazyBegin> {
-        self.lazy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -303,19 +295,17 @@ impl JobContext {
                          drop it first, or call `enqueue` on it",
             });
         };
-        if guard.is_none()
-            && let Some(begin) = shared.pending_begin()
-        {
-            let tx = crate::postgres::inbox::begin_transaction(&begin.pool, begin.lock_timeout)
+        if let TxState::Lazy(begin) = &*guard {
+            let statement = crate::postgres::transaction::begin_statement(begin.lock_timeout);
+            let tx = JobTransaction::begin(&begin.pool, statement)
                 .await
                 .map_err(|source| Error::Database {
                     operation: "begin of the job's transaction".into(),
                     source,
                 })?;
-            *guard = Some(tx);
-            shared.close_lazy();
+            *guard = TxState::Open(tx);
         }
-        if guard.is_none() {
+        if !matches!(*guard, TxState::Open(_)) {
             return Err(Error::NoTransaction {
                 job: self.job,
                 reason: "the handler has returned and its transaction is finished",
@@ -343,7 +333,7 @@ const FOLLOW_UP_NAMESPACE: Uuid = Uuid::from_u128(0x6564_612d_776f_726b_6572_2d6
 /// `&mut *tx` as a sqlx executor. Hold it only while writing; the worker
 /// commits after the handler returned.
 pub struct JobTx<'a> {
-    guard: MutexGuard<'a, Option<Transaction<'static, Postgres>>>,
+    guard: MutexGuard<'a, TxState>,
     ctx: &'a JobContext,
 }
 
@@ -364,17 +354,19 @@ impl Deref for JobTx<'_> {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        self.guard
-            .as_deref()
-            .expect("JobTx is only handed out while the transaction is open")
+        match &*self.guard {
+            TxState::Open(tx) => tx,
+            _ => unreachable!("JobTx is only handed out while the transaction is open"),
+        }
     }
 }
 
 impl DerefMut for JobTx<'_> {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.guard
-            .as_deref_mut()
-            .expect("JobTx is only handed out while the transaction is open")
+        match &mut *self.guard {
+            TxState::Open(tx) => tx,
+            _ => unreachable!("JobTx is only handed out while the transaction is open"),
+        }
     }
 }
 

@@ -4,31 +4,38 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Postgres, Transaction};
+use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 
 use super::Database;
+use super::transaction::{JobTransaction, begin_statement, literal};
 use crate::retry::cancelled_within;
 
 /// What beginning a job's transaction found.
 pub(crate) enum Begun {
     /// A transaction for the handler, holding the message's inbox row
     /// (committed with the handler's writes).
-    Open(Transaction<'static, Postgres>),
+    Open(JobTransaction),
     /// The message's effects committed before: ack it without running.
     AlreadyProcessed,
 }
 
-/// Begins the handler's transaction and claims `message_id` in it.
+/// SQLSTATE 23505: a unique constraint refused a row.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Begins the handler's transaction and claims `message_id` in it, in one
+/// round trip: `BEGIN`, the lock timeout and the claim go as one statement
+/// batch, with the values as escaped literals (see [`literal`]).
 ///
-/// The claim is an `INSERT ... ON CONFLICT DO NOTHING`: while another
-/// transaction holds an uncommitted row for the same id (the same message
-/// delivered twice, running on two workers), this one waits for it; if that
-/// one commits, this one finds the row and reports `AlreadyProcessed`; if it
-/// rolls back, this one claims the id and runs. The wait, and any lock wait
-/// of the handler's own statements, is bounded by `lock_timeout` (the job's
-/// timeout and a margin: a copy still running past that is stuck); past it,
-/// the statement fails and the attempt is retried.
+/// The claim is a plain `INSERT`: while another transaction holds an
+/// uncommitted row for the same id (the same message delivered twice,
+/// running on two workers), this one waits for it; if that one commits, the
+/// insert fails as a duplicate and this one reports `AlreadyProcessed`
+/// (PostgreSQL logs the refused row); if it rolls back, this one claims the
+/// id and runs. The wait, and any lock wait of the handler's own
+/// statements, is bounded by `lock_timeout` (the job's timeout and a margin:
+/// a copy still running past that is stuck); past it, the statement fails
+/// and the attempt is retried.
 ///
 /// The key is the queue and the message id: an event delivered to several
 /// queues runs once in each.
@@ -39,34 +46,28 @@ pub(crate) async fn begin(
     queue: &str,
     lock_timeout: Duration,
 ) -> Result<Begun, sqlx::Error> {
-    let mut tx = begin_transaction(database.pool(), lock_timeout).await?;
-    let claim = format!(
-        "INSERT INTO {} (message_id, job, queue) VALUES ($1, $2, $3) ON CONFLICT (queue, message_id) DO NOTHING",
-        database.schema().table("inbox")
+    let table = database.schema().table("inbox");
+    let [Some(message_id), Some(job), Some(queue)] = [message_id, job, queue].map(literal) else {
+        return Err(sqlx::Error::Encode(
+            "the message id holds a NUL byte, which PostgreSQL text cannot hold, so the inbox cannot claim it".into(),
+        ));
+    };
+    let statement = format!(
+        "{}; INSERT INTO {table} (message_id, job, queue) VALUES ({message_id}, {job}, {queue})",
+        begin_statement(lock_timeout)
     );
-    let claimed = sqlx::query(AssertSqlSafe(claim))
-        .bind(message_id)
-        .bind(job)
-        .bind(queue)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    if claimed == 0 {
-        tx.rollback().await?;
-        return Ok(Begun::AlreadyProcessed);
+    match JobTransaction::begin(database.pool(), statement).await {
+        Ok(tx) => Ok(Begun::Open(tx)),
+        Err(error) if is_duplicate(&error) => Ok(Begun::AlreadyProcessed),
+        Err(error) => Err(error),
     }
-    Ok(Begun::Open(tx))
 }
 
-/// Begins a transaction whose lock waits end after `lock_timeout`, in one
-/// round trip.
-pub(crate) async fn begin_transaction(
-    pool: &sqlx::PgPool,
-    lock_timeout: Duration,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let lock_timeout_ms = lock_timeout.as_millis().clamp(1, i32::MAX as u128);
-    let begin = format!("BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}");
-    pool.begin_with(AssertSqlSafe(begin)).await
+/// Whether `error` is the inbox refusing a message id it holds.
+fn is_duplicate(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|error| {
+        error.code().as_deref() == Some(UNIQUE_VIOLATION) && error.table() == Some("inbox")
+    })
 }
 
 /// Rows deleted per statement when pruning: small, so that no statement

@@ -14,6 +14,7 @@ pub(crate) mod health;
 pub(crate) mod inbox;
 mod migrate;
 pub mod outbox;
+pub(crate) mod transaction;
 
 pub use migrate::latest_version;
 

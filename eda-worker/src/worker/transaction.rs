@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use sqlx::{Postgres, Transaction};
-
 use super::decision::Failure;
 use super::dispatch::Dispatch;
-use crate::job::{JobDefinition, LazyBegin, SharedTx, TxSlot};
+use crate::job::{JobDefinition, LazyBegin, SharedTx, TxSlot, TxState};
 use crate::postgres::inbox::{self, Begun};
+use crate::postgres::transaction::JobTransaction;
 use crate::wire::Envelope;
 
 /// Added to a job's timeout for the time its inbox claim may wait on another
@@ -179,12 +178,13 @@ pub(super) async fn roll_back(shared: &SharedTx) {
 async fn take(
     shared: &SharedTx,
     wait: Duration,
-) -> Result<(Option<Transaction<'static, Postgres>>, bool), Failure> {
+) -> Result<(Option<JobTransaction>, bool), Failure> {
     match tokio::time::timeout(wait, shared.tx.lock()).await {
-        Ok(mut guard) => {
-            let never_begun = shared.close_lazy();
-            Ok((guard.take(), never_begun))
-        }
+        Ok(mut guard) => Ok(match std::mem::replace(&mut *guard, TxState::Finished) {
+            TxState::Open(tx) => (Some(tx), false),
+            TxState::Lazy(_) => (None, true),
+            TxState::Finished => (None, false),
+        }),
         Err(_) => Err(Failure::Uncommitted(
             "a task the handler spawned still held its transaction (a `ctx.tx()` guard) after the handler returned",
         )),

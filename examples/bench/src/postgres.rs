@@ -50,6 +50,10 @@ pub async fn relayed(_ctx: JobContext, _n: u64) -> Result<(), JobError> {
 /// What the PostgreSQL figures measured.
 pub(crate) struct Figures {
     pub(crate) raw_commits: Latencies,
+    /// A pool checkout and return, 16 at a time.
+    pub(crate) checkout: Latencies,
+    /// A checkout with one `SELECT 1`, 16 at a time.
+    pub(crate) round_trip: Latencies,
     pub(crate) dedup_jobs_per_sec: f64,
     pub(crate) relay_rows_per_sec: f64,
     pub(crate) relay_latency: Latencies,
@@ -99,6 +103,27 @@ pub(crate) async fn run(jobs: u64, rows: u64, latency_samples: u64) -> anyhow::R
     })
     .await?;
 
+    // What a job pays before its first statement: a checkout from the pool
+    // (and its return), then, for scale, a checkout with one round trip.
+    let pool = database.pool().clone();
+    let checkout = concurrently(jobs, CONCURRENCY, move |_| {
+        let pool = pool.clone();
+        async move {
+            drop(pool.acquire().await?);
+            Ok(())
+        }
+    })
+    .await?;
+    let pool = database.pool().clone();
+    let round_trip = concurrently(jobs, CONCURRENCY, move |_| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT 1").execute(&pool).await?;
+            Ok(())
+        }
+    })
+    .await?;
+
     let dedup_jobs_per_sec = dedup_drain(&database, jobs).await?;
     let relay_rows_per_sec = relay_drain(&database, rows).await?;
     let relay_latency = relay_latency(&database, latency_samples).await?;
@@ -111,6 +136,8 @@ pub(crate) async fn run(jobs: u64, rows: u64, latency_samples: u64) -> anyhow::R
     database.close().await;
     Ok(Figures {
         raw_commits,
+        checkout,
+        round_trip,
         dedup_jobs_per_sec,
         relay_rows_per_sec,
         relay_latency,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use eda_worker::prelude::*;
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 
 use super::record;
 
@@ -81,6 +81,8 @@ crate::job_family! {
     // The claim waits on a row lock held elsewhere; the 1 s timeout bounds
     // that wait to 6 s.
     inbox_locked(queue = "eda-test.inbox-locked", retries = 0, timeout = "1s");
+    // A foreign producer's message id with quotes and backslashes, twice.
+    inbox_foreign_id(queue = "eda-test.inbox-foreign-id", retries = 0);
 }
 
 /// Asks for a transaction the worker does not have.
@@ -105,5 +107,20 @@ pub async fn swallows_a_failed_statement(ctx: JobContext, args: DbWrite) -> Resu
     insert_effect(&ctx, &mut tx, &args).await?;
     let ignored = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
     assert!(ignored.is_err(), "division by zero fails");
+    Ok(())
+}
+
+/// Runs a failing statement in a savepoint of its transaction, rolls the
+/// savepoint back, and writes its effect: the transaction (and its inbox
+/// row) must survive the savepoint's rollback.
+#[job(queue = "eda-test.inbox-savepoint", retries = 0)]
+pub async fn uses_a_savepoint(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    record(&ctx, &args);
+    let mut tx = ctx.tx().await?;
+    let mut savepoint = tx.begin().await?;
+    let failed = sqlx::query("SELECT 1 / 0").execute(&mut *savepoint).await;
+    assert!(failed.is_err(), "division by zero fails");
+    savepoint.rollback().await?;
+    insert_effect(&ctx, &mut tx, &args).await?;
     Ok(())
 }
