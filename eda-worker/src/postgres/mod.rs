@@ -20,8 +20,8 @@ pub use migrate::latest_version;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 
 use crate::Error;
 use crate::broker::redact_url;
@@ -39,6 +39,9 @@ pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600)
 
 /// How long a checkout from the pool may wait for a connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a pooled connection may sit idle before a checkout tests it again.
+const RETEST_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The name of eda-worker's schema: a plain lower-case SQL identifier (always
 /// quoted in statements, so that a keyword such as `user` works too).
@@ -159,6 +162,20 @@ impl Database {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx tests a connection as it goes back to the pool; testing
+            // it again at every checkout would cost each job a round trip.
+            // Only one idle for a while (the server may have closed it
+            // since) is tested again; a test that fails closes it and the
+            // checkout takes another.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > RETEST_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(|source| Error::DatabaseConnect {

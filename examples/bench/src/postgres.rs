@@ -3,17 +3,19 @@
 //! from a backlog, and latency from commit to the consumer when idle).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use eda_worker::outbox::{Outbox, Relay};
-use eda_worker::postgres::{Database, Schema};
+use eda_worker::postgres::{DEFAULT_POOL_SIZE, Database, Schema};
 use eda_worker::prelude::*;
 use eda_worker::{Worker, WorkerConfig, amqp_url_from_env};
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
 use lapin::{Connection, ConnectionProperties};
-use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -50,19 +52,49 @@ pub async fn relayed(_ctx: JobContext, _n: u64) -> Result<(), JobError> {
 /// What the PostgreSQL figures measured.
 pub(crate) struct Figures {
     pub(crate) raw_commits: Latencies,
-    /// A pool checkout and return, 16 at a time.
+    /// Checkouts from eda-worker's pool, 16 at a time, each used for one statement.
     pub(crate) checkout: Latencies,
-    /// A checkout with one `SELECT 1`, 16 at a time.
-    pub(crate) round_trip: Latencies,
+    /// The same on a pool of sqlx's defaults (which tests every connection
+    /// it hands out with a round trip).
+    pub(crate) raw_checkout: Latencies,
     pub(crate) dedup_jobs_per_sec: f64,
     pub(crate) relay_rows_per_sec: f64,
     pub(crate) relay_latency: Latencies,
 }
 
+fn database_url() -> String {
+    eda_worker::postgres::database_url_from_env()
+        .unwrap_or_else(|| crate::DEFAULT_DATABASE_URL.to_owned())
+}
+
 pub(crate) async fn database() -> anyhow::Result<Database> {
-    let url = eda_worker::postgres::database_url_from_env()
-        .unwrap_or_else(|| crate::DEFAULT_DATABASE_URL.to_owned());
-    Ok(Database::connect(&url, Schema::new(SCHEMA)?).await?)
+    Ok(Database::connect(&database_url(), Schema::new(SCHEMA)?).await?)
+}
+
+/// `count` checkouts from `pool`, 16 at a time, each used for one
+/// `SELECT 1` and returned; times the checkouts alone.
+async fn checkouts(pool: &PgPool, count: u64) -> anyhow::Result<Latencies> {
+    let pool = pool.clone();
+    let checkouts = Arc::new(Mutex::new(Vec::new()));
+    let timed = checkouts.clone();
+    let started = Instant::now();
+    concurrently(count, CONCURRENCY, move |_| {
+        let (pool, timed) = (pool.clone(), timed.clone());
+        async move {
+            let asked = Instant::now();
+            let mut conn = pool.acquire().await?;
+            let took = asked.elapsed();
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+            timed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(took);
+            Ok(())
+        }
+    })
+    .await?;
+    let samples = std::mem::take(&mut *checkouts.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(Latencies::new(samples, started.elapsed()))
 }
 
 async fn reset(database: &Database) -> anyhow::Result<()> {
@@ -82,11 +114,17 @@ async fn reset(database: &Database) -> anyhow::Result<()> {
 
 /// Runs every PostgreSQL figure; `rows` for the relay, `jobs` for the rest.
 pub(crate) async fn run(jobs: u64, rows: u64, latency_samples: u64) -> anyhow::Result<Figures> {
+    let url = database_url();
     let database = database().await?;
     reset(&database).await?;
 
-    // The ceiling: one INSERT ... ON CONFLICT per transaction, 16 at a time.
-    let pool = database.pool().clone();
+    // The ceiling: sqlx alone, on a pool of its defaults (as big as
+    // eda-worker's), one INSERT ... ON CONFLICT per transaction, 16 at a time.
+    let raw_pool = PgPoolOptions::new()
+        .max_connections(DEFAULT_POOL_SIZE)
+        .connect(&url)
+        .await?;
+    let pool = raw_pool.clone();
     let raw_commits = concurrently(jobs, CONCURRENCY, move |n| {
         let pool = pool.clone();
         async move {
@@ -103,26 +141,11 @@ pub(crate) async fn run(jobs: u64, rows: u64, latency_samples: u64) -> anyhow::R
     })
     .await?;
 
-    // What a job pays before its first statement: a checkout from the pool
-    // (and its return), then, for scale, a checkout with one round trip.
-    let pool = database.pool().clone();
-    let checkout = concurrently(jobs, CONCURRENCY, move |_| {
-        let pool = pool.clone();
-        async move {
-            drop(pool.acquire().await?);
-            Ok(())
-        }
-    })
-    .await?;
-    let pool = database.pool().clone();
-    let round_trip = concurrently(jobs, CONCURRENCY, move |_| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query("SELECT 1").execute(&pool).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    // What a job pays before its first statement: a checkout from the pool,
+    // on eda-worker's pool and on sqlx's defaults.
+    let checkout = checkouts(database.pool(), jobs).await?;
+    let raw_checkout = checkouts(&raw_pool, jobs).await?;
+    raw_pool.close().await;
 
     let dedup_jobs_per_sec = dedup_drain(&database, jobs).await?;
     let relay_rows_per_sec = relay_drain(&database, rows).await?;
@@ -137,7 +160,7 @@ pub(crate) async fn run(jobs: u64, rows: u64, latency_samples: u64) -> anyhow::R
     Ok(Figures {
         raw_commits,
         checkout,
-        round_trip,
+        raw_checkout,
         dedup_jobs_per_sec,
         relay_rows_per_sec,
         relay_latency,
