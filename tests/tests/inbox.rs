@@ -12,8 +12,8 @@ use eda_worker_tests::database::{
 };
 use eda_worker_tests::jobs::inbox::{
     DbWrite, dedup_required, inbox_ack_lost, inbox_dedup, inbox_foreign_id, inbox_locked,
-    inbox_per_queue_a, inbox_per_queue_b, inbox_race, inbox_rollback, needs_a_transaction,
-    swallows_a_failed_statement, uses_a_savepoint,
+    inbox_per_queue_a, inbox_per_queue_b, inbox_race, inbox_rollback, leaks_a_savepoint,
+    needs_a_transaction, swallows_a_failed_statement, uses_a_savepoint,
 };
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::process::database_env;
@@ -407,5 +407,28 @@ async fn a_savepoint_rolled_back_in_the_handler_keeps_its_transaction_and_inbox_
         "the claim committed with the effect"
     );
     assert_eq!(scene.dead_letters_ready().await, 0);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_savepoint_left_open_by_the_handler_commits_nothing() {
+    let (mut scene, table) =
+        inbox_scene(Scene::of(leaks_a_savepoint).database("eda_test_inbox_leaked_savepoint")).await;
+    let queue = <leaks_a_savepoint as Job>::QUEUE;
+    let id = scene
+        .enqueue(leaks_a_savepoint, DbWrite::new(&table, 10))
+        .await;
+    scene.stop_once_dead_lettered(1).await;
+
+    let dead = scene.take_dead_letters().await;
+    let error = error_header(&dead[0]);
+    assert!(
+        error.contains("its effects were not committed") && error.contains("savepoint"),
+        "{error}"
+    );
+    let database = scene.database();
+    assert_eq!(runs_of(queue, &id).len(), 1);
+    assert_eq!(rows_for_message(database, &table, &id).await, 0);
+    assert_eq!(inbox_rows(database, &id).await, 0);
     scene.finish().await;
 }

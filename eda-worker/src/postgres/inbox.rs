@@ -49,7 +49,7 @@ pub(crate) async fn begin(
     let table = database.schema().table("inbox");
     let [Some(message_id), Some(job), Some(queue)] = [message_id, job, queue].map(literal) else {
         return Err(sqlx::Error::Encode(
-            "the message id holds a NUL byte, which PostgreSQL text cannot hold, so the inbox cannot claim it".into(),
+            "the message id (or the job or queue name) holds a NUL byte, which PostgreSQL text cannot hold, so the inbox cannot claim it".into(),
         ));
     };
     let statement = format!(

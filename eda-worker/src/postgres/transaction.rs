@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgTransactionManager;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, SqlSafeStr};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, SqlSafeStr, SqlStr};
 use sqlx_core::transaction::TransactionManager;
+
+use super::health::is_outage;
 
 /// How long the `ROLLBACK` after a failed begin statement may take before
 /// the connection is closed instead.
@@ -39,14 +41,29 @@ impl JobTransaction {
     /// When a statement of the batch fails, its error is returned and the
     /// connection is rolled back and pooled again (closed if the rollback
     /// does not answer). A begin dropped midway, its task aborted, closes its
-    /// connection: what state it was left in is unknown.
+    /// connection: what state it was left in is unknown. A connection the
+    /// server closed since it was last tested (the pool tests only those
+    /// idle for a while) fails as an outage: the batch is tried once more,
+    /// on another connection, before that is reported.
     pub(crate) async fn begin(pool: &PgPool, statement: String) -> Result<Self, sqlx::Error> {
-        let mut conn = pool.acquire().await?;
+        let statement = AssertSqlSafe(statement).into_sql_str();
+        let conn = pool.acquire().await?;
+        match Self::begin_on(conn, statement.clone()).await {
+            Err(error) if is_outage(&error) => {
+                Self::begin_on(pool.acquire().await?, statement).await
+            }
+            begun => begun,
+        }
+    }
+
+    async fn begin_on(
+        mut conn: PoolConnection<Postgres>,
+        statement: SqlStr,
+    ) -> Result<Self, sqlx::Error> {
         let mut pending = Pending {
             conn: &mut conn,
             settled: false,
         };
-        let statement = AssertSqlSafe(statement).into_sql_str();
         let begun = PgTransactionManager::begin(pending.conn, Some(statement)).await;
         pending.settled = match &begun {
             Ok(()) => true,
@@ -66,6 +83,23 @@ impl JobTransaction {
         begun.map(|()| JobTransaction { conn, open: true })
     }
 
+    /// Whether the transaction is as the worker began it: still open, and
+    /// no savepoint of the handler's left open. A savepoint the handler
+    /// leaked (`mem::forget`) leaves sqlx's depth above 1; one whose begin
+    /// failed or was cancelled made sqlx roll back the whole transaction
+    /// (depth 0), after which the handler's statements ran outside it.
+    pub(crate) fn is_intact(&self) -> bool {
+        PgTransactionManager::get_transaction_depth(&self.conn) == 1
+    }
+
+    /// Ends a transaction that is not intact by closing its connection
+    /// (PostgreSQL rolls back what is open): sqlx's count of it is wrong, so
+    /// neither a commit nor a rollback through sqlx would end it.
+    pub(crate) fn discard(mut self) {
+        self.open = false;
+        self.conn.close_on_drop();
+    }
+
     /// Commits the transaction.
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
         PgTransactionManager::commit(&mut self.conn).await?;
@@ -73,8 +107,12 @@ impl JobTransaction {
         Ok(())
     }
 
-    /// Rolls the transaction back.
+    /// Rolls the transaction back (discards it when it is not intact).
     pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        if !self.is_intact() {
+            self.discard();
+            return Ok(());
+        }
         PgTransactionManager::rollback(&mut self.conn).await?;
         self.open = false;
         Ok(())

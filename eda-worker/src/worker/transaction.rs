@@ -119,6 +119,13 @@ pub(super) async fn commit(shared: &SharedTx) -> Result<(), Failure> {
             "its transaction was finished before the worker could commit it",
         ));
     };
+    if !tx.is_intact() {
+        tx.discard();
+        return Err(Failure::Uncommitted(
+            "the handler left a savepoint (`tx.begin()`) open, or one failed to begin and sqlx \
+             rolled back the whole transaction; nothing was committed",
+        ));
+    }
     // Only a handler that borrowed the transaction can have failed in it.
     if shared.was_borrowed()
         && let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await
@@ -158,7 +165,7 @@ pub(super) async fn roll_back(shared: &SharedTx) {
         Ok(Some(tx)) => match tokio::time::timeout(ROLLBACK_WAIT, tx.rollback()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(%error, "rollback of the job's transaction failed; its connection is closed");
+                tracing::warn!(%error, "rollback of the job's transaction failed; it is rolled back when its connection returns to the pool, or the connection is closed");
             }
             Err(_) => tracing::warn!(
                 wait = ?ROLLBACK_WAIT,

@@ -124,3 +124,15 @@ pub async fn uses_a_savepoint(ctx: JobContext, args: DbWrite) -> Result<(), JobE
     insert_effect(&ctx, &mut tx, &args).await?;
     Ok(())
 }
+
+/// Writes its effect, then begins a savepoint and never ends it, and
+/// returns `Ok`: the worker must not commit a transaction it cannot tell
+/// the state of.
+#[job(queue = "eda-test.inbox-leaked-savepoint", retries = 0)]
+pub async fn leaks_a_savepoint(ctx: JobContext, args: DbWrite) -> Result<(), JobError> {
+    record(&ctx, &args);
+    let mut tx = ctx.tx().await?;
+    insert_effect(&ctx, &mut tx, &args).await?;
+    std::mem::forget(tx.begin().await?);
+    Ok(())
+}
