@@ -75,6 +75,7 @@ pub use job::{
 };
 pub use postgres::outbox;
 pub use retry::{Backoff, DEFAULT_BACKOFF, DelayQueues};
+pub use wire::MessageId;
 pub use worker::Worker;
 
 /// What a job module needs: `use eda_worker::prelude::*;`.

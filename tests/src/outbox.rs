@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{WAIT, amqp_url};
 
 /// Commits one outbox row for `job` with `args`.
-pub async fn commit_row<J: Job>(database: &Database, job: J, args: J::Args) -> uuid::Uuid {
+pub async fn commit_row<J: Job>(
+    database: &Database,
+    job: J,
+    args: J::Args,
+) -> eda_worker::MessageId {
     let mut tx = database.pool().begin().await.expect("begin");
     let id = Outbox::in_schema(database.schema().clone())
         .enqueue(&mut tx, job, args)

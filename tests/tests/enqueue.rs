@@ -1,9 +1,8 @@
 //! Enqueue: confirmed publishes in the wire format of docs/wire-format.md, typed
 //! arguments that arrive intact, and loud failures.
 
-use eda_worker::wire::{HEADER_ATTEMPT, header_u64};
-use eda_worker::{Client, ClientOptions, EnqueueOptions, Error, Job};
-use std::time::{Duration, Instant};
+use eda_worker::{Client, ClientOptions, EnqueueOptions, Error, Job, MessageId};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eda_worker_tests::broker::{Policy, message_id, unique_connection_name};
 use eda_worker_tests::jobs::enqueue::{
@@ -15,7 +14,6 @@ use eda_worker_tests::proxy::Proxy;
 use eda_worker_tests::{
     Scene, WAIT, amqp_url, close_connection, connection_pid, now_millis, wait_until,
 };
-use uuid::Uuid;
 
 fn signup() -> Signup {
     Signup {
@@ -31,7 +29,41 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
     let mut scene = Scene::of(roundtrip).workers(0).start().await;
     let queue = scene.queue().to_owned();
 
-    // On the wire, before any worker runs.
+    // On the wire, before any worker runs: a plain enqueue is lean, with
+    // neither a header table nor a content type nor a correlation id.
+    let plain = scene.enqueue(roundtrip, signup()).await;
+    let message = scene
+        .broker
+        .get(&queue)
+        .await
+        .expect("the enqueued message is on the queue");
+    let properties = &message.delivery.properties;
+    assert_eq!(message_id(&message), plain);
+    assert_eq!(plain.len(), 22, "a compact id: {plain}");
+    assert!(properties.headers().is_none(), "no header table");
+    assert!(properties.content_type().is_none(), "absent means JSON");
+    assert!(
+        properties.correlation_id().is_none(),
+        "absent means the message id"
+    );
+    assert!(
+        properties.timestamp().is_none(),
+        "the id holds the enqueue time"
+    );
+    assert_eq!(properties.kind().as_ref().unwrap().as_str(), "roundtrip");
+    assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+    let enqueued = MessageId::parse(&plain)
+        .and_then(|id| id.created_at())
+        .expect("a UUIDv7 id holds its time");
+    let since_epoch = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap().as_millis();
+    assert!(
+        since_epoch(enqueued).abs_diff(u128::from(now_millis())) < 60_000,
+        "the id's time is now"
+    );
+    let body: Signup = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(body, signup());
+
+    // A request's correlation id is carried.
     let id = scene
         .enqueue_with(
             roundtrip,
@@ -45,26 +77,12 @@ async fn enqueued_message_carries_the_wire_format_and_typed_args_arrive_intact()
         .await
         .expect("the enqueued message is on the queue");
     let properties = &message.delivery.properties;
-    assert_eq!(
-        properties.message_id().as_ref().unwrap().as_str(),
-        id.to_string()
-    );
+    assert_eq!(message_id(&message), id);
     assert_eq!(
         properties.correlation_id().as_ref().unwrap().as_str(),
         "req-7"
     );
-    assert_eq!(properties.kind().as_ref().unwrap().as_str(), "roundtrip");
-    assert_eq!(
-        properties.content_type().as_ref().unwrap().as_str(),
-        "application/json"
-    );
-    assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
-    let sent_at = properties.timestamp().expect("timestamp is set");
-    assert!(
-        sent_at.abs_diff(now_millis() / 1000) < 60,
-        "timestamp is now, in seconds"
-    );
-    assert_eq!(header_u64(properties, HEADER_ATTEMPT), Some(0));
+    assert!(properties.headers().is_none(), "no header table");
     let body: Signup = serde_json::from_slice(&message.delivery.data).unwrap();
     assert_eq!(body, signup());
 
@@ -380,7 +398,7 @@ async fn enqueues_during_an_outage_each_give_up_at_their_own_deadline() {
     // Back: the next enqueue goes through (retried with the same message id,
     // as the timeout's error advises).
     proxy.restore();
-    let after = Uuid::new_v4();
+    let after = MessageId::new();
     let retry = EnqueueOptions::default().message_id(after);
     wait_until("an enqueue goes through again", WAIT, || async {
         client

@@ -4,7 +4,7 @@
 //! leaves neither its writes nor the inbox row.
 
 use eda_worker::postgres::{DEFAULT_INBOX_RETENTION, Database};
-use eda_worker::{EnqueueOptions, Job, Worker};
+use eda_worker::{EnqueueOptions, Job, MessageId, Worker};
 use eda_worker_tests::broker::{error_header, foreign_properties};
 use eda_worker_tests::database::{
     database_url, effects_table, execute, inbox_rows, migrated_database, remove_database,
@@ -19,7 +19,6 @@ use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::process::database_env;
 use eda_worker_tests::{Scene, SceneBuilder, WAIT, wait_until, worker_command, worker_config};
 use sqlx::AssertSqlSafe;
-use uuid::Uuid;
 
 /// Starts the scene (built with a database) and creates the app table the
 /// jobs write their effects into; returns both.
@@ -36,7 +35,7 @@ async fn a_redelivered_message_whose_effects_committed_is_acked_without_running(
     let queue = <inbox_dedup as Job>::QUEUE;
     let database = scene.database().clone();
 
-    let id = Uuid::new_v4();
+    let id = MessageId::new();
     let args = DbWrite::new(&table, 1);
     let options = EnqueueOptions::default().message_id(id);
     scene
@@ -76,7 +75,7 @@ async fn two_copies_racing_on_two_workers_run_the_handler_once() {
     let queue = <inbox_race as Job>::QUEUE;
     let database = scene.database().clone();
 
-    let id = Uuid::new_v4();
+    let id = MessageId::new();
     let args = DbWrite {
         hold_ms: 500,
         ..DbWrite::new(&table, 2)
@@ -215,7 +214,7 @@ async fn one_message_id_on_two_queues_runs_once_in_each() {
     );
     scene.start_worker_on(b).await;
     let database = scene.database().clone();
-    let id = Uuid::new_v4();
+    let id = MessageId::new();
     let args = DbWrite::new(&table, 5);
     let options = EnqueueOptions::default().message_id(id);
     scene
@@ -306,7 +305,7 @@ async fn a_claim_that_waits_past_the_lock_timeout_fails_the_attempt_without_runn
     let queue = <inbox_locked as Job>::QUEUE;
     let database = scene.database().clone();
     // Another transaction, stuck, holds this message's inbox row.
-    let id = Uuid::new_v4();
+    let id = MessageId::new();
     let mut stuck = database.pool().begin().await.unwrap();
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {}.inbox (queue, message_id, job) VALUES ($1, $2, 'inbox_locked')",
@@ -355,7 +354,7 @@ async fn a_foreign_message_id_with_quotes_and_backslashes_is_claimed_verbatim_an
         .await;
     let queue = <inbox_foreign_id as Job>::QUEUE;
     let odd = r#"o'brien\'); DELETE FROM inbox; --$$\"#;
-    let next = Uuid::new_v4().to_string();
+    let next = MessageId::new().to_string();
     let body = |n| serde_json::to_vec(&DbWrite::new(&table, n)).expect("json");
     for (id, n) in [(odd, 1), (odd, 1), (next.as_str(), 2)] {
         let properties = foreign_properties(id, Some(<inbox_foreign_id as Job>::NAME));

@@ -5,17 +5,21 @@
 
 use std::time::{Duration, SystemTime};
 
-use eda_worker::wire::{HEADER_ATTEMPT, HEADER_ETA, HEADER_QUEUE, header_text, header_u64};
+use eda_worker::wire::{
+    CONTENT_TYPE_JSON, HEADER_ATTEMPT, HEADER_ETA, HEADER_QUEUE, header_text, header_u64,
+};
 use eda_worker::{DelayQueues, Job};
 use eda_worker_tests::broker::{error_header, find_message, foreign_properties};
 use eda_worker_tests::jobs::retries::{
-    flaky, flaky_after_delay, flaky_each_second, hangs_once, never_succeeds, panics_once, rejects,
-    scheduled, subscriber_flaky,
+    flaky, flaky_after_delay, flaky_each_second, hangs_once, never_succeeds, old_format_fails,
+    panics_once, rejects, scheduled, subscriber_flaky,
 };
 use eda_worker_tests::jobs::{Run, runs_of};
 use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
+use lapin::BasicProperties;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use uuid::Uuid;
 
 async fn wait_for_runs(queue: &str, id: &str, count: usize) -> Vec<Run> {
     wait_until(&format!("{count} runs of {id}"), WAIT, || async {
@@ -326,6 +330,51 @@ async fn a_deleted_delay_queue_is_declared_again_by_the_client_and_the_worker() 
     assert!(scene.workers_running());
     scene.stop_workers().await;
     assert_eq!(scene.dead_letters_ready().await, 0);
+    assert_eq!(scene.ready().await, 0);
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_message_in_the_old_full_format_runs_retries_and_dead_letters_as_before() {
+    let mut scene = Scene::of(old_format_fails).start().await;
+    let queue = <old_format_fails as Job>::QUEUE;
+    // Every optional field present, as eda-worker wrote first deliveries
+    // before they were made lean, and as a foreign producer may.
+    let id = Uuid::new_v4().to_string();
+    let mut headers = FieldTable::default();
+    headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+    let properties = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE_JSON.into())
+        .with_delivery_mode(2)
+        .with_message_id(id.as_str().into())
+        .with_correlation_id(id.as_str().into())
+        .with_type(<old_format_fails as Job>::NAME.into())
+        .with_timestamp(now_millis() / 1000)
+        .with_headers(headers);
+    scene.broker.publish_raw("", queue, b"7", properties).await;
+    scene.stop_once_dead_lettered(1).await;
+
+    assert_eq!(attempts(queue, &id), [0, 1]);
+    let runs = runs_of(queue, &id);
+    assert!(
+        runs.iter()
+            .all(|run| run.correlation_id.as_deref() == Some(id.as_str()))
+    );
+    let dead = scene.take_dead_letters().await;
+    let properties = &dead[0].delivery.properties;
+    assert_eq!(properties.message_id().as_ref().unwrap().as_str(), id);
+    assert_eq!(properties.correlation_id().as_ref().unwrap().as_str(), id);
+    assert_eq!(
+        properties.content_type().as_ref().unwrap().as_str(),
+        CONTENT_TYPE_JSON
+    );
+    assert_eq!(header_u64(properties, HEADER_ATTEMPT), Some(1));
+    assert_eq!(
+        header_text(properties, HEADER_QUEUE).as_deref(),
+        Some(queue)
+    );
+    assert!(error_header(&dead[0]).contains("upstream 503 for 7"));
+    assert_eq!(dead[0].delivery.data, b"7");
     assert_eq!(scene.ready().await, 0);
     scene.finish().await;
 }

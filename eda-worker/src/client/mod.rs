@@ -13,12 +13,11 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use lapin::Connection;
 use tokio::sync::OnceCell;
-use uuid::Uuid;
 
 use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
 use crate::config::amqp_url_from_env;
 use crate::retry::schedule::publish_delayed;
-use crate::wire::{Envelope, now_millis};
+use crate::wire::{Envelope, MessageId, now_millis};
 use crate::{Error, Job, QueueType, Tls};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
@@ -151,7 +150,7 @@ impl Client {
     /// has confirmed it: the job is then safely on a durable queue.
     ///
     /// The argument type is the handler's: passing another one does not compile.
-    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
+    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<MessageId, Error> {
         self.enqueue_with(job, args, EnqueueOptions::default())
             .await
     }
@@ -174,7 +173,7 @@ impl Client {
         job: J,
         args: J::Args,
         delay: Duration,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         self.enqueue_with(job, args, EnqueueOptions::default().delay(delay))
             .await
     }
@@ -186,7 +185,7 @@ impl Client {
         job: J,
         args: J::Args,
         time: SystemTime,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         self.enqueue_with(job, args, EnqueueOptions::default().at(time))
             .await
     }
@@ -197,7 +196,7 @@ impl Client {
         _job: J,
         args: J::Args,
         options: EnqueueOptions,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,
@@ -215,14 +214,10 @@ impl Client {
             .due
             .map(Due::eta_millis)
             .filter(|eta| *eta > now_millis());
-        let message_id = options.message_id.unwrap_or_else(Uuid::new_v4);
+        let message_id = options.message_id.unwrap_or_default();
         let envelope = Envelope {
             message_id: message_id.to_string(),
-            correlation_id: Some(
-                options
-                    .correlation_id
-                    .unwrap_or_else(|| message_id.to_string()),
-            ),
+            correlation_id: options.correlation_id,
             job: Some(J::NAME.to_owned()),
             attempt: 0,
             eta,

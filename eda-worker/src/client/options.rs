@@ -3,10 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use uuid::Uuid;
-
 use crate::config::DEFAULT_MAX_MESSAGE_SIZE;
-use crate::wire::now_millis;
+use crate::wire::{MessageId, now_millis};
 use crate::{DelayQueues, Tls};
 
 /// How long one enqueue may take when not configured.
@@ -72,11 +70,11 @@ impl ClientOptions {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct EnqueueOptions {
-    /// The correlation id to carry (e.g. the web request's id). A fresh one
-    /// (the message id) when `None`.
+    /// The correlation id to carry (e.g. the web request's id); when `None`,
+    /// the message id (which the message does not repeat on the wire).
     pub correlation_id: Option<String>,
-    /// The message id to use instead of a fresh UUID (e.g. for idempotent producers).
-    pub message_id: Option<Uuid>,
+    /// The message id to use instead of a fresh one (e.g. for idempotent producers).
+    pub message_id: Option<MessageId>,
     /// When the job is due; `None` (or a time past) runs it as soon as a worker can.
     pub(super) due: Option<Due>,
 }
@@ -107,9 +105,10 @@ impl EnqueueOptions {
         self
     }
 
-    /// Uses `message_id` instead of a fresh UUID.
-    pub fn message_id(mut self, message_id: Uuid) -> Self {
-        self.message_id = Some(message_id);
+    /// Uses `message_id` (a [`MessageId`] or a `Uuid`) instead of a fresh
+    /// id; on the wire it is written in the compact form.
+    pub fn message_id(mut self, message_id: impl Into<MessageId>) -> Self {
+        self.message_id = Some(message_id.into());
         self
     }
 

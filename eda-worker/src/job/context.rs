@@ -4,10 +4,13 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgConnection;
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
+
+use crate::wire::MessageId;
 
 use crate::outbox::Outbox;
 use crate::postgres::transaction::JobTransaction;
@@ -99,6 +102,8 @@ pub struct JobContext {
     message_id: String,
     correlation_id: Option<String>,
     attempt: u32,
+    /// The message's `timestamp` property (seconds), read when its id holds no time.
+    timestamp: Option<u64>,
     job: &'static str,
     queue: &'static str,
     tx: Option<SharedTx>,
@@ -119,12 +124,19 @@ impl JobContext {
             message_id,
             correlation_id,
             attempt,
+            timestamp: None,
             job,
             queue,
             tx: None,
             outbox: Outbox::default(),
             follow_ups: FollowUps::default(),
         }
+    }
+
+    /// The same context, for a message whose `timestamp` property is `timestamp`.
+    pub(crate) fn with_timestamp(mut self, timestamp: Option<u64>) -> Self {
+        self.timestamp = timestamp;
+        self
     }
 
     /// The same context, with the handler's transaction and its database's outbox.
@@ -164,7 +176,7 @@ impl JobContext {
     ///
     /// In a unit test (`JobContext::for_test()`), the jobs are only collected:
     /// see [`JobContext::enqueued`].
-    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<Uuid, Error> {
+    pub async fn enqueue<J: Job>(&self, job: J, args: J::Args) -> Result<MessageId, Error> {
         if self.tx.is_some() {
             return self.tx().await?.enqueue(job, args).await;
         }
@@ -179,7 +191,7 @@ impl JobContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let message_id = if self.message_id.is_empty() {
             // A message without an id (a foreign producer's): nothing stable to derive from.
-            Uuid::new_v4()
+            MessageId::new()
         } else {
             follow_up_id(self.queue, &self.message_id, J::NAME, follow_ups.len())
         };
@@ -218,7 +230,7 @@ impl JobContext {
     /// A context for running a handler in a unit test, with no broker:
     /// a fresh message id, attempt 0.
     pub fn for_test() -> Self {
-        let id = Uuid::new_v4().to_string();
+        let id = MessageId::new().to_string();
         JobContext::new(id.clone(), Some(id), 0, "test", "test")
     }
 
@@ -236,6 +248,14 @@ impl JobContext {
     /// The message id, stable across retries: the key for idempotency.
     pub fn message_id(&self) -> &str {
         &self.message_id
+    }
+
+    /// When the message was enqueued: read from its id when that is a
+    /// UUIDv7 (eda-worker's own ids), else from its `timestamp` property (to
+    /// the second); `None` when it has neither (a foreign producer's).
+    pub fn enqueued_at(&self) -> Option<SystemTime> {
+        crate::wire::enqueued_at_ms(&self.message_id, self.timestamp)
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     /// The correlation id carried from the enqueuing request, if any.
@@ -321,9 +341,9 @@ impl JobContext {
 /// attempt, so the copies a retry sends again are dropped by the receiving
 /// worker's inbox; different on each queue a message reaches (an event's
 /// subscribers each run, and each enqueue).
-fn follow_up_id(queue: &str, parent: &str, job: &str, index: usize) -> Uuid {
+fn follow_up_id(queue: &str, parent: &str, job: &str, index: usize) -> MessageId {
     let name = format!("{queue}\n{parent}\n{job}\n{index}");
-    Uuid::new_v5(&FOLLOW_UP_NAMESPACE, name.as_bytes())
+    MessageId::from(Uuid::new_v5(&FOLLOW_UP_NAMESPACE, name.as_bytes()))
 }
 
 /// The UUIDv5 namespace of follow-up message ids.
@@ -341,7 +361,7 @@ impl JobTx<'_> {
     /// Enqueues `job` through the outbox in this transaction, carrying the
     /// job's correlation id: the same as [`JobContext::enqueue`], for a
     /// handler that holds its transaction.
-    pub async fn enqueue<J: Job>(&mut self, job: J, args: J::Args) -> Result<Uuid, Error> {
+    pub async fn enqueue<J: Job>(&mut self, job: J, args: J::Args) -> Result<MessageId, Error> {
         let ctx = self.ctx;
         let correlation_id = ctx.correlation_id_for_children();
         ctx.outbox

@@ -223,7 +223,8 @@ async fn run_job(
         envelope.attempt,
         job.name,
         job.queue,
-    );
+    )
+    .with_timestamp(*delivery.properties.timestamp());
     if let (Some(tx), Some(database)) = (&tx, &dispatch.database) {
         ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
     }

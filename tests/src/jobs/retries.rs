@@ -61,3 +61,12 @@ pub async fn hangs_once(ctx: JobContext, args: u32) -> Result<(), JobError> {
     }
     Ok(())
 }
+
+/// Always fails with a retryable error; 1 retry 100 ms later (the old
+/// wire format's test).
+#[job(queue = "eda-test.old-format", retries = 1, backoff = "100ms..100ms")]
+pub async fn old_format_fails(ctx: JobContext, args: u32) -> Result<(), JobError> {
+    record(&ctx, &args);
+    Err(std::io::Error::other(format!("upstream 503 for {args}")))?;
+    Ok(())
+}

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Relay;
 use crate::broker::Publisher;
 use crate::retry::Backoff;
-use crate::wire::{Envelope, now_millis};
+use crate::wire::{Envelope, MessageId, now_millis};
 use crate::{Error, QueueType};
 
 /// The waits before a failing row is tried again: from 2 s, doubling, at most 5 min.
@@ -43,7 +43,7 @@ pub(super) enum Sent {
 /// One outbox row.
 pub(super) struct OutboxRow {
     pub(super) id: i64,
-    pub(super) message_id: Uuid,
+    pub(super) message_id: MessageId,
     pub(super) exchange: String,
     pub(super) routing_key: String,
     pub(super) queue_type: QueueType,
@@ -75,7 +75,7 @@ impl OutboxRow {
         let queue_type: String = row.try_get("queue_type")?;
         Ok(OutboxRow {
             id: row.try_get("id")?,
-            message_id: row.try_get("message_id")?,
+            message_id: MessageId::from(row.try_get::<Uuid, _>("message_id")?),
             exchange: row.try_get("exchange")?,
             routing_key: row.try_get("routing_key")?,
             queue_type: if queue_type == "quorum" {

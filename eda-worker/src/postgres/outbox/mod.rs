@@ -28,19 +28,22 @@ mod status;
 use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, PgConnection};
-use uuid::Uuid;
 
 pub use relay::{DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, RELAY_CONNECTIONS, Relay};
 pub use status::{FailingRow, OutboxStatus, status};
 
 use crate::postgres::Schema;
-use crate::wire::now_millis;
+use crate::wire::{MessageId, now_millis};
 use crate::{Error, Job};
 
 /// Enqueues `job` through the outbox of the default schema, in the
 /// transaction `tx` (a `&mut Transaction<Postgres>` or `&mut *ctx.tx().await?`).
 /// Returns the message id the job will carry.
-pub async fn enqueue<J: Job>(tx: &mut PgConnection, job: J, args: J::Args) -> Result<Uuid, Error> {
+pub async fn enqueue<J: Job>(
+    tx: &mut PgConnection,
+    job: J,
+    args: J::Args,
+) -> Result<MessageId, Error> {
     Outbox::default().enqueue(tx, job, args).await
 }
 
@@ -52,7 +55,7 @@ pub async fn enqueue_in<J: Job>(
     job: J,
     args: J::Args,
     delay: Duration,
-) -> Result<Uuid, Error> {
+) -> Result<MessageId, Error> {
     Outbox::default().enqueue_in(tx, job, args, delay).await
 }
 
@@ -75,7 +78,7 @@ impl Outbox {
         tx: &mut PgConnection,
         job: J,
         args: J::Args,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         self.insert(tx, job, args, None).await
     }
 
@@ -86,7 +89,7 @@ impl Outbox {
         job: J,
         args: J::Args,
         delay: Duration,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let eta = now_millis().saturating_add(delay_ms);
         self.insert(tx, job, args, Some(eta)).await
@@ -99,7 +102,7 @@ impl Outbox {
         job: J,
         args: J::Args,
         correlation_id: String,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         self.insert_with(tx, job, args, None, Some(correlation_id))
             .await
     }
@@ -110,7 +113,7 @@ impl Outbox {
         job: J,
         args: J::Args,
         eta_ms: Option<u64>,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         self.insert_with(tx, job, args, eta_ms, None).await
     }
 
@@ -121,22 +124,22 @@ impl Outbox {
         args: J::Args,
         eta_ms: Option<u64>,
         correlation_id: Option<String>,
-    ) -> Result<Uuid, Error> {
+    ) -> Result<MessageId, Error> {
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             job: J::NAME,
             source,
         })?;
-        let message_id = Uuid::new_v4();
+        let message_id = MessageId::new();
         let statement = format!(
             "INSERT INTO {} (message_id, routing_key, queue_type, job, correlation_id, eta_ms, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             self.schema.table("outbox")
         );
         sqlx::query(AssertSqlSafe(statement))
-            .bind(message_id)
+            .bind(message_id.as_uuid())
             .bind(J::QUEUE)
             .bind(J::QUEUE_TYPE.as_str())
             .bind(J::NAME)
-            .bind(correlation_id.unwrap_or_else(|| message_id.to_string()))
+            .bind(correlation_id)
             .bind(eta_ms.map(|eta| i64::try_from(eta).unwrap_or(i64::MAX)))
             .bind(body)
             .execute(tx)

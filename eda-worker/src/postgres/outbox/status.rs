@@ -4,6 +4,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::Error;
 use crate::postgres::Database;
+use crate::wire::MessageId;
 
 /// What `worker outbox status` shows.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,7 +49,7 @@ pub async fn status(database: &Database) -> Result<OutboxStatus, Error> {
         .await
         .map_err(database_error)?;
     let failing = format!(
-        "SELECT id, message_id::text, routing_key, attempts, last_error FROM {table} \
+        "SELECT id, message_id, routing_key, attempts, last_error FROM {table} \
          WHERE attempts > 0 ORDER BY id LIMIT 20"
     );
     let failing = sqlx::query(AssertSqlSafe(failing))
@@ -59,7 +60,7 @@ pub async fn status(database: &Database) -> Result<OutboxStatus, Error> {
         .map(|row| {
             Ok(FailingRow {
                 id: row.try_get(0)?,
-                message_id: row.try_get(1)?,
+                message_id: MessageId::from(row.try_get::<uuid::Uuid, _>(1)?).to_string(),
                 routing_key: row.try_get(2)?,
                 attempts: row.try_get(3)?,
                 last_error: row.try_get(4)?,

@@ -11,6 +11,10 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::Error;
 
+mod message_id;
+
+pub use message_id::MessageId;
+
 /// Header: 0 on the first delivery, n on the n-th retry.
 pub const HEADER_ATTEMPT: &str = "x-eda-attempt";
 /// Header: when the job is due, in milliseconds since the Unix epoch.
@@ -22,7 +26,7 @@ pub const HEADER_FAILED_AT: &str = "x-eda-failed-at";
 /// Header on dead letters: the queue the message came from.
 pub const HEADER_QUEUE: &str = "x-eda-queue";
 
-/// The `content_type` of every job message.
+/// The `content_type` a job message may carry (absent means the same).
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -52,7 +56,8 @@ pub(crate) fn short_string(
 pub(crate) struct Envelope {
     /// The message id, stable across retries.
     pub(crate) message_id: String,
-    /// The request that caused this job, carried into every job it causes.
+    /// The request that caused this job, carried into every job it causes;
+    /// `None` on the wire means the message id.
     pub(crate) correlation_id: Option<String>,
     /// The job's wire name (the `type` property).
     pub(crate) job: Option<String>,
@@ -64,44 +69,63 @@ pub(crate) struct Envelope {
 
 impl Envelope {
     /// The properties of a message carrying this envelope, sent now.
+    ///
+    /// A first delivery is lean: no `content_type` (absent means JSON), no
+    /// header table (absent `x-eda-attempt` means 0), no `correlation_id`
+    /// when it is the message id, and no `timestamp` when the id is a
+    /// UUIDv7, which holds the time already. Its properties then take at
+    /// most 64 bytes for wire names up to 20 characters, the size up to
+    /// which the broker handles them as cheaply as a bare message's.
     pub(crate) fn into_properties(self) -> Result<BasicProperties, Error> {
+        let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
         let mut headers = FieldTable::default();
-        headers.insert(
-            HEADER_ATTEMPT.into(),
-            AMQPValue::LongLongInt(i64::from(self.attempt)),
-        );
+        if self.attempt > 0 {
+            headers.insert(
+                HEADER_ATTEMPT.into(),
+                AMQPValue::LongLongInt(i64::from(self.attempt)),
+            );
+        }
         if let Some(eta) = self.eta {
             headers.insert(HEADER_ETA.into(), AMQPValue::LongLongInt(millis_i64(eta)));
         }
-        let mut properties = BasicProperties::default()
-            .with_content_type(CONTENT_TYPE_JSON.into())
-            .with_delivery_mode(PERSISTENT)
-            .with_message_id(short_string("message id", self.message_id)?)
-            .with_timestamp(now_millis() / 1000)
-            .with_headers(headers);
+        if !headers.inner().is_empty() {
+            properties = properties.with_headers(headers);
+        }
+        let id_has_time = MessageId::parse(&self.message_id)
+            .and_then(|id| id.created_at_ms())
+            .is_some();
+        if !id_has_time {
+            properties = properties.with_timestamp(now_millis() / 1000);
+        }
         if let Some(job) = self.job {
             properties = properties.with_type(short_string("job name", job)?);
         }
-        if let Some(correlation_id) = self.correlation_id {
+        if let Some(correlation_id) = self.correlation_id
+            && correlation_id != self.message_id
+        {
             properties =
                 properties.with_correlation_id(short_string("correlation id", correlation_id)?);
         }
-        Ok(properties)
+        Ok(properties.with_message_id(short_string("message id", self.message_id)?))
     }
 
     /// Reads the envelope of a received message. A message without an id
-    /// (published by something other than eda-worker) gets an empty one.
+    /// (published by something other than eda-worker) gets an empty one;
+    /// one without a correlation id is its own.
     pub(crate) fn from_properties(properties: &BasicProperties) -> Self {
+        let message_id = properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let correlation_id = match properties.correlation_id() {
+            Some(id) => Some(id.as_str().to_owned()),
+            None if !message_id.is_empty() => Some(message_id.clone()),
+            None => None,
+        };
         Envelope {
-            message_id: properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned())
-                .unwrap_or_default(),
-            correlation_id: properties
-                .correlation_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned()),
+            message_id,
+            correlation_id,
             job: properties
                 .kind()
                 .as_ref()
@@ -112,6 +136,15 @@ impl Envelope {
             eta: header_u64(properties, HEADER_ETA),
         }
     }
+}
+
+/// When a message was enqueued, in ms since the epoch: from its id when
+/// that is a UUIDv7 (eda-worker's own), else from its `timestamp` property
+/// (seconds); `None` when it has neither.
+pub(crate) fn enqueued_at_ms(message_id: &str, timestamp: Option<u64>) -> Option<u64> {
+    MessageId::parse(message_id)
+        .and_then(|id| id.created_at_ms())
+        .or_else(|| timestamp.map(|seconds| seconds.saturating_mul(1000)))
 }
 
 /// Reads an integer header, whatever integer type the publisher chose.
@@ -265,16 +298,75 @@ mod tests {
         }
     }
 
+    /// A first delivery of job `name`, as `Client::enqueue` writes it.
+    fn first_delivery(name: &str) -> BasicProperties {
+        Envelope {
+            message_id: MessageId::new().to_string(),
+            correlation_id: None,
+            job: Some(name.to_owned()),
+            attempt: 0,
+            eta: None,
+        }
+        .into_properties()
+        .unwrap()
+    }
+
+    /// The bytes `properties` take in a content header, as lapin encodes
+    /// them (the property flags and the properties set).
+    fn encoded_size(properties: &BasicProperties) -> usize {
+        let written = lapin::protocol::basic::gen_properties(properties)(
+            cookie_factory::WriteContext::from(Vec::new()),
+        )
+        .unwrap();
+        written.write.len()
+    }
+
     #[test]
-    fn properties_follow_the_wire_format() {
-        let properties = envelope().into_properties().unwrap();
+    fn a_first_delivery_is_lean_and_fits_64_bytes_for_names_up_to_20_characters() {
+        for (len, size) in [(1, 28), (20, 47), (21, 48)] {
+            let properties = first_delivery(&"j".repeat(len));
+            assert_eq!(encoded_size(&properties), size, "a {len}-character name");
+            assert!(properties.headers().is_none());
+            assert!(properties.content_type().is_none());
+            assert!(properties.correlation_id().is_none());
+            assert!(properties.timestamp().is_none(), "the v7 id holds the time");
+            assert_eq!(*properties.delivery_mode(), Some(2));
+        }
+        assert!(encoded_size(&first_delivery(&"j".repeat(20))) <= 64);
+    }
+
+    #[test]
+    fn absent_fields_read_back_as_their_defaults() {
+        let properties = first_delivery("send_welcome");
+        let read = Envelope::from_properties(&properties);
+        let id = properties.message_id().as_ref().unwrap().as_str();
+        assert_eq!(read.message_id, id);
         assert_eq!(
-            properties.content_type().as_ref().unwrap().as_str(),
-            "application/json"
+            read.correlation_id.as_deref(),
+            Some(id),
+            "absent means the message id"
         );
+        assert_eq!(read.attempt, 0, "absent means the first attempt");
+        assert_eq!(read.eta, None);
+        let enqueued = enqueued_at_ms(id, *properties.timestamp()).expect("from the id");
+        assert!(now_millis().abs_diff(enqueued) < 60_000);
+    }
+
+    #[test]
+    fn an_id_without_a_time_carries_a_timestamp_and_a_retry_carries_its_headers() {
+        let properties = envelope().into_properties().unwrap();
+        assert!(properties.content_type().is_none());
         assert_eq!(*properties.delivery_mode(), Some(2));
         assert_eq!(properties.kind().as_ref().unwrap().as_str(), "send_welcome");
-        assert!(properties.timestamp().is_some());
+        assert_eq!(
+            properties.correlation_id().as_ref().unwrap().as_str(),
+            "req-1"
+        );
+        let timestamp = properties.timestamp().expect("the id `7f1c` holds no time");
+        assert_eq!(
+            enqueued_at_ms("7f1c", Some(timestamp)),
+            Some(timestamp * 1000)
+        );
         assert_eq!(header_u64(&properties, HEADER_ATTEMPT), Some(2));
         assert_eq!(header_u64(&properties, HEADER_ETA), Some(1_700_000_000_123));
     }
@@ -283,6 +375,30 @@ mod tests {
     fn envelope_round_trips_through_properties() {
         let properties = envelope().into_properties().unwrap();
         assert_eq!(Envelope::from_properties(&properties), envelope());
+    }
+
+    #[test]
+    fn the_old_full_format_reads_as_before() {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(0));
+        let id = uuid::Uuid::new_v4().to_string();
+        let full = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE_JSON.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(id.as_str().into())
+            .with_type("send_welcome".into())
+            .with_timestamp(1_700_000_000)
+            .with_headers(headers);
+        let read = Envelope::from_properties(&full);
+        assert_eq!(read.message_id, id);
+        assert_eq!(read.correlation_id.as_deref(), Some(id.as_str()));
+        assert_eq!(read.job.as_deref(), Some("send_welcome"));
+        assert_eq!(read.attempt, 0);
+        assert_eq!(
+            enqueued_at_ms(&id, *full.timestamp()),
+            Some(1_700_000_000_000)
+        );
     }
 
     #[test]
