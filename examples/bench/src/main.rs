@@ -14,6 +14,7 @@ mod raw;
 mod report;
 mod retries;
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -148,6 +149,19 @@ enum Mode {
     /// Publish `--messages` raw messages and stop (to profile a drain alone).
     #[command(hide = true)]
     FillRaw,
+}
+
+/// One drain of the rotating rounds: what fills the queue, and who drains it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Drain {
+    /// eda-worker, of jobs enqueued through its client.
+    Eda,
+    /// eda-worker, of job messages in the old full format, published by hand.
+    EdaOldFormat,
+    /// raw lapin with multi-acks, of messages in this format.
+    Raw(Format),
+    /// raw lapin with one ack per message, of messages like eda-worker's.
+    RawPerMessage,
 }
 
 /// What a drain child reports.
@@ -370,16 +384,19 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     admin.purge(RAW_QUEUE).await?;
     admin.purge(EDA_QUEUE).await?;
 
-    // Publishing at concurrency, in alternating rounds (the broker slows as it
-    // stores more, so whoever went second would lose), into emptied queues.
+    // Publishing at concurrency, in rotating rounds (the broker slows as it
+    // stores more, so whoever always went last would lose), into emptied
+    // queues: eda-worker, raw lapin with the same properties, raw lapin bare.
     let rounds = settings.rounds.max(1);
     let per_round = (n / rounds).max(1);
     let mut raw_runs = Vec::new();
     let mut eda_runs = Vec::new();
+    let mut bare_runs = Vec::new();
     for round in 0..rounds {
-        for raw_turn in [round % 2 == 0, round % 2 == 1] {
-            if raw_turn {
-                raw_runs.push(
+        for turn in 0..3 {
+            match (turn + round) % 3 {
+                0 => eda_runs.push(eda_enqueue(&client, per_round, settings.publishers).await?),
+                1 => raw_runs.push(
                     raw::publish(
                         &url,
                         RAW_QUEUE,
@@ -389,26 +406,26 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
                         same,
                     )
                     .await?,
-                );
-            } else {
-                eda_runs.push(eda_enqueue(&client, per_round, settings.publishers).await?);
+                ),
+                _ => bare_runs.push(
+                    raw::publish(
+                        &url,
+                        RAW_QUEUE,
+                        per_round,
+                        settings.publishers,
+                        payload,
+                        Format::Bare,
+                    )
+                    .await?,
+                ),
             }
+            admin.purge(RAW_QUEUE).await?;
+            admin.purge(EDA_QUEUE).await?;
         }
-        admin.purge(RAW_QUEUE).await?;
-        admin.purge(EDA_QUEUE).await?;
     }
     let raw_publish = Latencies::merge(raw_runs);
     let eda_publish = Latencies::merge(eda_runs);
-    let bare_publish = raw::publish(
-        &url,
-        RAW_QUEUE,
-        per_round,
-        settings.publishers,
-        payload,
-        Format::Bare,
-    )
-    .await?;
-    admin.purge(RAW_QUEUE).await?;
+    let bare_publish = Latencies::merge(bare_runs);
     let callers = settings.publishers;
     table.push(Row::throughput(
         &format!("confirmed publish, {callers} callers (msg/s)"),
@@ -422,41 +439,53 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     ));
     push_percentiles(&mut table, "single caller ", &eda_single, &raw_single);
 
-    // Draining: each drain reads a backlog of n messages published just before it
-    // (untimed), so that every drain finds the broker in the same state; the
-    // multi-ack and eda-worker drains alternate which goes first.
+    // Draining: each drain reads a backlog of n messages published just
+    // before it (untimed), so that every drain finds the broker in the same
+    // state; every round runs each drain once, starting one further along.
     let ack_every = settings.ack_every.to_string();
-    raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload, same).await?;
-    let per_message = drain_child(&settings, &["raw-drain", "--ack-every", "1"]).await?;
-    raw::publish(
-        &url,
-        RAW_QUEUE,
-        n,
-        settings.publishers,
-        payload,
-        Format::Bare,
-    )
-    .await?;
-    let bare = drain_child(&settings, &["raw-drain", "--ack-every", &ack_every]).await?;
-    let mut multi_runs = Vec::new();
-    let mut eda_runs = Vec::new();
+    let drains = [
+        Drain::Eda,
+        Drain::Raw(same),
+        Drain::Raw(Format::Bare),
+        Drain::EdaOldFormat,
+        Drain::RawPerMessage,
+        Drain::Raw(Format::LongId),
+        Drain::Raw(Format::LeanWithHeader),
+        Drain::Raw(Format::OldFull),
+    ];
+    let mut results: HashMap<Drain, Vec<DrainResult>> = HashMap::new();
     for round in 0..settings.drain_rounds.max(1) {
-        for raw_turn in [round % 2 == 0, round % 2 == 1] {
-            if raw_turn {
-                raw::publish(&url, RAW_QUEUE, n, settings.publishers, payload, same).await?;
-                multi_runs
-                    .push(drain_child(&settings, &["raw-drain", "--ack-every", &ack_every]).await?);
-            } else {
-                eda_enqueue(&client, n, settings.publishers).await?;
-                eda_runs.push(drain_child(&settings, &["eda-drain"]).await?);
+        for turn in 0..drains.len() {
+            let drain = drains[(turn + usize::try_from(round)?) % drains.len()];
+            let (fill_queue, format) = match drain {
+                Drain::Eda => (EDA_QUEUE, None),
+                Drain::EdaOldFormat => (EDA_QUEUE, Some(Format::OldFull)),
+                Drain::Raw(format) => (RAW_QUEUE, Some(format)),
+                Drain::RawPerMessage => (RAW_QUEUE, Some(same)),
+            };
+            match format {
+                None => drop(eda_enqueue(&client, n, settings.publishers).await?),
+                Some(format) => drop(
+                    raw::publish(&url, fill_queue, n, settings.publishers, payload, format).await?,
+                ),
             }
+            let child: &[&str] = match drain {
+                Drain::Eda | Drain::EdaOldFormat => &["eda-drain"],
+                Drain::Raw(_) => &["raw-drain", "--ack-every", &ack_every],
+                Drain::RawPerMessage => &["raw-drain", "--ack-every", "1"],
+            };
+            let result = drain_child(&settings, child).await?;
+            results.entry(drain).or_default().push(result);
         }
     }
-    let multi = DrainResult::merge(&multi_runs);
-    let eda = DrainResult::merge(&eda_runs);
+    let merged = |drain: Drain| DrainResult::merge(results.get(&drain).map_or(&[], Vec::as_slice));
+    let eda = merged(Drain::Eda);
+    let multi = merged(Drain::Raw(same));
+    let bare = merged(Drain::Raw(Format::Bare));
+    let eda_old = merged(Drain::EdaOldFormat);
     let every = settings.ack_every;
     table.push(Row::throughput(
-        &format!("drain no-op jobs vs multi-ack every {every} (msg/s)"),
+        &format!("drain no-op jobs vs raw lapin, same properties, multi-ack every {every} (msg/s)"),
         eda.rate(),
         multi.rate(),
     ));
@@ -470,14 +499,30 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         eda.peak_rss_kb,
         multi.peak_rss_kb,
     ));
-    table.push(Row::baseline(
-        "  raw lapin, per-message acks (msg/s)",
-        per_message.rate(),
-    ));
-    table.push(Row::baseline(
-        &format!("  raw lapin, bare messages, multi-ack every {every} (msg/s)"),
+    table.push(Row::throughput(
+        &format!("drain no-op jobs vs raw lapin, bare messages, multi-ack every {every} (msg/s)"),
+        eda.rate(),
         bare.rate(),
     ));
+    table.push(Row::throughput(
+        "drain of the old full format by eda-worker vs by raw lapin (msg/s)",
+        eda_old.rate(),
+        merged(Drain::Raw(Format::OldFull)).rate(),
+    ));
+    table.push(Row::baseline(
+        "  raw lapin, same properties, per-message acks (msg/s)",
+        merged(Drain::RawPerMessage).rate(),
+    ));
+    for format in Format::ALL {
+        table.push(Row::baseline(
+            &format!(
+                "  raw lapin drain, {} bytes of properties: {} (msg/s)",
+                format.encoded_size(),
+                format.describe()
+            ),
+            merged(Drain::Raw(format)).rate(),
+        ));
+    }
 
     // The failure path: fail once, succeed on the retry 1 s later.
     let delays = retries::bench_delays();
@@ -607,8 +652,17 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         eda_reconnect.p(50.0)
     );
     println!(
-        "raw lapin publishes and drains the same messages as eda-worker (same properties and headers, set by hand); \
-         'bare' rows carry only content_type and delivery_mode, to show what the wire format costs the broker"
+        "drain targets: vs raw lapin with the same properties {:.2}x (at least 0.95x), vs bare messages {:.2}x (at least 0.9x), \
+         client CPU per message {:.2}x (at least 0.8x); the old full format drains at {:.2}x of the lean one",
+        eda.rate() / multi.rate(),
+        eda.rate() / bare.rate(),
+        multi.cpu_per_message() / eda.cpu_per_message(),
+        eda_old.rate() / eda.rate()
+    );
+    println!(
+        "raw lapin publishes and drains the same messages as eda-worker (same properties, set by hand); \
+         'bare' rows carry only content_type and delivery_mode; the property-size rows show what the \
+         size of the properties costs the broker"
     );
     Ok(())
 }

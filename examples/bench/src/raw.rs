@@ -58,33 +58,88 @@ pub(crate) async fn consume(
 }
 
 /// Which properties the raw messages carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Format {
-    /// The same properties and headers as an eda-worker job message, set by
-    /// hand: the fair baseline.
+    /// The properties of an eda-worker first delivery, set by hand
+    /// (`delivery_mode`, a compact UUIDv7 id, `type`): the fair baseline.
     SameAsEda,
-    /// Only `content_type` and `delivery_mode`: what the wire format costs.
+    /// Only `content_type` and `delivery_mode`: a bare message.
     Bare,
+    /// A 36-character id, `type` and `timestamp`, without `content_type`.
+    LongId,
+    /// [`Format::SameAsEda`] with a header table holding `x-eda-attempt: 0`.
+    LeanWithHeader,
+    /// What eda-worker wrote before its first deliveries were made lean:
+    /// `content_type`, a 36-character id, the same `correlation_id`,
+    /// `type`, `timestamp` and `x-eda-attempt: 0`.
+    OldFull,
 }
 
 impl Format {
-    fn properties(self, n: u64) -> BasicProperties {
-        let bare = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+    /// Every format, in the order of the property-size table.
+    pub(crate) const ALL: [Format; 5] = [
+        Format::Bare,
+        Format::SameAsEda,
+        Format::LongId,
+        Format::LeanWithHeader,
+        Format::OldFull,
+    ];
+
+    pub(crate) fn properties(self, n: u64) -> BasicProperties {
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        let attempt_zero = || {
+            let mut headers = FieldTable::default();
+            headers.insert("x-eda-attempt".into(), AMQPValue::LongLongInt(0));
+            headers
+        };
+        let long_id = || uuid::Uuid::new_v4().to_string();
+        let lean = || {
+            persistent
+                .clone()
+                .with_message_id(eda_worker::MessageId::new().to_string().into())
+                .with_type("noop".into())
+        };
         match self {
-            Format::Bare => bare,
-            Format::SameAsEda => {
-                let id = uuid::Uuid::new_v4().to_string();
-                let mut headers = FieldTable::default();
-                headers.insert("x-eda-attempt".into(), AMQPValue::LongLongInt(0));
-                bare.with_message_id(id.as_str().into())
+            Format::Bare => persistent.with_content_type("application/json".into()),
+            Format::SameAsEda => lean(),
+            Format::LongId => persistent
+                .with_message_id(long_id().into())
+                .with_type("noop".into())
+                .with_timestamp(1_700_000_000 + n),
+            Format::LeanWithHeader => lean().with_headers(attempt_zero()),
+            Format::OldFull => {
+                let id = long_id();
+                persistent
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.as_str().into())
                     .with_correlation_id(id.as_str().into())
                     .with_type("noop".into())
                     .with_timestamp(1_700_000_000 + n)
-                    .with_headers(headers)
+                    .with_headers(attempt_zero())
             }
         }
+    }
+
+    /// What the format is, for the report.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Format::Bare => "content_type + delivery_mode only",
+            Format::SameAsEda => "eda-worker's lean first delivery (22-char id + type)",
+            Format::LongId => "36-char id + type + timestamp",
+            Format::LeanWithHeader => "lean + an x-eda-attempt header table",
+            Format::OldFull => {
+                "the old full format (content_type, 36-char id and correlation_id, type, timestamp, header)"
+            }
+        }
+    }
+
+    /// The bytes its properties take in a content header, as lapin encodes
+    /// them (the property flags and the properties set).
+    pub(crate) fn encoded_size(self) -> usize {
+        lapin::protocol::basic::gen_properties(&self.properties(0))(
+            cookie_factory::WriteContext::from(Vec::new()),
+        )
+        .map_or(0, |written| written.write.len())
     }
 }
 
