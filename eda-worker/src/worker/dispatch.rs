@@ -17,7 +17,7 @@ use super::ack::Settlement;
 use super::decision::{
     Admission, DeadLetterWhy, Decision, Failure, Limits, RetryPolicy, admit, decide, panic_message,
 };
-use super::follow_ups::publish_follow_ups;
+use super::follow_ups::{has_follow_ups, publish_follow_ups};
 use super::hold::until_published;
 use super::starts;
 use super::transaction::{self, Ending, Start, ending};
@@ -153,10 +153,10 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         let job = match admission {
             Admission::Run(job) => job,
             Admission::NotDue { eta } => {
-                return hop(&delivery, &envelope, eta, dispatch, received).await;
+                return Box::pin(hop(&delivery, &envelope, eta, dispatch, received)).await;
             }
             Admission::Refuse(failure) => {
-                return settle_failure(&delivery, &envelope, failure, None, dispatch, received).await;
+                return Box::pin(settle_failure(&delivery, &envelope, failure, None, dispatch, received)).await;
             }
         };
         let policy = Some(RetryPolicy {
@@ -172,28 +172,43 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
         let Some(database) = ledger else {
             return run_job(&delivery, &envelope, job, policy, dispatch, received).await;
         };
-        let queue = dispatch.jobs.queue;
-        let _one_at_a_time = dispatch.jobs.redelivered.lock().await;
-        let failure = match starts::record(database, queue, &envelope.message_id).await {
-            Ok(starts) if !starts::too_many(starts, dispatch.max_starts) => {
-                let settlement = run_job(&delivery, &envelope, job, policy, dispatch, received).await;
-                starts::clear(database, queue, &envelope.message_id).await;
-                return settlement;
-            }
-            Ok(starts) => Failure::CrashLoop { starts },
-            Err(error) => Failure::Database {
-                operation: "record of the job's start",
-                error,
-            },
-        };
-        let settlement = settle_failure(&delivery, &envelope, failure, policy, dispatch, received).await;
-        if settlement == Settlement::Ack {
-            starts::clear(database, queue, &envelope.message_id).await;
-        }
-        settlement
+        Box::pin(run_redelivered(&delivery, &envelope, job, policy, dispatch, database, received)).await
     }
     .instrument(span)
     .await
+}
+
+/// Runs a redelivered job, which may be the one that killed the last
+/// worker: its start is recorded first, one such job at a time per queue,
+/// and one that started too often is dead-lettered instead.
+async fn run_redelivered(
+    delivery: &Delivery,
+    envelope: &Envelope,
+    job: &JobDefinition,
+    policy: Option<RetryPolicy>,
+    dispatch: &Dispatch,
+    database: &Database,
+    received: Instant,
+) -> Settlement {
+    let queue = dispatch.jobs.queue;
+    let _one_at_a_time = dispatch.jobs.redelivered.lock().await;
+    let failure = match starts::record(database, queue, &envelope.message_id).await {
+        Ok(starts) if !starts::too_many(starts, dispatch.max_starts) => {
+            let settlement = run_job(delivery, envelope, job, policy, dispatch, received).await;
+            starts::clear(database, queue, &envelope.message_id).await;
+            return settlement;
+        }
+        Ok(starts) => Failure::CrashLoop { starts },
+        Err(error) => Failure::Database {
+            operation: "record of the job's start",
+            error,
+        },
+    };
+    let settlement = settle_failure(delivery, envelope, failure, policy, dispatch, received).await;
+    if settlement == Settlement::Ack {
+        starts::clear(database, queue, &envelope.message_id).await;
+    }
+    settlement
 }
 
 /// Runs an admitted job: begins its transaction, runs the handler, ends the
@@ -206,7 +221,14 @@ async fn run_job(
     dispatch: &Dispatch,
     received: Instant,
 ) -> Settlement {
-    let tx = match transaction::begin(envelope, job, dispatch).await {
+    // Each step off the hot path (the database, a failure, follow-ups) is
+    // boxed, so that the future of every job is small: it is allocated and
+    // moved once per delivery.
+    let begun = match dispatch.database {
+        Some(_) => Box::pin(transaction::begin(envelope, job, dispatch)).await,
+        None => Ok(None),
+    };
+    let tx = match begun {
         Ok(Some(Start::Tx(tx))) => Some(tx),
         Ok(Some(Start::AlreadyProcessed)) => {
             tracing::info!("already processed (its inbox row exists); acked without running");
@@ -214,7 +236,10 @@ async fn run_job(
         }
         Ok(None) => None,
         Err(failure) => {
-            return settle_failure(delivery, envelope, failure, policy, dispatch, received).await;
+            return Box::pin(settle_failure(
+                delivery, envelope, failure, policy, dispatch, received,
+            ))
+            .await;
         }
     };
     let mut ctx = JobContext::new(
@@ -234,10 +259,13 @@ async fn run_job(
         dispatch.jobs.uses_database.store(true, Ordering::Relaxed);
     }
     let outcome = match ending(ran, tx) {
-        Ending::Commit(tx) => transaction::commit(&tx).await,
-        Ending::PublishFollowUps => publish_follow_ups(&follow_ups, dispatch).await,
+        Ending::Commit(tx) => Box::pin(transaction::commit(&tx)).await,
+        Ending::PublishFollowUps if has_follow_ups(&follow_ups) => {
+            Box::pin(publish_follow_ups(&follow_ups, dispatch)).await
+        }
+        Ending::PublishFollowUps => Ok(()),
         Ending::RollBack(tx, failure) => {
-            transaction::roll_back(&tx).await;
+            Box::pin(transaction::roll_back(&tx)).await;
             Err(failure)
         }
         Ending::Fail(failure) => Err(failure),
@@ -248,7 +276,10 @@ async fn run_job(
             Settlement::Ack
         }
         Err(failure) => {
-            settle_failure(delivery, envelope, failure, policy, dispatch, received).await
+            Box::pin(settle_failure(
+                delivery, envelope, failure, policy, dispatch, received,
+            ))
+            .await
         }
     }
 }

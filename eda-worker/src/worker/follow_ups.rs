@@ -8,6 +8,14 @@ use crate::job::FollowUps;
 
 /// Publishes, confirmed, the jobs a handler enqueued without a database,
 /// after it succeeded and before its message is acked.
+/// Whether the handler enqueued any job without a database.
+pub(super) fn has_follow_ups(follow_ups: &FollowUps) -> bool {
+    !follow_ups
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_empty()
+}
+
 pub(super) async fn publish_follow_ups(
     follow_ups: &FollowUps,
     dispatch: &Dispatch,

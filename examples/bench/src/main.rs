@@ -311,6 +311,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Mode::FillRaw) => {
             let url = amqp_url_from_env();
+            raw::Admin::connect(&url).await?.reset(RAW_QUEUE).await?;
             let filled = raw::publish(
                 &url,
                 RAW_QUEUE,
