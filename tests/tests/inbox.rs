@@ -177,27 +177,14 @@ async fn pruning_deletes_only_rows_older_than_the_retention() {
 
 #[tokio::test]
 async fn a_handler_that_ignored_a_failed_statement_is_not_acked_as_done() {
-    let (mut scene, table) =
-        inbox_scene(Scene::of(swallows_a_failed_statement).database("eda_test_inbox_swallowed"))
-            .await;
-    let queue = <swallows_a_failed_statement as Job>::QUEUE;
-    let id = scene
-        .enqueue(swallows_a_failed_statement, DbWrite::new(&table, 4))
-        .await;
-    scene.stop_once_dead_lettered(1).await;
-
-    let dead = scene.take_dead_letters().await;
-    let error = error_header(&dead[0]);
-    assert!(
-        error.contains("its effects were not committed")
-            && error.contains("a statement in its transaction failed"),
-        "{error}"
-    );
-    let database = scene.database();
-    assert_eq!(runs_of(queue, &id).len(), 1);
-    assert_eq!(rows_for_message(database, &table, &id).await, 0);
-    assert_eq!(inbox_rows(database, &id).await, 0);
-    scene.finish().await;
+    let scene = Scene::of(swallows_a_failed_statement).database("eda_test_inbox_swallowed");
+    ran_once_and_committed_nothing(
+        scene,
+        swallows_a_failed_statement,
+        4,
+        "a statement in its transaction failed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -411,22 +398,32 @@ async fn a_savepoint_rolled_back_in_the_handler_keeps_its_transaction_and_inbox_
 
 #[tokio::test]
 async fn a_savepoint_left_open_by_the_handler_commits_nothing() {
-    let (mut scene, table) =
-        inbox_scene(Scene::of(leaks_a_savepoint).database("eda_test_inbox_leaked_savepoint")).await;
-    let queue = <leaks_a_savepoint as Job>::QUEUE;
-    let id = scene
-        .enqueue(leaks_a_savepoint, DbWrite::new(&table, 10))
-        .await;
+    let scene = Scene::of(leaks_a_savepoint).database("eda_test_inbox_leaked_savepoint");
+    ran_once_and_committed_nothing(scene, leaks_a_savepoint, 10, "savepoint").await;
+}
+
+/// Runs `job` (a handler that writes its effect and returns `Ok` from a
+/// transaction the worker must not commit) once, and asserts that it was
+/// dead-lettered with a reason naming `why`, leaving neither its effect
+/// nor its inbox row.
+async fn ran_once_and_committed_nothing<J: Job<Args = DbWrite>>(
+    builder: SceneBuilder,
+    job: J,
+    n: u32,
+    why: &str,
+) {
+    let (mut scene, table) = inbox_scene(builder).await;
+    let id = scene.enqueue(job, DbWrite::new(&table, n)).await;
     scene.stop_once_dead_lettered(1).await;
 
     let dead = scene.take_dead_letters().await;
     let error = error_header(&dead[0]);
     assert!(
-        error.contains("its effects were not committed") && error.contains("savepoint"),
+        error.contains("its effects were not committed") && error.contains(why),
         "{error}"
     );
     let database = scene.database();
-    assert_eq!(runs_of(queue, &id).len(), 1);
+    assert_eq!(runs_of(J::QUEUE, &id).len(), 1);
     assert_eq!(rows_for_message(database, &table, &id).await, 0);
     assert_eq!(inbox_rows(database, &id).await, 0);
     scene.finish().await;

@@ -20,9 +20,10 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::health::is_outage;
 
-/// How long the `ROLLBACK` after a failed begin statement may take before
-/// the connection is closed instead.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(2);
+/// How long a rollback may take (after a failed begin statement, or a
+/// failed attempt) before the connection is left to close or to finish it
+/// in the background.
+pub(crate) const ROLLBACK_WAIT: Duration = Duration::from_secs(2);
 
 /// An open transaction on a connection of the pool; rolled back when
 /// dropped unfinished (the connection goes back to the pool after).

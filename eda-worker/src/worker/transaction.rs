@@ -9,7 +9,7 @@ use super::decision::Failure;
 use super::dispatch::Dispatch;
 use crate::job::{JobDefinition, LazyBegin, SharedTx, TxSlot, TxState};
 use crate::postgres::inbox::{self, Begun};
-use crate::postgres::transaction::JobTransaction;
+use crate::postgres::transaction::{JobTransaction, ROLLBACK_WAIT};
 use crate::wire::Envelope;
 
 /// Added to a job's timeout for the time its inbox claim may wait on another
@@ -19,9 +19,6 @@ const LOCK_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 /// How long the commit waits for a task the handler spawned to drop its
 /// `ctx.tx()` guard.
 const TX_RELEASE_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a failed attempt waits for its transaction's rollback.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(2);
 
 /// SQLSTATE 25P02: a statement failed earlier in the transaction.
 const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
