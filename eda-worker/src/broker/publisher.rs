@@ -1,40 +1,77 @@
-//! Confirmed publishing over a pool of confirm-mode channels.
+//! Confirmed publishing: many publishes in flight per channel, each
+//! caller told exactly whether a queue took its message.
 //!
-//! Each channel carries one publish at a time. lapin hands a `basic.return`
-//! (an unroutable mandatory message) to whichever pending confirm of the
-//! channel completes next, so with several publishes in flight on one channel
-//! the wrong caller would hear of it and the right one would see a plain ack.
-//! One publish per channel keeps that exact; the pool keeps callers
-//! concurrent, their confirms pipelined across channels, and no lock is held
-//! across a confirm. A batch known up front (the outbox relay's) goes
-//! pipelined on one channel instead, its returns matched by message id.
+//! A few driver tasks, each with one confirm-mode channel, take publishes
+//! from a shared queue and pipeline them on their channel. The hard part is
+//! `basic.return` (an unroutable `mandatory` message): the broker sends it
+//! before the message's ack, and lapin hands it to whichever pending
+//! confirm of the channel completes next, which may be another message's.
+//! So a driver gathers its publishes in rounds: a round takes publishes
+//! until it holds [`ROUND_MAX`], and ends when every confirm of the round has
+//! come back. Then no return can still be waiting in lapin (each comes
+//! before its own ack, and each ack takes one), every return of the round
+//! has been seen, and each is matched to its publish by message id. The
+//! callers hear their verdicts then, and the next round begins.
+//!
+//! A caller that gives up (a timeout) only stops waiting: its publish stays
+//! in its round, so the round still ends exactly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
-use lapin::message::BasicReturnMessage;
+use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::BROKER_CALL_TIMEOUT;
 use crate::Error;
 
-/// Publishes with confirms through up to `channels` confirm-mode channels of
-/// one connection, opened as needed.
+/// Publishes a round takes at most: past this, a driver waits for the
+/// round's confirms before it takes more, so that its callers hear their
+/// verdicts even while publishes keep coming.
+pub(crate) const ROUND_MAX: usize = 128;
+
+/// Publishes with confirms over `channels` confirm-mode channels of one
+/// connection, opened as needed, with many publishes in flight on each.
 pub(crate) struct Publisher {
     connection: Arc<Connection>,
-    idle: Mutex<Vec<ConfirmChannel>>,
-    slots: Semaphore,
+    requests: flume::Sender<Request>,
+    stop: CancellationToken,
+    drivers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One publish handed to a driver, and where its verdict goes.
+struct Request {
+    message: Outgoing,
+    verdict: oneshot::Sender<Result<(), Error>>,
 }
 
 impl Publisher {
+    /// A publisher with `channels` drivers. Must be called within a Tokio runtime.
     pub(crate) fn new(connection: Arc<Connection>, channels: usize) -> Self {
+        let (requests, queue) = flume::unbounded();
+        let stop = CancellationToken::new();
+        let drivers = (0..channels.max(1))
+            .map(|_| {
+                let driver = Driver {
+                    connection: connection.clone(),
+                    channel: None,
+                    round: Round::default(),
+                };
+                tokio::spawn(driver.run(queue.clone(), stop.clone()))
+            })
+            .collect();
         Publisher {
             connection,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(channels.max(1)),
+            requests,
+            stop,
+            drivers: Mutex::new(drivers),
         }
     }
 
@@ -48,6 +85,10 @@ impl Publisher {
         self.connection.status().connected()
     }
 
+    /// Publishes with `mandatory` set and waits for the broker's verdict.
+    ///
+    /// A nack, a message returned as unroutable, or a closed channel is an
+    /// error: success means a queue has the message.
     pub(crate) async fn publish(
         &self,
         exchange: &str,
@@ -56,92 +97,313 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        let _slot = self.slot().await;
-        let channel = self
-            .check_out()
-            .await
-            .map_err(|(operation, source)| Error::Broker {
-                operation: operation.into(),
-                source,
-            })?;
-        let published = channel
-            .publish(exchange, routing_key, message_id, body, properties)
-            .await;
-        self.check_in(channel);
-        published
+        self.send(Outgoing {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id: message_id.to_owned(),
+            body: body.to_vec(),
+            properties,
+        })
+        .await
     }
 
-    /// Publishes `messages` pipelined on one channel and waits for all their
-    /// confirms: one result per message, in order, as [`Publisher::publish`]
-    /// would give it.
-    ///
-    /// lapin may hand a returned (unroutable) message to the confirm of
-    /// another message of the channel, so returns are matched to messages by
-    /// their message id, which must be unique within the batch.
+    /// Publishes `messages`, pipelined, and waits for all their verdicts:
+    /// one result per message, in order, as [`Publisher::publish`] would
+    /// give it. Their message ids must be unique within the batch.
     pub(crate) async fn publish_batch(&self, messages: &[Outgoing]) -> Vec<Result<(), Error>> {
-        if messages.is_empty() {
-            return Vec::new();
-        }
-        let _slot = self.slot().await;
-        let channel = match self.check_out().await {
-            Ok(channel) => channel,
-            // Every message of the batch fails with the same error.
-            Err((operation, source)) => {
-                return messages
-                    .iter()
-                    .map(|_| {
-                        Err(Error::Broker {
-                            operation: operation.into(),
-                            source: source.clone(),
-                        })
-                    })
-                    .collect();
-            }
+        join_all(messages.iter().cloned().map(|message| self.send(message))).await
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<(), Error> {
+        let closed = |message: &Outgoing| Error::Broker {
+            operation: format!(
+                "publish of message {} to `{}`",
+                message.message_id, message.routing_key
+            ),
+            source: not_connected("the publisher is closed"),
         };
-        let results = channel.publish_batch(messages).await;
-        self.check_in(channel);
-        results
-    }
-
-    /// A place among the channels in use (at most `channels` at once).
-    async fn slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.slots
-            .acquire()
-            .await
-            .expect("the publisher's semaphore is never closed")
-    }
-
-    /// An idle channel that is still usable, or a new one; failing with what
-    /// failed and lapin's (cloneable) error.
-    async fn check_out(&self) -> Result<ConfirmChannel, (&'static str, lapin::Error)> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        match idle {
-            Some(channel) if channel.is_usable() => Ok(channel),
-            _ => ConfirmChannel::open(&self.connection).await,
+        if self.stop.is_cancelled() {
+            return Err(closed(&message));
         }
-    }
-
-    /// Keeps `channel` for the next publish, unless it closed.
-    fn check_in(&self, channel: ConfirmChannel) {
-        if channel.is_usable() {
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(channel);
+        let (verdict, heard) = oneshot::channel();
+        let failed = closed(&message);
+        if self.requests.send(Request { message, verdict }).is_err() {
+            return Err(failed);
         }
+        heard.await.unwrap_or(Err(failed))
     }
 
-    /// Closes the idle channels (before the connection, so that lapin does not
+    /// Stops the drivers, each once its round has ended (bounded), and
+    /// closes their channels (before the connection, so that lapin does not
     /// try to close them on a closing connection).
     pub(crate) async fn close(&self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
-        for channel in idle {
-            channel.close().await;
+        self.stop.cancel();
+        let drivers =
+            std::mem::take(&mut *self.drivers.lock().unwrap_or_else(PoisonError::into_inner));
+        for driver in drivers {
+            let _ = driver.await;
         }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Drivers end when the queue closes too; this ends idle ones now.
+        self.stop.cancel();
+    }
+}
+
+/// A lapin error for a publish that never reached a channel.
+fn not_connected(why: &str) -> lapin::Error {
+    lapin::Error::from(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        why.to_owned(),
+    ))
+}
+
+/// The publishes of one channel whose round has not ended.
+#[derive(Default)]
+struct Round {
+    /// The publishes sent in this round, with their confirms once in.
+    sent: Vec<Sent>,
+    /// Returned messages seen in this round: message id (absent: empty) to
+    /// the broker's reply code and text.
+    returned: HashMap<String, (u16, String)>,
+}
+
+struct Sent {
+    /// The message without its body and properties, which went to lapin.
+    message: Outgoing,
+    verdict: oneshot::Sender<Result<(), Error>>,
+    /// The message id its properties carry (absent: empty).
+    wire_id: String,
+    confirm: Option<Result<Confirmation, lapin::Error>>,
+}
+
+/// One channel and the round on it.
+struct Driver {
+    connection: Arc<Connection>,
+    channel: Option<Channel>,
+    round: Round,
+}
+
+type Pending = FuturesUnordered<
+    futures_util::future::BoxFuture<'static, (usize, Result<Confirmation, lapin::Error>)>,
+>;
+
+impl Driver {
+    async fn run(mut self, queue: flume::Receiver<Request>, stop: CancellationToken) {
+        let mut pending: Pending = FuturesUnordered::new();
+        // A publish that goes in a round of its own, waiting for the current one to end.
+        let mut alone: Option<Request> = None;
+        loop {
+            if pending.is_empty()
+                && let Some(request) = alone.take()
+            {
+                self.send(request, &mut pending).await;
+            }
+            let open = self.round.sent.len() < ROUND_MAX
+                && alone.is_none()
+                && !self
+                    .round
+                    .sent
+                    .first()
+                    .is_some_and(|sent| goes_alone(&sent.message))
+                && !stop.is_cancelled();
+            tokio::select! {
+                biased;
+                Some((index, confirm)) = pending.next(), if !pending.is_empty() => {
+                    self.confirmed(index, confirm);
+                    if pending.is_empty() {
+                        self.end_round();
+                    }
+                }
+                request = queue.recv_async(), if open => match request {
+                    Ok(request) if goes_alone(&request.message) && !pending.is_empty() => {
+                        alone = Some(request);
+                    }
+                    Ok(request) => self.send(request, &mut pending).await,
+                    Err(_) => break,
+                },
+                () = stop.cancelled() => break,
+            }
+        }
+        // The round in progress ends first, within a bound.
+        let drained = async {
+            while let Some((index, confirm)) = pending.next().await {
+                self.confirmed(index, confirm);
+            }
+        };
+        let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, drained).await;
+        self.end_round();
+        if let Some(channel) = self.channel.take()
+            && channel.status().connected()
+        {
+            let close = channel.close(200, "done".into());
+            if let Ok(Err(error)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
+                tracing::debug!(error = %error, "publishing channel close failed");
+            }
+        }
+    }
+
+    /// Publishes `request` on this driver's channel (opened if need be),
+    /// pipelined: the publish and its confirm join `pending`, so that the
+    /// driver takes the next request while lapin writes this one.
+    async fn send(&mut self, request: Request, pending: &mut Pending) {
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err((operation, source)) => {
+                let _ = request.verdict.send(Err(Error::Broker {
+                    operation: operation.into(),
+                    source,
+                }));
+                return;
+            }
+        };
+        let Request {
+            mut message,
+            verdict,
+        } = request;
+        let body = std::mem::take(&mut message.body);
+        let properties = std::mem::take(&mut message.properties);
+        let wire_id = properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let exchange = ShortString::from(message.exchange.as_str());
+        let routing_key = ShortString::from(message.routing_key.as_str());
+        let index = self.round.sent.len();
+        self.round.sent.push(Sent {
+            message,
+            verdict,
+            wire_id,
+            confirm: None,
+        });
+        pending.push(Box::pin(async move {
+            let options = BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            };
+            let confirm = channel
+                .basic_publish(exchange, routing_key, options, &body, properties)
+                .await;
+            let confirm = match confirm {
+                Ok(confirm) => confirm.await,
+                Err(error) => Err(error),
+            };
+            (index, confirm)
+        }));
+    }
+
+    /// This driver's channel, opened in confirm mode if it has none that is
+    /// usable; failing with what failed and lapin's (cloneable) error. A
+    /// channel is replaced only between rounds: a dead one fails every
+    /// confirm of its round, which ends it.
+    async fn channel(&mut self) -> Result<Channel, (&'static str, lapin::Error)> {
+        if let Some(channel) = &self.channel
+            && (channel.status().connected() || !self.round.sent.is_empty())
+        {
+            return Ok(channel.clone());
+        }
+        let timed_out = || not_connected(&format!("no answer within {BROKER_CALL_TIMEOUT:?}"));
+        let channel = tokio::time::timeout(BROKER_CALL_TIMEOUT, self.connection.create_channel())
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+            .map_err(|source| ("open a publishing channel", source))?;
+        tokio::time::timeout(
+            BROKER_CALL_TIMEOUT,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+        .map_err(|source| ("enable publisher confirms", source))?;
+        self.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Records the confirm of publish `index`, and the returned message it
+    /// carries, whichever publish that belongs to.
+    fn confirmed(&mut self, index: usize, confirm: Result<Confirmation, lapin::Error>) {
+        if let Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) = &confirm
+        {
+            let id = returned
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            self.round
+                .returned
+                .insert(id, (returned.reply_code, returned.reply_text.to_string()));
+        }
+        if let Some(sent) = self.round.sent.get_mut(index) {
+            sent.confirm = Some(confirm);
+        }
+    }
+
+    /// Every confirm of the round is in: tells each caller its verdict.
+    fn end_round(&mut self) {
+        let Round { sent, returned } = std::mem::take(&mut self.round);
+        for sent in sent {
+            let message = &sent.message;
+            let verdict = match sent.confirm {
+                None => Err(publish_error(
+                    message,
+                    not_connected("no confirm came before the publisher stopped"),
+                )),
+                Some(confirm) => verdict(message, returned.get(&sent.wire_id), confirm),
+            };
+            let _ = sent.verdict.send(verdict);
+        }
+    }
+}
+
+/// Whether `message` goes in a round of its own: one for a named exchange,
+/// which may be missing, and publishing to a missing exchange closes the
+/// channel and fails every publish in flight on it. The default exchange
+/// always exists (a missing queue only returns the message).
+fn goes_alone(message: &Outgoing) -> bool {
+    !message.exchange.is_empty()
+}
+
+fn publish_error(message: &Outgoing, source: lapin::Error) -> Error {
+    Error::Broker {
+        operation: format!(
+            "publish of message {} to `{}`",
+            message.message_id, message.routing_key
+        ),
+        source,
+    }
+}
+
+/// What the caller of `message` hears: its confirm, unless the broker
+/// returned a message with its id.
+fn verdict(
+    message: &Outgoing,
+    returned: Option<&(u16, String)>,
+    confirm: Result<Confirmation, lapin::Error>,
+) -> Result<(), Error> {
+    let confirm = confirm.map_err(|source| publish_error(message, source))?;
+    if let Some((reply_code, reply_text)) = returned {
+        return Err(Error::Unroutable {
+            message_id: message.message_id.clone(),
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            reply_code: *reply_code,
+            reply_text: reply_text.clone(),
+        });
+    }
+    match confirm {
+        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Nack(_) => Err(Error::Nacked {
+            message_id: message.message_id.clone(),
+            routing_key: message.routing_key.clone(),
+        }),
+        Confirmation::NotRequested => Err(Error::Config(
+            "publisher confirms are off on the publishing channel; this is a bug in eda-worker"
+                .into(),
+        )),
     }
 }
 
@@ -153,184 +415,4 @@ pub(crate) struct Outgoing {
     pub(crate) message_id: String,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
-}
-
-/// One channel in confirm mode.
-struct ConfirmChannel {
-    channel: Channel,
-}
-
-impl ConfirmChannel {
-    /// Opens a channel on `connection` and turns on publisher confirms;
-    /// failing with what failed and lapin's (cloneable) error.
-    async fn open(connection: &Connection) -> Result<Self, (&'static str, lapin::Error)> {
-        let timed_out = || {
-            lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {BROKER_CALL_TIMEOUT:?}"),
-            ))
-        };
-        let channel = tokio::time::timeout(BROKER_CALL_TIMEOUT, connection.create_channel())
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
-            .map_err(|source| ("open a publishing channel", source))?;
-        tokio::time::timeout(
-            BROKER_CALL_TIMEOUT,
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timed_out()))
-        .map_err(|source| ("enable publisher confirms", source))?;
-        Ok(ConfirmChannel { channel })
-    }
-
-    fn is_usable(&self) -> bool {
-        self.channel.status().connected()
-    }
-
-    async fn close(&self) {
-        if self.is_usable()
-            && let Err(error) = self.channel.close(200, "done".into()).await
-        {
-            tracing::debug!(error = %error, "publishing channel close failed");
-        }
-    }
-
-    /// Publishes `messages` with `mandatory` set, pipelined, then waits for
-    /// every confirm; returns are matched to messages by message id.
-    async fn publish_batch(&self, messages: &[Outgoing]) -> Vec<Result<(), Error>> {
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
-        let mut pending = Vec::with_capacity(messages.len());
-        for message in messages {
-            let published = self
-                .channel
-                .basic_publish(
-                    message.exchange.as_str().into(),
-                    message.routing_key.as_str().into(),
-                    options,
-                    &message.body,
-                    message.properties.clone(),
-                )
-                .await;
-            pending.push(published);
-        }
-        let confirms = join_all(pending.into_iter().map(|published| async move {
-            match published {
-                Ok(confirm) => confirm.await,
-                Err(error) => Err(error),
-            }
-        }))
-        .await;
-        // Every returned message, whichever confirm lapin attached it to.
-        let mut returned: HashMap<String, (u16, String)> = HashMap::new();
-        let mut remember = |message: &BasicReturnMessage| {
-            if let Some(id) = message.properties.message_id() {
-                returned.insert(
-                    id.to_string(),
-                    (message.reply_code, message.reply_text.to_string()),
-                );
-            }
-        };
-        for confirm in &confirms {
-            if let Ok(Confirmation::Ack(Some(message)) | Confirmation::Nack(Some(message))) =
-                confirm
-            {
-                remember(message);
-            }
-        }
-        if let Ok(more) = self.channel.wait_for_confirms().await {
-            more.iter().for_each(&mut remember);
-        }
-        messages
-            .iter()
-            .zip(confirms)
-            .map(|(message, confirm)| {
-                let confirm = confirm.map_err(|source| Error::Broker {
-                    operation: format!(
-                        "publish of message {} to `{}`",
-                        message.message_id, message.routing_key
-                    ),
-                    source,
-                })?;
-                if let Some((reply_code, reply_text)) = returned.get(&message.message_id) {
-                    return Err(Error::Unroutable {
-                        message_id: message.message_id.clone(),
-                        exchange: message.exchange.clone(),
-                        routing_key: message.routing_key.clone(),
-                        reply_code: *reply_code,
-                        reply_text: reply_text.clone(),
-                    });
-                }
-                match confirm {
-                    Confirmation::Ack(_) => Ok(()),
-                    Confirmation::Nack(_) => Err(Error::Nacked {
-                        message_id: message.message_id.clone(),
-                        routing_key: message.routing_key.clone(),
-                    }),
-                    Confirmation::NotRequested => Err(Error::Config(
-                        "publisher confirms are off on the publishing channel; this is a bug in eda-worker"
-                            .into(),
-                    )),
-                }
-            })
-            .collect()
-    }
-
-    /// Publishes with `mandatory` set and waits for the broker's confirm.
-    ///
-    /// A nack, a message returned as unroutable, or a closed channel is an
-    /// error: success means a queue has the message.
-    async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message_id: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), Error> {
-        let broker_error = |source| Error::Broker {
-            operation: format!("publish of message {message_id} to `{routing_key}`"),
-            source,
-        };
-        let options = BasicPublishOptions {
-            mandatory: true,
-            immediate: false,
-        };
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
-            .map_err(broker_error)?
-            .await
-            .map_err(broker_error)?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(Error::Unroutable {
-                    message_id: message_id.to_owned(),
-                    exchange: exchange.to_owned(),
-                    routing_key: routing_key.to_owned(),
-                    reply_code: returned.reply_code,
-                    reply_text: returned.reply_text.to_string(),
-                })
-            }
-            Confirmation::Nack(None) => Err(Error::Nacked {
-                message_id: message_id.to_owned(),
-                routing_key: routing_key.to_owned(),
-            }),
-            Confirmation::NotRequested => Err(Error::Config(
-                "publisher confirms are off on the publishing channel; this is a bug in eda-worker"
-                    .into(),
-            )),
-        }
-    }
 }

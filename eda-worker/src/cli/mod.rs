@@ -13,6 +13,7 @@
 //! The CLI owns the signals: the first SIGTERM or SIGINT starts a graceful
 //! stop, a second one exits at once with status 130.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -133,12 +134,19 @@ fn redacted_panic(
     Some(format!("thread '{name}' panicked{at}:\n{redacted}"))
 }
 
-fn init_tracing() {
+/// Sets up the logging of the `worker` command: human-readable lines on
+/// stderr, at `info` unless `RUST_LOG` says otherwise. Does nothing when a
+/// subscriber is installed already. For programs that run a [`crate::Worker`]
+/// themselves and want the same logs.
+pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Ignore the error when the embedding app installed a subscriber already.
+    // Colours only on a terminal: a log file or a collector gets plain text
+    // (and every job's fields are formatted without escape codes).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -75,8 +75,10 @@ impl Drop for EmptySlotOnDrop {
     }
 }
 
-/// Confirm channels per client: concurrent enqueues beyond this wait for one.
-const PUBLISH_CHANNELS: usize = 64;
+/// Confirm channels per client. One, with many enqueues in flight (see
+/// `broker::Publisher`), is as fast as the broker takes them: more channels
+/// only split the same work into smaller rounds.
+const PUBLISH_CHANNELS: usize = 1;
 
 struct Session {
     connection: Arc<Connection>,

@@ -30,33 +30,30 @@ impl Settlement {
 }
 
 /// One frame to send to the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AckOp<H> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckOp {
     /// The delivery tag (for a multiple ack: the last one covered).
     pub(crate) tag: u64,
     /// Ack every outstanding delivery up to `tag`.
     pub(crate) multiple: bool,
     /// Ack or requeue.
     pub(crate) settlement: Settlement,
-    /// What the caller attached to this delivery (its acker).
-    pub(crate) handle: H,
 }
 
 #[derive(Debug)]
-struct Slot<H> {
+struct Slot {
     tag: u64,
     finished: Option<Settlement>,
-    handle: H,
 }
 
 /// The deliveries of one channel not yet settled with the broker.
 #[derive(Debug)]
-pub(crate) struct AckTracker<H> {
-    slots: VecDeque<Slot<H>>,
+pub(crate) struct AckTracker {
+    slots: VecDeque<Slot>,
     finished: usize,
 }
 
-impl<H: Clone> AckTracker<H> {
+impl AckTracker {
     pub(crate) fn new() -> Self {
         AckTracker {
             slots: VecDeque::new(),
@@ -65,12 +62,11 @@ impl<H: Clone> AckTracker<H> {
     }
 
     /// Records a delivery; tags arrive in increasing order on one channel.
-    pub(crate) fn delivered(&mut self, tag: u64, handle: H) {
+    pub(crate) fn delivered(&mut self, tag: u64) {
         debug_assert!(self.slots.back().is_none_or(|last| last.tag < tag));
         self.slots.push_back(Slot {
             tag,
             finished: None,
-            handle,
         });
     }
 
@@ -100,9 +96,9 @@ impl<H: Clone> AckTracker<H> {
     /// The settled prefix goes out as `multiple` acks (split around requeues,
     /// which are single nacks). With `stragglers`, finished deliveries behind
     /// a running one are settled too, one frame each.
-    pub(crate) fn take_ops(&mut self, stragglers: bool) -> Vec<AckOp<H>> {
+    pub(crate) fn take_ops(&mut self, stragglers: bool) -> Vec<AckOp> {
         let mut ops = Vec::new();
-        let mut pending_ack: Option<Slot<H>> = None;
+        let mut pending_ack: Option<Slot> = None;
         let mut pending_count = 0usize;
         while self
             .slots
@@ -144,7 +140,7 @@ impl<H: Clone> AckTracker<H> {
         ops
     }
 
-    fn find(&mut self, tag: u64) -> Option<&mut Slot<H>> {
+    fn find(&mut self, tag: u64) -> Option<&mut Slot> {
         // Tags on one channel are consecutive, so the index is usually the offset.
         let first = self.slots.front()?.tag;
         let guess = usize::try_from(tag.checked_sub(first)?).ok()?;
@@ -159,12 +155,11 @@ impl<H: Clone> AckTracker<H> {
     }
 }
 
-fn op<H>(slot: Slot<H>, multiple: bool, settlement: Settlement) -> AckOp<H> {
+fn op(slot: Slot, multiple: bool, settlement: Settlement) -> AckOp {
     AckOp {
         tag: slot.tag,
         multiple,
         settlement,
-        handle: slot.handle,
     }
 }
 
@@ -184,15 +179,15 @@ mod tests {
         );
     }
 
-    fn tracker(tags: std::ops::RangeInclusive<u64>) -> AckTracker<()> {
+    fn tracker(tags: std::ops::RangeInclusive<u64>) -> AckTracker {
         let mut tracker = AckTracker::new();
         for tag in tags {
-            tracker.delivered(tag, ());
+            tracker.delivered(tag);
         }
         tracker
     }
 
-    fn summary(ops: &[AckOp<()>]) -> Vec<(u64, bool, Settlement)> {
+    fn summary(ops: &[AckOp]) -> Vec<(u64, bool, Settlement)> {
         ops.iter()
             .map(|op| (op.tag, op.multiple, op.settlement))
             .collect()

@@ -5,20 +5,20 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::ack::{AckTracker, Settlement};
-use super::dispatch::{Dispatch, QueueJobs, handle_delivery};
+use super::ack::{AckOp, AckTracker, Settlement};
+use super::dispatch::{Dispatch, QueueJobs, Received, handle_delivery};
 use crate::Error;
 use crate::broker::{BROKER_CALL_TIMEOUT, bounded, close_wait};
 
@@ -41,7 +41,14 @@ pub(crate) enum ConsumerEnd {
     Lost(Error),
 }
 
+/// A delivery whose handler finished, and how to settle it.
 type Finished = (u64, Settlement);
+
+/// At most this many deliveries that arrived together start as one task:
+/// a task per job costs a spawn and a wake-up of another thread each, while
+/// batches of this size still spread a busy queue's handlers over the
+/// runtime's threads.
+const BATCH_MAX: usize = 16;
 
 struct QueueConsumer {
     /// The consuming connection: once it is gone, nothing is sent on the
@@ -51,8 +58,14 @@ struct QueueConsumer {
     jobs: Arc<QueueJobs>,
     dispatch: Arc<Dispatch>,
     settings: ConsumerSettings,
-    tracker: AckTracker<Acker>,
-    in_flight: JoinSet<Finished>,
+    tracker: AckTracker,
+    /// The tasks running this queue's handlers, a batch of deliveries each.
+    tasks: JoinSet<()>,
+    /// Deliveries started whose handlers have not finished.
+    running: usize,
+    /// Where the tasks report each handler as it finishes.
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished_rx: mpsc::UnboundedReceiver<Finished>,
 }
 
 /// Consumes `jobs.queue` until `token` is cancelled or the broker goes away,
@@ -85,6 +98,7 @@ pub(crate) async fn consume_queue(
         concurrency = settings.concurrency,
         "consuming"
     );
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let mut state = QueueConsumer {
         connection,
         channel,
@@ -92,7 +106,10 @@ pub(crate) async fn consume_queue(
         jobs,
         settings,
         tracker: AckTracker::new(),
-        in_flight: JoinSet::new(),
+        tasks: JoinSet::new(),
+        running: 0,
+        finished_tx,
+        finished_rx,
     };
     let end = state.consume(consumer, &token).await;
     state.drain(end).await
@@ -149,7 +166,11 @@ impl QueueConsumer {
         let mut health = self.dispatch.health.as_ref().map(|health| health.watch());
         let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
         flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let end = loop {
+        // Made once: a `cancelled()` made per turn of the loop would register
+        // with the token, and leave it, twice per job.
+        let cancelled = token.cancelled();
+        tokio::pin!(cancelled);
+        let end = 'consuming: loop {
             let database_down = health.as_ref().is_some_and(|health| !*health.borrow());
             if database_down
                 && self.dispatch.needs_database()
@@ -163,22 +184,22 @@ impl QueueConsumer {
                     "PostgreSQL is away: stopped taking jobs from this queue until it answers"
                 );
             }
-            let can_take = self.in_flight.len() < self.settings.concurrency;
+            let can_take = self.running < self.settings.concurrency;
             tokio::select! {
                 biased;
-                () = token.cancelled() => break ConsumerEnd::Shutdown,
-                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                () = &mut cancelled => break ConsumerEnd::Shutdown,
+                Some(finished) = self.finished_rx.recv() => {
                     // A delivery handed back (its retry or dead letter could not be
                     // published for a long while, or the database is away) is requeued
                     // with the next flush; the other deliveries and queues go on.
-                    self.record(joined);
+                    self.record(finished);
                     if self.tracker.finished_count() >= self.settings.ack_batch
-                        && let Err(error) = self.flush(false).await {
+                        && let Err(error) = self.send_acks(false) {
                             break ConsumerEnd::Lost(error);
                         }
                 }
                 _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
-                    if let Err(error) = self.flush(true).await {
+                    if let Err(error) = self.send_acks(true) {
                         break ConsumerEnd::Lost(error);
                     }
                 }
@@ -194,25 +215,34 @@ impl QueueConsumer {
                         }
                     }
                 }
-                delivery = next_delivery(&mut consumer), if can_take => match delivery {
-                    Some(Ok(delivery)) => {
-                        self.tracker.delivered(delivery.delivery_tag, delivery.acker.clone());
-                        let dispatch = self.dispatch.clone();
-                        self.in_flight.spawn(async move {
-                            let tag = delivery.delivery_tag;
-                            // handle_delivery catches handler panics itself; this is the last
-                            // resort for a bug of ours, so that the delivery is still settled.
-                            let settled = AssertUnwindSafe(handle_delivery(delivery, &dispatch)).catch_unwind().await;
-                            (tag, settled.unwrap_or(Settlement::Requeue))
-                        });
+                delivery = next_delivery(&mut consumer), if can_take => {
+                    // And the deliveries already here, up to the concurrency, as one batch.
+                    let mut batch = Vec::new();
+                    let mut next = Some(delivery);
+                    let mut end = None;
+                    while let Some(delivery) = next {
+                        match delivery {
+                            Some(Ok(delivery)) => batch.push(self.take(delivery)),
+                            Some(Err(source)) => {
+                                end = Some(Error::Broker { operation: format!("consume from queue `{queue}`"), source });
+                                break;
+                            }
+                            None => {
+                                end = Some(Error::ConsumerCancelled { queue: queue.to_owned() });
+                                break;
+                            }
+                        }
+                        let room = self.running + batch.len() < self.settings.concurrency && batch.len() < BATCH_MAX;
+                        next = match &mut consumer {
+                            Some(consumer) if room => consumer.next().now_or_never(),
+                            _ => None,
+                        };
                     }
-                    Some(Err(source)) => {
-                        break ConsumerEnd::Lost(Error::Broker { operation: format!("consume from queue `{queue}`"), source });
+                    self.start(batch);
+                    if let Some(error) = end {
+                        break 'consuming ConsumerEnd::Lost(error);
                     }
-                    None => {
-                        break ConsumerEnd::Lost(Error::ConsumerCancelled { queue: queue.to_owned() });
-                    }
-                },
+                }
             }
         };
         // Stop deliveries before draining, and hand what was prefetched but not
@@ -223,6 +253,44 @@ impl QueueConsumer {
             self.stop_consuming(consumer, close_wait(lost)).await;
         }
         end
+    }
+
+    /// Tracks `delivery` for its ack and keeps what its handler needs.
+    fn take(&mut self, delivery: lapin::message::Delivery) -> (u64, Received) {
+        let lapin::message::Delivery {
+            delivery_tag: tag,
+            redelivered,
+            properties,
+            data,
+            ..
+        } = delivery;
+        // Settled by tag on the consumer's channel, not through the delivery's
+        // acker: lapin sends each acker's frame from a task of its own, so that
+        // two of them may go out in either order, and a multiple ack sent
+        // before a single one it covers makes the broker close the channel.
+        self.tracker.delivered(tag);
+        let delivery = Received {
+            redelivered,
+            properties,
+            data,
+        };
+        (tag, delivery)
+    }
+
+    /// Starts the handlers of `batch` in one task.
+    fn start(&mut self, batch: Vec<(u64, Received)>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.running += batch.len();
+        let dispatch = self.dispatch.clone();
+        let finished = self.finished_tx.clone();
+        self.tasks.spawn(run_batch(batch, dispatch, finished));
+        // Tasks that ended are reaped here, one spawn at a time, so that the
+        // set never grows past the batches in flight.
+        while let Some(joined) = self.tasks.try_join_next() {
+            reaped(self.jobs.queue, joined);
+        }
     }
 
     /// Cancels `consumer` (waiting up to `wait` for the broker) and hands
@@ -280,16 +348,16 @@ impl QueueConsumer {
         let deadline = Instant::now() + wait;
         let mut flush_timer = tokio::time::interval(self.settings.ack_interval);
         flush_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        if !self.in_flight.is_empty() {
+        if self.running > 0 {
             tracing::info!(
                 queue,
-                running = self.in_flight.len(),
+                running = self.running,
                 "waiting for running jobs to finish"
             );
         }
-        while !self.in_flight.is_empty() {
+        while self.running > 0 {
             tokio::select! {
-                Some(joined) = self.in_flight.join_next() => { self.record(joined); }
+                Some(finished) = self.finished_rx.recv() => self.record(finished),
                 // Ack as jobs finish: a SIGKILL at the end of a deploy's grace period
                 // then redelivers only what had not finished.
                 _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
@@ -301,23 +369,21 @@ impl QueueConsumer {
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(
                         queue,
-                        running = self.in_flight.len(),
+                        running = self.running,
                         "shutdown timeout reached; unfinished jobs are not acked and will be redelivered"
                     );
                     break;
                 }
             }
         }
-        // Abort what still runs, but keep the results of tasks that finished
+        // Abort what still runs, but keep the results of handlers that finished
         // between the deadline and the abort: those get acked too.
-        self.in_flight.abort_all();
-        while let Some(joined) = self.in_flight.join_next().await {
-            if !joined
-                .as_ref()
-                .is_err_and(tokio::task::JoinError::is_cancelled)
-            {
-                self.record(joined);
-            }
+        self.tasks.abort_all();
+        while let Some(joined) = self.tasks.join_next().await {
+            reaped(queue, joined);
+        }
+        while let Ok(finished) = self.finished_rx.try_recv() {
+            self.record(finished);
         }
         let flushed = self.flush(true).await;
         if self.alive() {
@@ -338,23 +404,14 @@ impl QueueConsumer {
         }
     }
 
-    /// Records a finished handler task and returns how its delivery settles.
-    fn record(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Option<Settlement> {
-        match joined {
-            Ok((tag, settlement)) => {
-                self.tracker.finished(tag, settlement);
-                Some(settlement)
-            }
-            // handle_delivery catches handler panics; a JoinError means the task was
-            // aborted, and its message stays unacked for redelivery.
-            Err(error) => {
-                tracing::error!(queue = self.jobs.queue, error = %error, "job task ended abnormally");
-                None
-            }
-        }
+    /// Records a finished handler.
+    fn record(&mut self, (tag, settlement): Finished) {
+        self.running -= 1;
+        self.tracker.finished(tag, settlement);
     }
 
-    async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
+    /// The acks and requeues that can be sent now, refused on a dead connection.
+    fn settleable(&mut self, stragglers: bool) -> Result<Vec<AckOp>, Error> {
         let ops = self.tracker.take_ops(stragglers);
         if let Some(first) = ops.first()
             && !self.alive()
@@ -365,50 +422,101 @@ impl QueueConsumer {
                 tag: first.tag,
             });
         }
-        for op in ops {
-            let send = async {
-                match op.settlement {
-                    Settlement::Ack => {
-                        op.handle
-                            .ack(BasicAckOptions {
-                                multiple: op.multiple,
-                            })
-                            .await
-                    }
-                    Settlement::Requeue => {
-                        op.handle
-                            .nack(BasicNackOptions {
-                                multiple: false,
-                                requeue: true,
-                            })
-                            .await
-                    }
-                }
-            };
+        Ok(ops)
+    }
+
+    /// Sends what can be settled now without waiting for lapin to write it:
+    /// lapin queues an ack's frame at the first poll, and its answer only
+    /// says that the frame was written. The consumer goes on meanwhile; a
+    /// connection that dies before the write ends the consumer's stream, and
+    /// the broker redelivers what was not acked.
+    fn send_acks(&mut self, stragglers: bool) -> Result<(), Error> {
+        for op in self.settleable(stragglers)? {
+            if let Some(Err(source)) = settle(&self.channel, op).now_or_never() {
+                return Err(self.ack_error(source));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles what can be settled now and waits until lapin has written it
+    /// (bounded): before the channel is closed, at the end of a drain.
+    async fn flush(&mut self, stragglers: bool) -> Result<(), Error> {
+        for op in self.settleable(stragglers)? {
             // Bounded: on a connection that just died, lapin may never answer.
-            let Ok(sent) = tokio::time::timeout(BROKER_CALL_TIMEOUT, send).await else {
+            let Ok(sent) =
+                tokio::time::timeout(BROKER_CALL_TIMEOUT, settle(&self.channel, op)).await
+            else {
                 return Err(Error::BrokerTimeout {
                     operation: format!("ack on queue `{}`", self.jobs.queue),
                     timeout: BROKER_CALL_TIMEOUT,
                 });
             };
-            match sent {
-                Ok(true) => {}
-                // lapin answers Ok(false) when the channel is already dead: nothing was sent.
-                Ok(false) => {
-                    return Err(Error::AckFailed {
-                        queue: self.jobs.queue.to_owned(),
-                        tag: op.tag,
-                    });
-                }
-                Err(source) => {
-                    return Err(Error::Broker {
-                        operation: format!("ack on queue `{}`", self.jobs.queue),
-                        source,
-                    });
-                }
+            if let Err(source) = sent {
+                return Err(self.ack_error(source));
             }
         }
         Ok(())
+    }
+
+    /// The error of an ack or requeue that did not go out.
+    fn ack_error(&self, source: lapin::Error) -> Error {
+        Error::Broker {
+            operation: format!("ack on queue `{}`", self.jobs.queue),
+            source,
+        }
+    }
+}
+
+/// Sends the frame that settles `op` on `channel`: an ack (multiple or
+/// not), or a requeue. The frame is queued, in order, at the first poll.
+async fn settle(channel: &Channel, op: AckOp) -> Result<(), lapin::Error> {
+    match op.settlement {
+        Settlement::Ack => {
+            let multiple = op.multiple;
+            channel
+                .basic_ack(op.tag, BasicAckOptions { multiple })
+                .await
+        }
+        Settlement::Requeue => {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            channel.basic_nack(op.tag, requeue).await
+        }
+    }
+}
+
+/// Runs the handlers of one batch side by side and reports each as it
+/// finishes.
+async fn run_batch(
+    batch: Vec<(u64, Received)>,
+    dispatch: Arc<Dispatch>,
+    finished: mpsc::UnboundedSender<Finished>,
+) {
+    let dispatch = &*dispatch;
+    let run = |(tag, delivery): (u64, Received)| async move {
+        // handle_delivery catches handler panics itself; this is the last
+        // resort for a bug of ours, so that the delivery is still settled.
+        let settled = AssertUnwindSafe(handle_delivery(delivery, dispatch))
+            .catch_unwind()
+            .await;
+        (tag, settled.unwrap_or(Settlement::Requeue))
+    };
+    let mut running: FuturesUnordered<_> = batch.into_iter().map(run).collect();
+    while let Some(done) = running.next().await {
+        // The consumer holds the receiver until every task is joined.
+        let _ = finished.send(done);
+    }
+}
+
+/// Logs a handler task that ended other than by finishing or an abort: its
+/// deliveries stay unacked and the broker redelivers them.
+fn reaped(queue: &str, joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && !error.is_cancelled()
+    {
+        tracing::error!(queue, error = %error, "job task ended abnormally");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
-use lapin::message::Delivery;
+use lapin::BasicProperties;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -123,18 +123,38 @@ impl Dispatch {
     }
 }
 
+/// A delivery as its handler task takes it: lapin's `Delivery` without its
+/// acker, which the consumer keeps to settle it (moved, not cloned: a clone
+/// costs several reference counts per job), nor its exchange and routing key.
+#[derive(Debug)]
+pub(crate) struct Received {
+    pub(crate) redelivered: bool,
+    pub(crate) properties: BasicProperties,
+    pub(crate) data: Vec<u8>,
+}
+
 /// Handles one delivery to the end and says how to settle it. Never panics
 /// because a handler did: the panic is this attempt's failure.
-pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> Settlement {
+pub(crate) async fn handle_delivery(delivery: Received, dispatch: &Dispatch) -> Settlement {
     let envelope = Envelope::from_properties(&delivery.properties);
+    // Every log line of the attempt, the handler's own included, carries
+    // these fields. The log formats them as the span is made, once per job:
+    // that is the largest part of what a job costs the worker beyond lapin,
+    // so they are few (the job names its queue) and written with Display
+    // (Debug escapes text a character at a time), and the correlation id
+    // only when it is not the message id.
     let span = tracing::info_span!(
         "job",
-        job = envelope.job.as_deref().unwrap_or("?"),
-        queue = dispatch.jobs.queue,
+        job = %envelope.job.as_deref().unwrap_or("?"),
         message_id = %envelope.message_id,
-        correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
         attempt = envelope.attempt,
+        correlation_id = tracing::field::Empty,
     );
+    if let Some(correlation_id) = &envelope.correlation_id
+        && *correlation_id != envelope.message_id
+    {
+        span.record("correlation_id", tracing::field::display(correlation_id));
+    }
     let received = tokio::time::Instant::now();
     async {
         if envelope.eta.is_none()
@@ -182,7 +202,7 @@ pub(crate) async fn handle_delivery(delivery: Delivery, dispatch: &Dispatch) -> 
 /// worker: its start is recorded first, one such job at a time per queue,
 /// and one that started too often is dead-lettered instead.
 async fn run_redelivered(
-    delivery: &Delivery,
+    delivery: &Received,
     envelope: &Envelope,
     job: &JobDefinition,
     policy: Option<RetryPolicy>,
@@ -214,7 +234,7 @@ async fn run_redelivered(
 /// Runs an admitted job: begins its transaction, runs the handler, ends the
 /// transaction, and settles.
 async fn run_job(
-    delivery: &Delivery,
+    delivery: &Received,
     envelope: &Envelope,
     job: &JobDefinition,
     policy: Option<RetryPolicy>,
@@ -314,7 +334,7 @@ async fn database_away(failure: &Failure, dispatch: &Dispatch) -> bool {
 }
 
 async fn run_attempt(
-    delivery: &Delivery,
+    delivery: &Received,
     ctx: JobContext,
     job: &JobDefinition,
 ) -> Result<(), Failure> {
@@ -335,7 +355,7 @@ async fn run_attempt(
 
 /// A message that is not due yet goes on to its next delay queue, unrun.
 async fn hop(
-    delivery: &Delivery,
+    delivery: &Received,
     envelope: &Envelope,
     eta: u64,
     dispatch: &Dispatch,
@@ -370,7 +390,7 @@ async fn hop(
 /// Retries or dead-letters a failed delivery, as [`decide`] says; or, when
 /// the failure is the database's (see [`database_away`]), hands it back.
 async fn settle_failure(
-    delivery: &Delivery,
+    delivery: &Received,
     envelope: &Envelope,
     failure: Failure,
     policy: Option<RetryPolicy>,

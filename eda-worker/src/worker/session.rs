@@ -26,8 +26,8 @@ const ACK_INTERVAL: Duration = Duration::from_millis(10);
 const STABLE_SESSION: Duration = Duration::from_secs(5);
 
 /// Confirm channels for retries, hops and dead letters, shared by the queues
-/// of a worker: one publish in flight per channel (see `broker::Publisher`).
-const REPUBLISH_CHANNELS: usize = 64;
+/// of a worker, each with many publishes in flight (see `broker::Publisher`).
+const REPUBLISH_CHANNELS: usize = 2;
 
 /// Errors that reconnecting cannot fix.
 fn is_fatal(error: &Error) -> bool {

@@ -149,6 +149,9 @@ enum Mode {
     /// Publish `--messages` raw messages and stop (to profile a drain alone).
     #[command(hide = true)]
     FillRaw,
+    /// Only the publish figures (confirmed enqueue against raw lapin).
+    #[command(hide = true)]
+    Publish,
 }
 
 /// One drain of the rotating rounds: what fills the queue, and who drains it.
@@ -328,6 +331,17 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some(Mode::Publish) => {
+            let url = amqp_url_from_env();
+            let admin = raw::Admin::connect(&url).await?;
+            admin.reset(RAW_QUEUE).await?;
+            admin.reset(EDA_QUEUE).await?;
+            let client = Client::connect(&url).await?;
+            let mut table = Table::default();
+            publish_figures(&settings, &client, &admin, &mut table).await?;
+            println!("{table}");
+            Ok(())
+        }
         None => run_all(settings).await,
     }
 }
@@ -361,27 +375,21 @@ fn finish(messages: u64, seconds: f64) -> DrainResult {
     }
 }
 
-async fn run_all(settings: Settings) -> anyhow::Result<()> {
+/// The publish rows: a single caller's latencies, then confirmed publishes
+/// from `--publishers` callers in rotating rounds (eda-worker, raw lapin
+/// with the same properties, raw lapin bare). Returns raw lapin's rate.
+async fn publish_figures(
+    settings: &Settings,
+    client: &Client,
+    admin: &raw::Admin,
+    table: &mut Table,
+) -> anyhow::Result<f64> {
     let url = amqp_url_from_env();
     let n = settings.messages;
-    println!(
-        "bench: {n} messages, {} publishers, prefetch {}, eda concurrency {}, raw consumers {}, raw ack every {}",
-        settings.publishers,
-        settings.prefetch,
-        settings.concurrency,
-        settings.raw_consumers,
-        settings.ack_every
-    );
-    let admin = raw::Admin::connect(&url).await?;
-    admin.reset(RAW_QUEUE).await?;
-    admin.reset(EDA_QUEUE).await?;
-    let client = Client::connect(&url).await?;
-    let mut table = Table::default();
     let same = Format::SameAsEda;
-
     // Single caller: latency of one confirmed publish at a time.
     let raw_single = raw::publish(&url, RAW_QUEUE, settings.single, 1, payload, same).await?;
-    let eda_single = eda_enqueue(&client, settings.single, 1).await?;
+    let eda_single = eda_enqueue(client, settings.single, 1).await?;
     admin.purge(RAW_QUEUE).await?;
     admin.purge(EDA_QUEUE).await?;
 
@@ -396,7 +404,7 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     for round in 0..rounds {
         for turn in 0..3 {
             match (turn + round) % 3 {
-                0 => eda_runs.push(eda_enqueue(&client, per_round, settings.publishers).await?),
+                0 => eda_runs.push(eda_enqueue(client, per_round, settings.publishers).await?),
                 1 => raw_runs.push(
                     raw::publish(
                         &url,
@@ -433,12 +441,35 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         eda_publish.rate(),
         raw_publish.rate(),
     ));
-    push_percentiles(&mut table, "  ", &eda_publish, &raw_publish);
+    push_percentiles(table, "  ", &eda_publish, &raw_publish);
     table.push(Row::baseline(
         "  raw lapin, bare messages (msg/s)",
         bare_publish.rate(),
     ));
-    push_percentiles(&mut table, "single caller ", &eda_single, &raw_single);
+    push_percentiles(table, "single caller ", &eda_single, &raw_single);
+    Ok(raw_publish.rate())
+}
+
+async fn run_all(settings: Settings) -> anyhow::Result<()> {
+    let url = amqp_url_from_env();
+    let n = settings.messages;
+    println!(
+        "bench: {n} messages, {} publishers, prefetch {}, eda concurrency {}, raw consumers {}, raw ack every {}",
+        settings.publishers,
+        settings.prefetch,
+        settings.concurrency,
+        settings.raw_consumers,
+        settings.ack_every
+    );
+    let admin = raw::Admin::connect(&url).await?;
+    admin.reset(RAW_QUEUE).await?;
+    admin.reset(EDA_QUEUE).await?;
+    let client = Client::connect(&url).await?;
+    let mut table = Table::default();
+    let same = Format::SameAsEda;
+
+    let raw_publish_rate = publish_figures(&settings, &client, &admin, &mut table).await?;
+    let callers = settings.publishers;
 
     // Draining: each drain reads a backlog of n messages published just
     // before it (untimed), so that every drain finds the broker in the same
@@ -620,7 +651,7 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
             settings.relay_rows
         ),
         db.relay_rows_per_sec,
-        raw_publish.rate(),
+        raw_publish_rate,
     ));
     for percentile in [50.0, 99.0] {
         table.push(Row::eda_only(
@@ -683,6 +714,8 @@ async fn eda_enqueue(client: &Client, count: u64, callers: usize) -> anyhow::Res
 
 /// Runs a worker until `messages` no-op jobs ran, then stops it gracefully.
 async fn eda_drain(settings: &Settings) -> anyhow::Result<(u64, f64)> {
+    // As the `worker` command runs: its logs on, at info.
+    eda_worker::cli::init_tracing();
     TARGET.store(settings.messages, Ordering::Relaxed);
     let config = WorkerConfig::new(amqp_url_from_env())
         .queues([EDA_QUEUE])

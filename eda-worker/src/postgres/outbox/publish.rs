@@ -26,14 +26,14 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 enum Route {
     /// Pipelined with the batch's other such rows on one channel.
     Pipelined,
-    /// On a channel of its own.
+    /// Alone: in a round of its own (a named exchange), or through delay queues.
     Alone,
 }
 
 /// Only the default exchange always exists: a publish to a missing named
 /// exchange closes its channel, which must not take the rest of the batch
-/// with it, so such rows go one per channel, as do scheduled rows (through
-/// their delay queues).
+/// with it, so such rows go alone (the publisher gives each a round of its
+/// own), as do scheduled rows (through their delay queues).
 fn route(exchange: &str, scheduled: bool) -> Route {
     if exchange.is_empty() && !scheduled {
         Route::Pipelined
@@ -64,7 +64,7 @@ fn charged(results: Vec<Result<(), Error>>) -> Vec<Option<Result<(), Error>>> {
 
 impl Relay {
     /// Publishes a batch: the rows due now for the default exchange
-    /// pipelined on one channel, the others one per channel; each settled within
+    /// pipelined, the others one by one; each settled within
     /// [`CONFIRM_TIMEOUT`]. One result per row, in order.
     pub(super) async fn publish_rows(
         &self,
@@ -144,7 +144,7 @@ impl Relay {
             .collect()
     }
 
-    /// Publishes one row on a channel of its own: to its named exchange, or
+    /// Publishes one row alone: to its named exchange, or
     /// (scheduled for a job queue) through the queue's delay queues.
     async fn publish_alone(
         &self,

@@ -26,8 +26,8 @@ pub const DEFAULT_BATCH: usize = 500;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Confirm channels of the relay: the publishes of a batch are pipelined
-/// across them.
-const RELAY_CHANNELS: usize = 256;
+/// on them, up to `broker::publisher::ROUND_MAX` on each at once.
+const RELAY_CHANNELS: usize = 2;
 
 /// Batches a relay claims and publishes at once.
 const PARALLEL_PASSES: usize = 4;
