@@ -152,6 +152,9 @@ enum Mode {
     /// Only the publish figures (confirmed enqueue against raw lapin).
     #[command(hide = true)]
     Publish,
+    /// Only the forced-close figure, `--reconnect-rounds` times.
+    #[command(hide = true)]
+    Reconnect,
 }
 
 /// One drain of the rotating rounds: what fills the queue, and who drains it.
@@ -340,6 +343,16 @@ async fn main() -> anyhow::Result<()> {
             let mut table = Table::default();
             publish_figures(&settings, &client, &admin, &mut table).await?;
             println!("{table}");
+            Ok(())
+        }
+        Some(Mode::Reconnect) => {
+            let (eda, raw_floor) = faults::reconnect(settings.reconnect_rounds).await?;
+            println!(
+                "forced close to first job run again: p50 {:.1} ms, max {:.1} ms; raw lapin floor p50 {:.1} ms",
+                eda.p(50.0),
+                eda.p(100.0),
+                raw_floor.p(50.0)
+            );
             Ok(())
         }
         None => run_all(settings).await,
