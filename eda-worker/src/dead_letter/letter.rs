@@ -44,6 +44,7 @@ impl DeadLetter {
     /// Reads a dead letter from a message of a dead-letter queue.
     pub(crate) fn from_message(properties: &BasicProperties, body: &[u8]) -> Self {
         let envelope = Envelope::from_properties(properties);
+        let correlation_id = envelope.correlation_id().map(str::to_owned);
         let death = BrokerDeath::latest(properties);
         DeadLetter {
             message_id: envelope.message_id,
@@ -65,7 +66,7 @@ impl DeadLetter {
                 .or_else(|| header_text(properties, HEADER_ERROR)),
             source_queue: header_text(properties, HEADER_QUEUE)
                 .or_else(|| death.and_then(|death| death.queue)),
-            correlation_id: envelope.correlation_id,
+            correlation_id,
             body: String::from_utf8_lossy(body).into_owned(),
             size: body.len(),
         }

@@ -258,9 +258,13 @@ impl JobContext {
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
-    /// The correlation id carried from the enqueuing request, if any.
+    /// The correlation id carried from the enqueuing request: the one the
+    /// message names, else its message id (a foreign message with neither
+    /// has none).
     pub fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id.as_deref()
+        self.correlation_id
+            .as_deref()
+            .or_else(|| Some(self.message_id.as_str()).filter(|id| !id.is_empty()))
     }
 
     /// The job's wire name.

@@ -56,8 +56,9 @@ pub(crate) fn short_string(
 pub(crate) struct Envelope {
     /// The message id, stable across retries.
     pub(crate) message_id: String,
-    /// The request that caused this job, carried into every job it causes;
-    /// `None` on the wire means the message id.
+    /// The request that caused this job, carried into every job it causes,
+    /// as the wire has it: `None` means the message id (see
+    /// [`Envelope::correlation_id`]).
     pub(crate) correlation_id: Option<String>,
     /// The job's wire name (the `type` property).
     pub(crate) job: Option<String>,
@@ -109,23 +110,28 @@ impl Envelope {
         Ok(properties.with_message_id(short_string("message id", self.message_id)?))
     }
 
+    /// The correlation id: the one on the wire, else the message id (a
+    /// message without either has none).
+    pub(crate) fn correlation_id(&self) -> Option<&str> {
+        self.correlation_id
+            .as_deref()
+            .or_else(|| Some(self.message_id.as_str()).filter(|id| !id.is_empty()))
+    }
+
     /// Reads the envelope of a received message. A message without an id
-    /// (published by something other than eda-worker) gets an empty one;
-    /// one without a correlation id is its own.
+    /// (published by something other than eda-worker) gets an empty one.
     pub(crate) fn from_properties(properties: &BasicProperties) -> Self {
         let message_id = properties
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default();
-        let correlation_id = match properties.correlation_id() {
-            Some(id) => Some(id.as_str().to_owned()),
-            None if !message_id.is_empty() => Some(message_id.clone()),
-            None => None,
-        };
         Envelope {
             message_id,
-            correlation_id,
+            correlation_id: properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
             job: properties
                 .kind()
                 .as_ref()
@@ -341,8 +347,9 @@ mod tests {
         let read = Envelope::from_properties(&properties);
         let id = properties.message_id().as_ref().unwrap().as_str();
         assert_eq!(read.message_id, id);
+        assert_eq!(read.correlation_id, None, "as the wire has it");
         assert_eq!(
-            read.correlation_id.as_deref(),
+            read.correlation_id(),
             Some(id),
             "absent means the message id"
         );
@@ -392,7 +399,7 @@ mod tests {
             .with_headers(headers);
         let read = Envelope::from_properties(&full);
         assert_eq!(read.message_id, id);
-        assert_eq!(read.correlation_id.as_deref(), Some(id.as_str()));
+        assert_eq!(read.correlation_id(), Some(id.as_str()));
         assert_eq!(read.job.as_deref(), Some("send_welcome"));
         assert_eq!(read.attempt, 0);
         assert_eq!(

@@ -150,6 +150,7 @@ pub(crate) async fn handle_delivery(delivery: Received, dispatch: &Dispatch) -> 
         attempt = envelope.attempt,
         correlation_id = tracing::field::Empty,
     );
+    // None on the wire: the message id.
     if let Some(correlation_id) = &envelope.correlation_id
         && *correlation_id != envelope.message_id
     {

@@ -26,14 +26,14 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 enum Route {
     /// Pipelined with the batch's other such rows on one channel.
     Pipelined,
-    /// Alone: in a round of its own (a named exchange), or through delay queues.
+    /// Alone: by itself on its channel (a named exchange), or through delay queues.
     Alone,
 }
 
 /// Only the default exchange always exists: a publish to a missing named
 /// exchange closes its channel, which must not take the rest of the batch
-/// with it, so such rows go alone (the publisher gives each a round of its
-/// own), as do scheduled rows (through their delay queues).
+/// with it, so such rows go alone (the publisher sends each alone on its
+/// channel), as do scheduled rows (through their delay queues).
 fn route(exchange: &str, scheduled: bool) -> Route {
     if exchange.is_empty() && !scheduled {
         Route::Pipelined

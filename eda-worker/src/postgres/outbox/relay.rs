@@ -26,7 +26,7 @@ pub const DEFAULT_BATCH: usize = 500;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Confirm channels of the relay: the publishes of a batch are pipelined
-/// on them, up to `broker::publisher::ROUND_MAX` on each at once.
+/// on them (see `broker::Publisher`).
 const RELAY_CHANNELS: usize = 2;
 
 /// Batches a relay claims and publishes at once.
