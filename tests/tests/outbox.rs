@@ -16,8 +16,8 @@ use eda_worker_tests::database::{
 };
 use eda_worker_tests::jobs::inbox::DbWrite;
 use eda_worker_tests::jobs::outbox::{
-    outbox_keyword_schema, outbox_redeclare, outbox_redeclare_other, outbox_resend, outbox_target,
-    outbox_two_relays,
+    outbox_beside_missing_exchange, outbox_keyword_schema, outbox_redeclare,
+    outbox_redeclare_other, outbox_resend, outbox_target, outbox_two_relays,
 };
 use eda_worker_tests::jobs::runs_of;
 use eda_worker_tests::outbox::{RunningRelay, commit_row, pending};
@@ -242,6 +242,53 @@ async fn a_row_that_cannot_be_published_is_counted_and_retried_later_not_in_a_lo
         stdout.contains("ATTEMPTS"),
         "the failing row is listed: {stdout}"
     );
+    remove_database(database).await;
+}
+
+#[tokio::test]
+async fn a_row_for_a_missing_exchange_does_not_fail_the_rows_in_flight_beside_it() {
+    let database = migrated_database("eda_test_outbox_beside_missing").await;
+    let queue = <outbox_beside_missing_exchange as Job>::QUEUE;
+    let broker = eda_worker_tests::broker::Broker::connect().await;
+    broker.reset(queue).await;
+    let table = format!("{}.outbox", database.schema());
+    // The broker closes the channel of a publish to a missing exchange: it
+    // goes alone, and the rows for the default exchange around it are sent.
+    for n in 0..10 {
+        commit_row(&database, outbox_beside_missing_exchange, n).await;
+    }
+    execute(
+        &database,
+        format!(
+            "INSERT INTO {table} (message_id, exchange, routing_key, job, body) \
+             VALUES (gen_random_uuid(), 'eda-test.no-such-exchange-beside', 'x', 'outbox_beside_missing_exchange', '1')"
+        ),
+    )
+    .await;
+    for n in 10..20 {
+        commit_row(&database, outbox_beside_missing_exchange, n).await;
+    }
+    let relay = RunningRelay::start(&database);
+    wait_until(
+        "the good rows are sent and the bad one is recorded",
+        WAIT,
+        || async {
+            let status = outbox::status(&database).await.unwrap();
+            status.pending == 1 && !status.failing.is_empty()
+        },
+    )
+    .await;
+    relay.stop().await;
+    assert_eq!(
+        broker.ready(queue).await,
+        20,
+        "every good row reached its queue"
+    );
+    let status = outbox::status(&database).await.unwrap();
+    assert_eq!(status.failing.len(), 1);
+    assert_eq!(status.failing[0].attempts, 1, "only the bad row failed");
+    broker.delete_queue(queue).await;
+    broker.close().await;
     remove_database(database).await;
 }
 

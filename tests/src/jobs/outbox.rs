@@ -16,6 +16,8 @@ crate::job_family! {
     outbox_redeclare_other(queue = "eda-test.outbox-redeclare-other");
     // The test with a schema named like an SQL keyword.
     outbox_keyword_schema(queue = "eda-test.outbox-keyword-schema");
+    // Rows sent beside a row for a missing exchange.
+    outbox_beside_missing_exchange(queue = "eda-test.outbox-beside-missing-exchange");
 }
 
 crate::job_family! {
