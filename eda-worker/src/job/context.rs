@@ -107,8 +107,9 @@ pub struct JobContext {
     job: &'static str,
     queue: &'static str,
     tx: Option<SharedTx>,
-    /// The outbox of the transaction's database.
-    outbox: Outbox,
+    /// The outbox of the transaction's database (none without one: a job
+    /// without a database makes no schema name).
+    outbox: Option<Outbox>,
     follow_ups: FollowUps,
 }
 
@@ -128,7 +129,7 @@ impl JobContext {
             job,
             queue,
             tx: None,
-            outbox: Outbox::default(),
+            outbox: None,
             follow_ups: FollowUps::default(),
         }
     }
@@ -142,7 +143,7 @@ impl JobContext {
     /// The same context, with the handler's transaction and its database's outbox.
     pub(crate) fn with_tx(mut self, tx: SharedTx, outbox: Outbox) -> Self {
         self.tx = Some(tx);
-        self.outbox = outbox;
+        self.outbox = Some(outbox);
         self
     }
 
@@ -368,7 +369,8 @@ impl JobTx<'_> {
     pub async fn enqueue<J: Job>(&mut self, job: J, args: J::Args) -> Result<MessageId, Error> {
         let ctx = self.ctx;
         let correlation_id = ctx.correlation_id_for_children();
-        ctx.outbox
+        let outbox = ctx.outbox.clone().unwrap_or_default();
+        outbox
             .enqueue_correlated(self, job, args, correlation_id)
             .await
     }
