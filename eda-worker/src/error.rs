@@ -271,6 +271,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A consumer paused while PostgreSQL is away could not hand back all
+    /// of its unstarted deliveries; its channel is closed, which does.
+    #[error(
+        "could not pause the consumer of queue `{queue}` cleanly; its channel is closed so that the broker takes back its unstarted messages"
+    )]
+    ConsumerPauseFailed {
+        /// The queue.
+        queue: String,
+    },
+
     /// An ack could not be sent because the channel had closed.
     #[error(
         "could not ack delivery {tag} on queue `{queue}`: the channel is closed; the message will be redelivered"

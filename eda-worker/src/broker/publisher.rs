@@ -1,32 +1,33 @@
 //! Confirmed publishing: many publishes in flight per channel, each
 //! caller told exactly whether a queue took its message.
 //!
-//! Driver tasks, each with one confirm-mode channel, take publishes from a
-//! shared queue and pipeline them on their channel. The hard part is
+//! A few driver tasks, each with one confirm-mode channel, take publishes
+//! from a shared queue and pipeline them on their channel. The hard part is
 //! `basic.return` (an unroutable `mandatory` message): the broker sends it
-//! before the message's ack, and lapin hands it to whichever pending
-//! confirm of the channel completes next, which may be another message's,
-//! earlier or later. What makes it exact:
+//! before the message's ack, and lapin hands the oldest waiting return to
+//! whichever pending confirm of the channel it completes next, which may be
+//! another message's, earlier or later (a multiple ack completes its
+//! confirms in no particular order). So a driver gathers its publishes in
+//! rounds: a round takes publishes until it holds [`ROUND_MAX`], and ends
+//! when every confirm of the round has come back, with nothing else in
+//! flight on the channel. Then no return can still be waiting in lapin
+//! (each comes before its own ack, and each ack takes one), every return of
+//! the round has been seen on some confirm of the round, and each is
+//! matched to its publish by message id. The callers hear their verdicts
+//! then, and the next round begins.
 //!
-//! - lapin keeps returns in arrival order and gives the oldest to each
-//!   confirm it completes; the broker handles one channel's publishes in
-//!   order, so the return of publish `k` comes after the returns of the
-//!   publishes before it. Once every publish up to `k` is confirmed, the
-//!   returns still waiting in lapin can only be later publishes' (each of
-//!   them comes before its own ack), and the oldest of the waiting ones
-//!   would be `k`'s: so `k`'s return, if any, has been handed to a confirm
-//!   that completed before the last of those.
-//! - The driver sees the confirms in the order lapin completed them (each
-//!   wakes its future as it completes), so by then it has seen that return
-//!   too, and matches it to its publish by message id.
+//! A verdict given earlier, once every publish before it is confirmed,
+//! would not be exact: the return of one publish may ride on the confirm of
+//! a later one that a multiple ack completed first, and the driver may see
+//! that confirm after the one it was waiting for.
 //!
-//! So a publish's verdict is given once every publish before it on the
-//! channel, and itself, is confirmed: a watermark over the order in which
-//! they went out, as with an ack tracker. A caller that gives up (a
-//! timeout) only stops waiting: its publish stays, and so does the order.
+//! A caller that gives up (a timeout) only stops waiting: its publish stays
+//! in its round, so the round still ends exactly. Publishes in one round
+//! with the same message id (or none) all hear of a return with that id:
+//! a publish that was stored may then be retried (a duplicate, which the
+//! inbox drops), but none that was returned passes as stored.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::StreamExt;
@@ -42,9 +43,10 @@ use tokio_util::sync::CancellationToken;
 use super::BROKER_CALL_TIMEOUT;
 use crate::Error;
 
-/// Publishes in flight on one channel at most: past this, a driver takes no
-/// more until confirms come back.
-const IN_FLIGHT_MAX: usize = 1024;
+/// Publishes a round takes at most: past this, a driver waits for the
+/// round's confirms before it takes more, so that its callers hear their
+/// verdicts even while publishes keep coming.
+pub(crate) const ROUND_MAX: usize = 128;
 
 /// Publishes with confirms over `channels` confirm-mode channels of one
 /// connection, opened as needed, with many publishes in flight on each.
@@ -68,7 +70,11 @@ impl Publisher {
         let stop = CancellationToken::new();
         let drivers = (0..channels.max(1))
             .map(|_| {
-                let driver = Driver::new(connection.clone());
+                let driver = Driver {
+                    connection: connection.clone(),
+                    channel: None,
+                    round: Round::default(),
+                };
                 tokio::spawn(driver.run(queue.clone(), stop.clone()))
             })
             .collect();
@@ -138,7 +144,7 @@ impl Publisher {
         heard.await.unwrap_or(Err(failed))
     }
 
-    /// Stops the drivers, each once what is in flight on it is told (bounded), and
+    /// Stops the drivers, each once its round has ended (bounded), and
     /// closes their channels (before the connection, so that lapin does not
     /// try to close them on a closing connection).
     pub(crate) async fn close(&self) {
@@ -166,105 +172,81 @@ fn not_connected(why: &str) -> lapin::Error {
     ))
 }
 
-/// A publish taken by a driver whose caller has not heard its verdict.
-struct Waiting {
+/// The publishes of one channel whose round has not ended.
+#[derive(Default)]
+struct Round {
+    /// The publishes sent in this round, with their confirms once in.
+    sent: Vec<Sent>,
+    /// Returned messages seen in this round: message id (absent: empty) to
+    /// the broker's reply code and text.
+    returned: HashMap<String, (u16, String)>,
+}
+
+struct Sent {
     /// The message without its body and properties, which went to lapin.
     message: Outgoing,
     verdict: oneshot::Sender<Result<(), Error>>,
     /// The message id its properties carry (absent: empty).
     wire_id: String,
+    confirm: Option<Result<Confirmation, lapin::Error>>,
 }
 
-/// A publish's confirm, back from lapin: which publish (its slot), its
-/// place in the channel's order, and lapin's answer.
-type Confirmed = (u64, u64, Result<Confirmation, lapin::Error>);
-
-type Pending = FuturesUnordered<futures_util::future::BoxFuture<'static, Confirmed>>;
-
-/// One confirm-mode channel and what is in flight on it.
+/// One channel and the round on it.
 struct Driver {
     connection: Arc<Connection>,
     channel: Option<Channel>,
-    /// Hands out the channel's order: each publish takes the next number as
-    /// it goes out (lapin assigns delivery tags then, in the same order).
-    order: Arc<AtomicU64>,
-    /// Every publish up to here (in that order) has been told its verdict.
-    watermark: u64,
-    /// Publishes taken and not yet told, by slot.
-    waiting: HashMap<u64, Waiting>,
-    next_slot: u64,
-    /// Confirms in, by order, waiting for the watermark.
-    confirmed: BTreeMap<u64, (u64, Result<Confirmation, lapin::Error>)>,
-    /// Returns seen: message id (absent: empty) to the broker's reply code
-    /// and text; kept while a publish with that id waits.
-    returned: HashMap<String, (u16, String)>,
-    /// Publishes waiting, by message id.
-    waiting_ids: HashMap<String, usize>,
-    /// A publish to a named exchange is in flight, alone.
-    alone_in_flight: bool,
+    round: Round,
 }
 
-impl Driver {
-    fn new(connection: Arc<Connection>) -> Self {
-        Driver {
-            connection,
-            channel: None,
-            order: Arc::new(AtomicU64::new(0)),
-            watermark: 0,
-            waiting: HashMap::new(),
-            next_slot: 0,
-            confirmed: BTreeMap::new(),
-            returned: HashMap::new(),
-            waiting_ids: HashMap::new(),
-            alone_in_flight: false,
-        }
-    }
+type Pending = FuturesUnordered<
+    futures_util::future::BoxFuture<'static, (usize, Result<Confirmation, lapin::Error>)>,
+>;
 
+impl Driver {
     async fn run(mut self, queue: flume::Receiver<Request>, stop: CancellationToken) {
         let mut pending: Pending = FuturesUnordered::new();
-        // A publish to a named exchange, waiting for the channel to be idle.
+        // A publish that goes in a round of its own, waiting for the current one to end.
         let mut alone: Option<Request> = None;
         loop {
-            if self.waiting.is_empty() {
-                self.alone_in_flight = false;
-                if let Some(request) = alone.take() {
-                    self.alone_in_flight = true;
-                    self.send(request, &mut pending).await;
-                }
+            if pending.is_empty()
+                && let Some(request) = alone.take()
+            {
+                self.send(request, &mut pending).await;
             }
-            let open = self.waiting.len() < IN_FLIGHT_MAX
+            let open = self.round.sent.len() < ROUND_MAX
                 && alone.is_none()
-                && !self.alone_in_flight
+                && !self
+                    .round
+                    .sent
+                    .first()
+                    .is_some_and(|sent| goes_alone(&sent.message))
                 && !stop.is_cancelled();
             tokio::select! {
                 biased;
-                Some(confirmed) = pending.next(), if !pending.is_empty() => self.confirmed(confirmed),
+                Some((index, confirm)) = pending.next(), if !pending.is_empty() => {
+                    self.confirmed(index, confirm);
+                    if pending.is_empty() {
+                        self.end_round();
+                    }
+                }
                 request = queue.recv_async(), if open => match request {
-                    Ok(request) if goes_alone(&request.message) && !self.waiting.is_empty() => {
+                    Ok(request) if goes_alone(&request.message) && !pending.is_empty() => {
                         alone = Some(request);
                     }
-                    Ok(request) => {
-                        self.alone_in_flight = goes_alone(&request.message);
-                        self.send(request, &mut pending).await;
-                    }
+                    Ok(request) => self.send(request, &mut pending).await,
                     Err(_) => break,
                 },
                 () = stop.cancelled() => break,
             }
         }
-        // What is in flight is told first, within a bound.
+        // The round in progress ends first, within a bound.
         let drained = async {
-            while let Some(confirmed) = pending.next().await {
-                self.confirmed(confirmed);
+            while let Some((index, confirm)) = pending.next().await {
+                self.confirmed(index, confirm);
             }
         };
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, drained).await;
-        for (_, waiting) in self.waiting.drain() {
-            let stopped = not_connected("no confirm came before the publisher stopped");
-            let _ = waiting
-                .verdict
-                .send(Err(publish_error(&waiting.message, stopped)));
-        }
+        self.end_round();
         if let Some(channel) = self.channel.take()
             && channel.status().connected()
         {
@@ -272,6 +254,15 @@ impl Driver {
             if let Ok(Err(error)) = tokio::time::timeout(BROKER_CALL_TIMEOUT, close).await {
                 tracing::debug!(error = %error, "publishing channel close failed");
             }
+        }
+        // Publishes still queued hear that the publisher stopped, rather than
+        // wait for it to be dropped.
+        let stopped = alone
+            .into_iter()
+            .chain(std::iter::from_fn(|| queue.try_recv().ok()));
+        for request in stopped {
+            let error = publish_error(&request.message, not_connected("the publisher is closed"));
+            let _ = request.verdict.send(Err(error));
         }
     }
 
@@ -302,25 +293,18 @@ impl Driver {
             .unwrap_or_default();
         let exchange = ShortString::from(message.exchange.as_str());
         let routing_key = ShortString::from(message.routing_key.as_str());
-        *self.waiting_ids.entry(wire_id.clone()).or_default() += 1;
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        self.waiting.insert(
-            slot,
-            Waiting {
-                message,
-                verdict,
-                wire_id,
-            },
-        );
-        let order = self.order.clone();
+        let index = self.round.sent.len();
+        self.round.sent.push(Sent {
+            message,
+            verdict,
+            wire_id,
+            confirm: None,
+        });
         pending.push(Box::pin(async move {
             let options = BasicPublishOptions {
                 mandatory: true,
                 immediate: false,
             };
-            // Taken in the same poll as lapin takes the delivery tag: same order.
-            let place = order.fetch_add(1, Ordering::Relaxed);
             let confirm = channel
                 .basic_publish(exchange, routing_key, options, &body, properties)
                 .await;
@@ -328,17 +312,17 @@ impl Driver {
                 Ok(confirm) => confirm.await,
                 Err(error) => Err(error),
             };
-            (slot, place, confirm)
+            (index, confirm)
         }));
     }
 
     /// This driver's channel, opened in confirm mode if it has none that is
     /// usable; failing with what failed and lapin's (cloneable) error. A
-    /// channel is replaced only when nothing waits on it: a dead one fails
-    /// every confirm in flight.
+    /// channel is replaced only between rounds: a dead one fails every
+    /// confirm of its round, which ends it.
     async fn channel(&mut self) -> Result<Channel, (&'static str, lapin::Error)> {
         if let Some(channel) = &self.channel
-            && (channel.status().connected() || !self.waiting.is_empty())
+            && (channel.status().connected() || !self.round.sent.is_empty())
         {
             return Ok(channel.clone());
         }
@@ -354,18 +338,13 @@ impl Driver {
         .await
         .unwrap_or_else(|_| Err(timed_out()))
         .map_err(|source| ("enable publisher confirms", source))?;
-        // A new channel has an order of its own.
-        self.order = Arc::new(AtomicU64::new(0));
-        self.watermark = 0;
-        self.confirmed.clear();
-        self.returned.clear();
         self.channel = Some(channel.clone());
         Ok(channel)
     }
 
-    /// Records a confirm and the returned message it carries, whichever
-    /// publish that belongs to, then tells every publish the watermark passes.
-    fn confirmed(&mut self, (slot, place, confirm): Confirmed) {
+    /// Records the confirm of publish `index`, and the returned message it
+    /// carries, whichever publish that belongs to.
+    fn confirmed(&mut self, index: usize, confirm: Result<Confirmation, lapin::Error>) {
         if let Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) = &confirm
         {
             let id = returned
@@ -374,44 +353,33 @@ impl Driver {
                 .as_ref()
                 .map(|id| id.to_string())
                 .unwrap_or_default();
-            self.returned
+            self.round
+                .returned
                 .insert(id, (returned.reply_code, returned.reply_text.to_string()));
         }
-        self.confirmed.insert(place, (slot, confirm));
-        while let Some(entry) = self.confirmed.first_entry()
-            && *entry.key() == self.watermark
-        {
-            let (slot, confirm) = entry.remove();
-            self.watermark += 1;
-            self.tell(slot, confirm);
+        if let Some(sent) = self.round.sent.get_mut(index) {
+            sent.confirm = Some(confirm);
         }
     }
 
-    /// Tells the caller of `slot` its verdict.
-    fn tell(&mut self, slot: u64, confirm: Result<Confirmation, lapin::Error>) {
-        let Some(waiting) = self.waiting.remove(&slot) else {
-            return;
-        };
-        let verdict = verdict(
-            &waiting.message,
-            self.returned.get(&waiting.wire_id),
-            confirm,
-        );
-        let _ = waiting.verdict.send(verdict);
-        // A return stays while another publish with its id waits: two
-        // publishes with one id both hear of it, rather than one hearing
-        // of the other's.
-        if let Some(count) = self.waiting_ids.get_mut(&waiting.wire_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.waiting_ids.remove(&waiting.wire_id);
-                self.returned.remove(&waiting.wire_id);
-            }
+    /// Every confirm of the round is in: tells each caller its verdict.
+    fn end_round(&mut self) {
+        let Round { sent, returned } = std::mem::take(&mut self.round);
+        for sent in sent {
+            let message = &sent.message;
+            let verdict = match sent.confirm {
+                None => Err(publish_error(
+                    message,
+                    not_connected("no confirm came before the publisher stopped"),
+                )),
+                Some(confirm) => verdict(message, returned.get(&sent.wire_id), confirm),
+            };
+            let _ = sent.verdict.send(verdict);
         }
     }
 }
 
-/// Whether `message` goes alone on its channel: one for a named exchange,
+/// Whether `message` goes in a round of its own: one for a named exchange,
 /// which may be missing, and publishing to a missing exchange closes the
 /// channel and fails every publish in flight on it. The default exchange
 /// always exists (a missing queue only returns the message).

@@ -177,8 +177,16 @@ impl QueueConsumer {
                 && let Some(running) = consumer.take()
             {
                 // Stop taking jobs the database would fail, and hand back the
-                // prefetched ones for a worker that can run them.
-                self.stop_consuming(running, BROKER_CALL_TIMEOUT).await;
+                // prefetched ones for a worker that can run them. The channel
+                // stays for a new consumer later, so every one must be handed
+                // back: one left behind would sit below the new consumer's tags,
+                // and its first multiple ack would ack it unrun. If that fails,
+                // the channel goes, and the broker takes them all back.
+                if !self.stop_consuming(running, BROKER_CALL_TIMEOUT).await {
+                    break ConsumerEnd::Lost(Error::ConsumerPauseFailed {
+                        queue: queue.to_owned(),
+                    });
+                }
                 tracing::warn!(
                     queue,
                     "PostgreSQL is away: stopped taking jobs from this queue until it answers"
@@ -188,6 +196,13 @@ impl QueueConsumer {
             tokio::select! {
                 biased;
                 () = &mut cancelled => break ConsumerEnd::Shutdown,
+                // Before the results: under load they never stop coming, and
+                // finished deliveries behind a slow one must not wait for it.
+                _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
+                    if let Err(error) = self.send_acks(true) {
+                        break ConsumerEnd::Lost(error);
+                    }
+                }
                 Some(finished) = self.finished_rx.recv() => {
                     // A delivery handed back (its retry or dead letter could not be
                     // published for a long while, or the database is away) is requeued
@@ -197,11 +212,6 @@ impl QueueConsumer {
                         && let Err(error) = self.send_acks(false) {
                             break ConsumerEnd::Lost(error);
                         }
-                }
-                _ = flush_timer.tick(), if self.tracker.finished_count() > 0 => {
-                    if let Err(error) = self.send_acks(true) {
-                        break ConsumerEnd::Lost(error);
-                    }
                 }
                 () = database_change(&mut health) => {
                     let up = health.as_ref().is_some_and(|health| *health.borrow());
@@ -250,6 +260,7 @@ impl QueueConsumer {
         // than when this one has finished draining.
         if let Some(consumer) = consumer {
             let lost = matches!(end, ConsumerEnd::Lost(_));
+            // Whatever is left, the channel's close hands back.
             self.stop_consuming(consumer, close_wait(lost)).await;
         }
         end
@@ -295,25 +306,31 @@ impl QueueConsumer {
 
     /// Cancels `consumer` (waiting up to `wait` for the broker) and hands
     /// back what it delivered but nothing started. Their tags are above
-    /// every started one, so later multiple acks never cover them.
-    async fn stop_consuming(&mut self, mut consumer: lapin::Consumer, wait: Duration) {
+    /// every started one, so the multiple acks of this consumer's deliveries
+    /// never cover them. Says whether all of it went as it should: the
+    /// cancel was confirmed and every unstarted delivery handed back.
+    async fn stop_consuming(&mut self, mut consumer: lapin::Consumer, wait: Duration) -> bool {
         let queue = self.jobs.queue;
         if !self.alive() {
-            return;
+            return false;
         }
         let cancel = self
             .channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default());
-        match tokio::time::timeout(wait, cancel).await {
-            Ok(Ok(())) => {}
+        let mut clean = match tokio::time::timeout(wait, cancel).await {
+            Ok(Ok(())) => true,
             Ok(Err(error)) => {
-                tracing::warn!(queue, error = %error, "could not cancel the consumer")
+                tracing::warn!(queue, error = %error, "could not cancel the consumer");
+                false
             }
-            Err(_) => tracing::warn!(
-                queue,
-                "the broker did not answer the consumer cancel in time"
-            ),
-        }
+            Err(_) => {
+                tracing::warn!(
+                    queue,
+                    "the broker did not answer the consumer cancel in time"
+                );
+                false
+            }
+        };
         let mut returned = 0usize;
         while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
             let requeue = BasicNackOptions {
@@ -323,6 +340,7 @@ impl QueueConsumer {
             // Bounded: on a connection that just died, lapin may never answer.
             let nacked = tokio::time::timeout(wait, delivery.acker.nack(requeue)).await;
             if !matches!(nacked, Ok(Ok(true))) {
+                clean = false;
                 break;
             }
             returned += 1;
@@ -330,6 +348,7 @@ impl QueueConsumer {
         if returned > 0 {
             tracing::info!(queue, returned, "returned unstarted messages to the queue");
         }
+        clean
     }
 
     /// Lets running handlers finish for up to the shutdown timeout, acks what
