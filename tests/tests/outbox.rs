@@ -199,19 +199,25 @@ async fn worker_outbox_status_shows_pending_rows() {
     remove_database(database).await;
 }
 
+/// Commits an outbox row of `job` for `exchange`, which does not exist.
+async fn commit_row_for_missing_exchange(database: &Database, exchange: &str, job: &str) {
+    let table = format!("{}.outbox", database.schema());
+    execute(
+        database,
+        format!(
+            "INSERT INTO {table} (message_id, exchange, routing_key, job, body) \
+             VALUES (gen_random_uuid(), '{exchange}', 'x', '{job}', '1')"
+        ),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_row_that_cannot_be_published_is_counted_and_retried_later_not_in_a_loop() {
     let database = migrated_database("eda_test_outbox_failing").await;
     let table = format!("{}.outbox", database.schema());
     // A row for an exchange that does not exist: the broker refuses the publish.
-    execute(
-        &database,
-        format!(
-            "INSERT INTO {table} (message_id, exchange, routing_key, job, body) \
-             VALUES (gen_random_uuid(), 'eda-test.no-such-exchange', 'x', 'outbox_target', '1')"
-        ),
-    )
-    .await;
+    commit_row_for_missing_exchange(&database, "eda-test.no-such-exchange", "outbox_target").await;
     let relay = RunningRelay::start(&database);
     wait_until("the failure is recorded", WAIT, || async {
         !outbox::status(&database).await.unwrap().failing.is_empty()
@@ -251,18 +257,15 @@ async fn a_row_for_a_missing_exchange_does_not_fail_the_rows_in_flight_beside_it
     let queue = <outbox_beside_missing_exchange as Job>::QUEUE;
     let broker = eda_worker_tests::broker::Broker::connect().await;
     broker.reset(queue).await;
-    let table = format!("{}.outbox", database.schema());
     // The broker closes the channel of a publish to a missing exchange: it
     // goes alone, and the rows for the default exchange around it are sent.
     for n in 0..10 {
         commit_row(&database, outbox_beside_missing_exchange, n).await;
     }
-    execute(
+    commit_row_for_missing_exchange(
         &database,
-        format!(
-            "INSERT INTO {table} (message_id, exchange, routing_key, job, body) \
-             VALUES (gen_random_uuid(), 'eda-test.no-such-exchange-beside', 'x', 'outbox_beside_missing_exchange', '1')"
-        ),
+        "eda-test.no-such-exchange-beside",
+        "outbox_beside_missing_exchange",
     )
     .await;
     for n in 10..20 {

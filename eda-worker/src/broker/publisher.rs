@@ -46,7 +46,7 @@ use crate::Error;
 /// Publishes a round takes at most: past this, a driver waits for the
 /// round's confirms before it takes more, so that its callers hear their
 /// verdicts even while publishes keep coming.
-pub(crate) const ROUND_MAX: usize = 128;
+const ROUND_MAX: usize = 128;
 
 /// Publishes with confirms over `channels` confirm-mode channels of one
 /// connection, opened as needed, with many publishes in flight on each.
@@ -126,13 +126,8 @@ impl Publisher {
     }
 
     async fn send(&self, message: Outgoing) -> Result<(), Error> {
-        let closed = |message: &Outgoing| Error::Broker {
-            operation: format!(
-                "publish of message {} to `{}`",
-                message.message_id, message.routing_key
-            ),
-            source: not_connected("the publisher is closed"),
-        };
+        let closed =
+            |message: &Outgoing| publish_error(message, not_connected("the publisher is closed"));
         if self.stop.is_cancelled() {
             return Err(closed(&message));
         }
@@ -286,11 +281,7 @@ impl Driver {
         } = request;
         let body = std::mem::take(&mut message.body);
         let properties = std::mem::take(&mut message.properties);
-        let wire_id = properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string())
-            .unwrap_or_default();
+        let wire_id = wire_id(&properties);
         let exchange = ShortString::from(message.exchange.as_str());
         let routing_key = ShortString::from(message.routing_key.as_str());
         let index = self.round.sent.len();
@@ -347,15 +338,10 @@ impl Driver {
     fn confirmed(&mut self, index: usize, confirm: Result<Confirmation, lapin::Error>) {
         if let Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) = &confirm
         {
-            let id = returned
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.to_string())
-                .unwrap_or_default();
-            self.round
-                .returned
-                .insert(id, (returned.reply_code, returned.reply_text.to_string()));
+            self.round.returned.insert(
+                wire_id(&returned.properties),
+                (returned.reply_code, returned.reply_text.to_string()),
+            );
         }
         if let Some(sent) = self.round.sent.get_mut(index) {
             sent.confirm = Some(confirm);
@@ -385,6 +371,16 @@ impl Driver {
 /// always exists (a missing queue only returns the message).
 fn goes_alone(message: &Outgoing) -> bool {
     !message.exchange.is_empty()
+}
+
+/// The message id `properties` carry (absent: empty), by which returns are
+/// matched to publishes.
+fn wire_id(properties: &BasicProperties) -> String {
+    properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default()
 }
 
 fn publish_error(message: &Outgoing, source: lapin::Error) -> Error {

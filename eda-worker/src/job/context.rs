@@ -10,11 +10,9 @@ use sqlx::PgConnection;
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
-use crate::wire::MessageId;
-
 use crate::outbox::Outbox;
 use crate::postgres::transaction::JobTransaction;
-use crate::wire::Envelope;
+use crate::wire::{Envelope, MessageId, correlation_or_message_id};
 use crate::{Error, Job, QueueType};
 
 /// A job a handler enqueued without a database: published by the worker
@@ -150,9 +148,7 @@ impl JobContext {
     /// The correlation id of the jobs this one enqueues: its own, or its
     /// message id when it has none.
     fn correlation_id_for_children(&self) -> String {
-        self.correlation_id
-            .clone()
-            .unwrap_or_else(|| self.message_id.clone())
+        self.correlation_id().unwrap_or_default().to_owned()
     }
 
     /// The jobs enqueued with [`JobContext::enqueue`] without a database.
@@ -263,9 +259,7 @@ impl JobContext {
     /// message names, else its message id (a foreign message with neither
     /// has none).
     pub fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id
-            .as_deref()
-            .or_else(|| Some(self.message_id.as_str()).filter(|id| !id.is_empty()))
+        correlation_or_message_id(self.correlation_id.as_deref(), &self.message_id)
     }
 
     /// The job's wire name.

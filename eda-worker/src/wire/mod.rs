@@ -113,9 +113,7 @@ impl Envelope {
     /// The correlation id: the one on the wire, else the message id (a
     /// message without either has none).
     pub(crate) fn correlation_id(&self) -> Option<&str> {
-        self.correlation_id
-            .as_deref()
-            .or_else(|| Some(self.message_id.as_str()).filter(|id| !id.is_empty()))
+        correlation_or_message_id(self.correlation_id.as_deref(), &self.message_id)
     }
 
     /// Reads the envelope of a received message. A message without an id
@@ -142,6 +140,15 @@ impl Envelope {
             eta: header_u64(properties, HEADER_ETA),
         }
     }
+}
+
+/// A message's correlation id: `correlation_id` when it has one, else its
+/// message id (absent, or empty, when it has neither).
+pub(crate) fn correlation_or_message_id<'a>(
+    correlation_id: Option<&'a str>,
+    message_id: &'a str,
+) -> Option<&'a str> {
+    correlation_id.or_else(|| Some(message_id).filter(|id| !id.is_empty()))
 }
 
 /// When a message was enqueued, in ms since the epoch: from its id when

@@ -123,9 +123,8 @@ impl Dispatch {
     }
 }
 
-/// A delivery as its handler task takes it: lapin's `Delivery` without its
-/// acker, which the consumer keeps to settle it (moved, not cloned: a clone
-/// costs several reference counts per job), nor its exchange and routing key.
+/// A delivery as its handler takes it: lapin's `Delivery` without its acker
+/// (the consumer settles it by tag), exchange and routing key.
 #[derive(Debug)]
 pub(crate) struct Received {
     pub(crate) redelivered: bool,
