@@ -23,6 +23,7 @@ mod broker;
 mod database;
 mod dead_letter;
 mod jobs;
+mod log_fields;
 mod outbox;
 mod relay;
 mod run;
@@ -147,6 +148,7 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(log_fields::BufferedFields::default())
         .try_init();
 }
 
