@@ -174,6 +174,9 @@ enum Drain {
 #[derive(Debug, Ser, De)]
 struct DrainResult {
     messages: u64,
+    /// From the start (before connecting) to the first delivery.
+    startup_seconds: f64,
+    /// From the first delivery to the last ack: the rate's time.
     seconds: f64,
     peak_rss_kb: u64,
     /// User + system CPU time of the child, in seconds.
@@ -228,12 +231,12 @@ async fn main() -> anyhow::Result<()> {
                 ack_every,
             )
             .await?;
-            println!("{}", serde_json::to_string(&finish(result.0, result.1))?);
+            println!("{}", serde_json::to_string(&finish(result))?);
             Ok(())
         }
         Some(Mode::EdaDrain) => {
-            let (messages, seconds) = eda_drain(&settings).await?;
-            println!("{}", serde_json::to_string(&finish(messages, seconds))?);
+            let drained = eda_drain(&settings).await?;
+            println!("{}", serde_json::to_string(&finish(drained))?);
             Ok(())
         }
         Some(Mode::RawFailOnce) => {
@@ -360,10 +363,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl DrainResult {
-    /// Several drains as one: summed messages, time and CPU; the highest peak RSS.
+    /// Several drains as one: summed messages, time and CPU; the mean
+    /// startup; the highest peak RSS.
     fn merge(runs: &[DrainResult]) -> DrainResult {
         DrainResult {
             messages: runs.iter().map(|run| run.messages).sum(),
+            startup_seconds: runs.iter().map(|run| run.startup_seconds).sum::<f64>()
+                / runs.len().max(1) as f64,
             seconds: runs.iter().map(|run| run.seconds).sum(),
             peak_rss_kb: runs.iter().map(|run| run.peak_rss_kb).max().unwrap_or(0),
             cpu_seconds: runs.iter().map(|run| run.cpu_seconds).sum(),
@@ -379,10 +385,11 @@ impl DrainResult {
     }
 }
 
-fn finish(messages: u64, seconds: f64) -> DrainResult {
+fn finish(drained: raw::Drained) -> DrainResult {
     DrainResult {
-        messages,
-        seconds,
+        messages: drained.messages,
+        startup_seconds: drained.startup_seconds,
+        seconds: drained.seconds,
         peak_rss_kb: peak_rss_kb(),
         cpu_seconds: cpu_seconds(),
     }
@@ -543,6 +550,11 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
         "  peak RSS (MB)",
         eda.peak_rss_kb,
         multi.peak_rss_kb,
+    ));
+    table.push(Row::latency(
+        "  start to first delivery, not in the rate (ms)",
+        eda.startup_seconds * 1e3,
+        multi.startup_seconds * 1e3,
     ));
     table.push(Row::throughput(
         &format!("drain no-op jobs vs raw lapin, bare messages, multi-ack every {every} (msg/s)"),
@@ -726,7 +738,10 @@ async fn eda_enqueue(client: &Client, count: u64, callers: usize) -> anyhow::Res
 }
 
 /// Runs a worker until `messages` no-op jobs ran, then stops it gracefully.
-async fn eda_drain(settings: &Settings) -> anyhow::Result<(u64, f64)> {
+/// Its drain time runs from the first job to the end of the stop, which
+/// flushes the last acks; the startup (connecting, declaring the queue's
+/// topology) is reported on its own.
+async fn eda_drain(settings: &Settings) -> anyhow::Result<raw::Drained> {
     // As the `worker` command runs: its logs on, at info.
     eda_worker::cli::init_tracing();
     TARGET.store(settings.messages, Ordering::Relaxed);
@@ -749,22 +764,14 @@ async fn eda_drain(settings: &Settings) -> anyhow::Result<(u64, f64)> {
             settings.messages
         );
     }
-    let last_job = Instant::now();
-    // Stopping flushes the last acks: the figure includes them.
     token.cancel();
     running.await.context("worker task")??;
-    if let Some(first) = FIRST_JOB.get() {
-        eprintln!(
-            "eda drain: first job after {:?}, jobs ran for {:?}, stop took {:?}",
-            first.duration_since(started),
-            last_job.duration_since(*first),
-            last_job.elapsed()
-        );
-    }
-    Ok((
-        DONE.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64(),
-    ))
+    let first = *FIRST_JOB.get().context("no job ran")?;
+    Ok(raw::Drained {
+        messages: DONE.load(Ordering::Relaxed),
+        startup_seconds: first.duration_since(started).as_secs_f64(),
+        seconds: first.elapsed().as_secs_f64(),
+    })
 }
 
 /// Runs this binary in a drain mode and reads its result.

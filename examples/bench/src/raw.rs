@@ -286,21 +286,32 @@ async fn publish_on<T: Serialize + 'static>(
     Ok(latencies)
 }
 
+/// What a drain measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drained {
+    pub(crate) messages: u64,
+    /// From the start, before connecting, to the first delivery.
+    pub(crate) startup_seconds: f64,
+    /// From the first delivery to the last ack.
+    pub(crate) seconds: f64,
+}
+
 /// Consumes `count` messages from `queue` with `consumers` consumers
 /// (`prefetch` each), acking every `ack_every` messages with `multiple`
-/// (1: one ack per message). Returns the messages and the seconds taken.
+/// (1: one ack per message).
 pub(crate) async fn drain(
     queue: &str,
     count: u64,
     prefetch: u16,
     consumers: usize,
     ack_every: u64,
-) -> anyhow::Result<(u64, f64)> {
+) -> anyhow::Result<Drained> {
     let url = eda_worker::amqp_url_from_env();
+    let started = Instant::now();
     let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
     let done = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::OnceLock::new());
     let finished = CancellationToken::new();
-    let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..consumers {
         let channel = connection.create_channel().await?;
@@ -308,7 +319,7 @@ pub(crate) async fn drain(
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         let mut consumer = consume(&channel, queue, &format!("raw-{index}")).await?;
-        let (done, finished) = (done.clone(), finished.clone());
+        let (done, first, finished) = (done.clone(), first.clone(), finished.clone());
         tasks.spawn(async move {
             let mut unacked = 0u64;
             let mut last = None;
@@ -319,6 +330,7 @@ pub(crate) async fn drain(
                 };
                 let Some(delivery) = delivery else { break };
                 let delivery = delivery?;
+                first.get_or_init(Instant::now);
                 unacked += 1;
                 if unacked >= ack_every {
                     delivery
@@ -346,9 +358,14 @@ pub(crate) async fn drain(
     while let Some(joined) = tasks.join_next().await {
         joined.context("drain task")??;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let first = *first.get().context("no message came")?;
+    let drained = Drained {
+        messages: done.load(Ordering::Relaxed),
+        startup_seconds: first.duration_since(started).as_secs_f64(),
+        seconds: first.elapsed().as_secs_f64(),
+    };
     connection.close(200, "done".into()).await?;
-    Ok((done.load(Ordering::Relaxed), seconds))
+    Ok(drained)
 }
 
 /// The fail-once flow by hand: consumes `queue`; a first attempt is
