@@ -132,11 +132,17 @@ impl Publisher {
             return Err(closed(&message));
         }
         let (verdict, heard) = oneshot::channel();
-        let failed = closed(&message);
-        if self.requests.send(Request { message, verdict }).is_err() {
-            return Err(failed);
+        if let Err(flume::SendError(request)) = self.requests.send(Request { message, verdict }) {
+            return Err(closed(&request.message));
         }
-        heard.await.unwrap_or(Err(failed))
+        // A driver answers every request it takes, even as it stops; only a
+        // driver that panicked drops one unanswered.
+        heard.await.unwrap_or_else(|_| {
+            Err(Error::Broker {
+                operation: "publish".to_owned(),
+                source: not_connected("the publishing task ended without a verdict"),
+            })
+        })
     }
 
     /// Stops the drivers, each once its round has ended (bounded), and
@@ -181,8 +187,9 @@ struct Sent {
     /// The message without its body and properties, which went to lapin.
     message: Outgoing,
     verdict: oneshot::Sender<Result<(), Error>>,
-    /// The message id its properties carry (absent: empty).
-    wire_id: String,
+    /// The message id its properties carry (absent: empty), when it is not
+    /// `message.message_id`.
+    wire_id: Option<String>,
     confirm: Option<Result<Confirmation, lapin::Error>>,
 }
 
@@ -281,7 +288,11 @@ impl Driver {
         } = request;
         let body = std::mem::take(&mut message.body);
         let properties = std::mem::take(&mut message.properties);
-        let wire_id = wire_id(&properties);
+        let wire_id = properties
+            .message_id()
+            .as_ref()
+            .is_none_or(|id| id.as_str() != message.message_id)
+            .then(|| wire_id(&properties));
         let exchange = ShortString::from(message.exchange.as_str());
         let routing_key = ShortString::from(message.routing_key.as_str());
         let index = self.round.sent.len();
@@ -358,7 +369,10 @@ impl Driver {
                     message,
                     not_connected("no confirm came before the publisher stopped"),
                 )),
-                Some(confirm) => verdict(message, returned.get(&sent.wire_id), confirm),
+                Some(confirm) => {
+                    let wire_id = sent.wire_id.as_deref().unwrap_or(&message.message_id);
+                    verdict(message, returned.get(wire_id), confirm)
+                }
             };
             let _ = sent.verdict.send(verdict);
         }

@@ -247,15 +247,10 @@ impl Client {
         let message_id = envelope.message_id.clone();
         let eta = envelope.eta;
         let properties = envelope.into_properties()?;
+        // Kept for the second try below, which only a delayed publish makes.
+        let again = eta.map(|_| properties.clone());
         let published = self
-            .publish_once(
-                queue,
-                queue_type,
-                &message_id,
-                body,
-                properties.clone(),
-                eta,
-            )
+            .publish_once(queue, queue_type, &message_id, body, properties, eta)
             .await;
         match published {
             // A queue was deleted under us: declare it again on the next enqueue
@@ -265,9 +260,9 @@ impl Client {
             // since a missing delay queue is eda-worker's business, not the caller's.
             Err(Error::Unroutable { .. }) => {
                 self.forget_declared(queue);
-                if eta.is_none() {
+                let Some(properties) = again else {
                     return published;
-                }
+                };
                 tracing::warn!(
                     queue,
                     "a delay queue of this job was missing; declaring it again"
