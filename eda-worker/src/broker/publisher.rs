@@ -8,13 +8,18 @@
 //! whichever pending confirm of the channel it completes next, which may be
 //! another message's, earlier or later (a multiple ack completes its
 //! confirms in no particular order). So a driver gathers its publishes in
-//! rounds: a round takes publishes until it holds [`ROUND_MAX`], and ends
-//! when every confirm of the round has come back, with nothing else in
-//! flight on the channel. Then no return can still be waiting in lapin
-//! (each comes before its own ack, and each ack takes one), every return of
-//! the round has been seen on some confirm of the round, and each is
-//! matched to its publish by message id. The callers hear their verdicts
-//! then, and the next round begins.
+//! rounds: a round takes publishes until its first confirm comes back or it
+//! holds [`ROUND_MAX`], and ends when every confirm of the round has come
+//! back, with nothing else in flight on the channel. Then no return can
+//! still be waiting in lapin (each comes before its own ack, and each ack
+//! takes one), every return of the round has been seen on some confirm of
+//! the round, and each is matched to its publish by message id. The callers
+//! hear their verdicts then, and the next round begins.
+//!
+//! One driver at a time takes publishes (it holds the intake, a semaphore
+//! of one permit), and hands the intake on as its round stops taking them:
+//! while one round waits for its last confirms, the next fills on another
+//! channel, so that publishes flow without a pause at each round's end.
 //!
 //! A verdict given earlier, once every publish before it is confirmed,
 //! would not be exact: the return of one publish may ride on the confirm of
@@ -36,7 +41,7 @@ use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +73,7 @@ impl Publisher {
     pub(crate) fn new(connection: Arc<Connection>, channels: usize) -> Self {
         let (requests, queue) = flume::unbounded();
         let stop = CancellationToken::new();
+        let intake = Arc::new(Semaphore::new(1));
         let drivers = (0..channels.max(1))
             .map(|_| {
                 let driver = Driver {
@@ -75,7 +81,7 @@ impl Publisher {
                     channel: None,
                     round: Round::default(),
                 };
-                tokio::spawn(driver.run(queue.clone(), stop.clone()))
+                tokio::spawn(driver.run(queue.clone(), intake.clone(), stop.clone()))
             })
             .collect();
         Publisher {
@@ -181,6 +187,8 @@ struct Round {
     /// Returned messages seen in this round: message id (absent: empty) to
     /// the broker's reply code and text.
     returned: HashMap<String, (u16, String)>,
+    /// A confirm of the round came back: the round takes no more publishes.
+    confirming: bool,
 }
 
 struct Sent {
@@ -205,10 +213,17 @@ type Pending = FuturesUnordered<
 >;
 
 impl Driver {
-    async fn run(mut self, queue: flume::Receiver<Request>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        queue: flume::Receiver<Request>,
+        intakes: Arc<Semaphore>,
+        stop: CancellationToken,
+    ) {
         let mut pending: Pending = FuturesUnordered::new();
         // A publish that goes in a round of its own, waiting for the current one to end.
         let mut alone: Option<Request> = None;
+        // Held while this driver's round takes publishes.
+        let mut intake: Option<OwnedSemaphorePermit> = None;
         loop {
             if pending.is_empty()
                 && let Some(request) = alone.take()
@@ -216,6 +231,7 @@ impl Driver {
                 self.send(request, &mut pending).await;
             }
             let open = self.round.sent.len() < ROUND_MAX
+                && !self.round.confirming
                 && alone.is_none()
                 && !self
                     .round
@@ -223,6 +239,10 @@ impl Driver {
                     .first()
                     .is_some_and(|sent| goes_alone(&sent.message))
                 && !stop.is_cancelled();
+            if !open {
+                // The next publishes go to another driver's round.
+                intake = None;
+            }
             tokio::select! {
                 biased;
                 Some((index, confirm)) = pending.next(), if !pending.is_empty() => {
@@ -231,7 +251,10 @@ impl Driver {
                         self.end_round();
                     }
                 }
-                request = queue.recv_async(), if open => match request {
+                permit = intakes.clone().acquire_owned(), if open && intake.is_none() => {
+                    intake = permit.ok();
+                }
+                request = queue.recv_async(), if open && intake.is_some() => match request {
                     Ok(request) if goes_alone(&request.message) && !pending.is_empty() => {
                         alone = Some(request);
                     }
@@ -357,11 +380,12 @@ impl Driver {
         if let Some(sent) = self.round.sent.get_mut(index) {
             sent.confirm = Some(confirm);
         }
+        self.round.confirming = true;
     }
 
     /// Every confirm of the round is in: tells each caller its verdict.
     fn end_round(&mut self) {
-        let Round { sent, returned } = std::mem::take(&mut self.round);
+        let Round { sent, returned, .. } = std::mem::take(&mut self.round);
         for sent in sent {
             let message = &sent.message;
             let verdict = match sent.confirm {

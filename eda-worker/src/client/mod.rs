@@ -75,10 +75,11 @@ impl Drop for EmptySlotOnDrop {
     }
 }
 
-/// Confirm channels per client. One, with many enqueues in flight (see
-/// `broker::Publisher`), is as fast as the broker takes them: more channels
-/// only split the same work into smaller rounds.
-const PUBLISH_CHANNELS: usize = 1;
+/// Confirm channels per client, each with many enqueues in flight (see
+/// `broker::Publisher`): two, so that one takes enqueues while the other
+/// waits for the last confirms of its round; more only split the same work
+/// into smaller rounds.
+const PUBLISH_CHANNELS: usize = 2;
 
 struct Session {
     connection: Arc<Connection>,
