@@ -75,7 +75,9 @@ struct Settings {
     /// Sequential publishes for the single-caller latency.
     #[arg(long, default_value_t = 2_000, global = true)]
     single: u64,
-    /// Prefetch of every drain.
+    /// Prefetch of each raw lapin consumer. eda-worker's drain, one consumer
+    /// per queue, gets the window of all of them (`--raw-consumers` times
+    /// this), so that both have as many unacked messages in flight.
     #[arg(long, default_value_t = 256, global = true)]
     prefetch: u16,
     /// Handlers in flight in the eda-worker drain.
@@ -362,6 +364,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+impl Settings {
+    /// The prefetch of eda-worker's one consumer: the unacked window of all
+    /// the raw lapin consumers it is compared with.
+    fn eda_prefetch(&self) -> u16 {
+        let consumers = u16::try_from(self.raw_consumers.max(1)).unwrap_or(u16::MAX);
+        self.prefetch.saturating_mul(consumers)
+    }
+}
+
 impl DrainResult {
     /// Several drains as one: summed messages, time and CPU; the mean
     /// startup; the highest peak RSS.
@@ -474,9 +485,10 @@ async fn run_all(settings: Settings) -> anyhow::Result<()> {
     let url = amqp_url_from_env();
     let n = settings.messages;
     println!(
-        "bench: {n} messages, {} publishers, prefetch {}, eda concurrency {}, raw consumers {}, raw ack every {}",
+        "bench: {n} messages, {} publishers, prefetch {} per raw consumer and {} for eda-worker's, eda concurrency {}, raw consumers {}, raw ack every {}",
         settings.publishers,
         settings.prefetch,
+        settings.eda_prefetch(),
         settings.concurrency,
         settings.raw_consumers,
         settings.ack_every
@@ -747,7 +759,7 @@ async fn eda_drain(settings: &Settings) -> anyhow::Result<raw::Drained> {
     TARGET.store(settings.messages, Ordering::Relaxed);
     let config = WorkerConfig::new(amqp_url_from_env())
         .queues([EDA_QUEUE])
-        .prefetch(settings.prefetch)
+        .prefetch(settings.eda_prefetch())
         .concurrency(settings.concurrency);
     let worker = Worker::new(config)?;
     let token = CancellationToken::new();
