@@ -18,6 +18,7 @@ use syn::{Expr, Ident, Token};
 use self::queue_name::queue_name;
 use self::values::{Literal, backoff, dedup, queue_type, retries, timeout, wire_name};
 
+pub(crate) use self::event::{EventAttr, KindAttr};
 pub(crate) use self::values::QueueTypeAttr;
 
 /// An option's keyword, as `syn::custom_keyword!` declares it, with the name
@@ -28,11 +29,12 @@ trait Key: Parse {
     fn span(&self) -> Span;
 }
 
-/// Declares the keyword of each option and [`OPTIONS`], the list of them all
-/// for messages, from one list of names, so the two cannot drift apart.
+/// Declares a module of the keyword of each option of one attribute, and the
+/// list of them all for messages, from one list of names, so the two cannot
+/// drift apart.
 macro_rules! options {
-    ($($key:ident),* $(,)?) => {
-        mod kw {
+    ($module:ident, $list:ident: $($key:ident),* $(,)?) => {
+        mod $module {
             $(
                 syn::custom_keyword!($key);
 
@@ -46,12 +48,15 @@ macro_rules! options {
             )*
         }
 
-        /// The options `#[job(...)]` accepts, in the order messages list them.
-        const OPTIONS: &[&str] = &[$(stringify!($key)),*];
+        /// The options the attribute accepts, in the order messages list them.
+        const $list: &[&str] = &[$(stringify!($key)),*];
     };
 }
 
-options!(queue, retries, name, timeout, backoff, queue_type, dedup);
+options!(kw, OPTIONS: queue, retries, name, timeout, backoff, queue_type, dedup);
+
+// After the macro, which it uses.
+mod event;
 
 /// Several errors, reported together.
 #[derive(Default)]
@@ -121,6 +126,7 @@ impl JobAttr {
             input,
             given: &mut self.given,
             errors,
+            options: OPTIONS,
         };
         while !input.is_empty() {
             let lookahead = input.lookahead1();
@@ -176,6 +182,8 @@ struct OptionParser<'a, 'i> {
     input: ParseStream<'i>,
     given: &'a mut Vec<&'static str>,
     errors: &'a mut Errors,
+    /// Every option of the attribute, for the message on an unknown one.
+    options: &'static [&'static str],
 }
 
 impl OptionParser<'_, '_> {
@@ -213,7 +221,7 @@ impl OptionParser<'_, '_> {
     /// Reports an unknown key and skips its value, if it has one.
     fn skip_unknown(&mut self) -> syn::Result<()> {
         let key = self.input.call(Ident::parse_any)?;
-        self.errors.push(unknown_option(&key));
+        self.errors.push(unknown_option(&key, self.options));
         if self.input.peek(Token![=]) {
             parse_value(self.input)?;
         }
@@ -227,14 +235,14 @@ fn parse_value(input: ParseStream<'_>) -> syn::Result<Expr> {
 }
 
 /// "unknown option `retry`: did you mean `retries`? (expected one of ...)".
-fn unknown_option(key: &Ident) -> syn::Error {
+fn unknown_option(key: &Ident, options: &[&str]) -> syn::Error {
     let written = key.unraw().to_string();
-    let expected = OPTIONS
+    let expected = options
         .iter()
         .map(|option| format!("`{option}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    let message = match OPTIONS.iter().find(|option| looks_like(&written, option)) {
+    let message = match options.iter().find(|option| looks_like(&written, option)) {
         Some(option) => format!(
             "unknown option `{written}`: did you mean `{option}`? (expected one of {expected})"
         ),

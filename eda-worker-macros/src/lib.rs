@@ -22,6 +22,7 @@
 //! ```
 
 mod attr;
+mod event;
 mod expand;
 
 use proc_macro::TokenStream;
@@ -94,6 +95,40 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::job(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Makes a type an event: `#[event(exchange = "...", kind = "...",
+/// routing_key = "...", name = "...")]` says where it is published.
+///
+/// ```
+/// use eda_worker::prelude::*;
+///
+/// #[derive(Serialize, Deserialize, Event)]
+/// #[event(exchange = "orders", kind = "topic", routing_key = "order.placed")]
+/// pub struct OrderPlaced {
+///     pub order_id: i64,
+/// }
+///
+/// assert_eq!(<OrderPlaced as Event>::NAME, "order.placed");
+/// # fn main() {}
+/// ```
+///
+/// # Options
+///
+/// | option | value | default |
+/// |---|---|---|
+/// | `exchange` | string: the exchange, declared durable by whoever publishes or subscribes first; not `amq.`-prefixed | required |
+/// | `kind` | `"topic"`, `"fanout"` or `"direct"` | `"topic"` |
+/// | `routing_key` | string: the key it is published with; for a topic exchange, dot-separated words without `*` or `#` | required, except for a fanout exchange |
+/// | `name` | string: the wire name, the message's `type` | the routing key |
+///
+/// The type must serialize and deserialize (serde) and not be generic. A
+/// wrong option is a compile error on the offending token.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(item: TokenStream) -> TokenStream {
+    event::derive(item.into())
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

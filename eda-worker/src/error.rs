@@ -107,6 +107,19 @@ pub enum Error {
         detail: String,
     },
 
+    /// An event's exchange exists as another kind than the event declares.
+    #[error(
+        "exchange `{exchange}` exists as a {existing} exchange, but this program declares it {declared}; delete the exchange or change the event's `kind`"
+    )]
+    ExchangeKindMismatch {
+        /// The exchange.
+        exchange: String,
+        /// The kind this program declares.
+        declared: crate::event::ExchangeKind,
+        /// The kind it has on the broker.
+        existing: String,
+    },
+
     /// A broker operation failed.
     #[error("RabbitMQ {operation} failed")]
     Broker {
@@ -182,11 +195,11 @@ pub enum Error {
         reply_text: String,
     },
 
-    /// Job arguments did not serialize to JSON.
-    #[error("could not serialize the arguments of job `{job}` to JSON")]
+    /// Job arguments or an event did not serialize to JSON.
+    #[error("could not serialize {payload} to JSON")]
     Serialize {
-        /// The job's wire name.
-        job: &'static str,
+        /// What was serialized.
+        payload: crate::wire::Payload,
         /// The serializer's error.
         #[source]
         source: serde_json::Error,
@@ -260,11 +273,11 @@ pub enum Error {
 
     /// A message body is larger than the configured maximum.
     #[error(
-        "the arguments of job `{job}` are {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
+        "{payload} is {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
     )]
     MessageTooLarge {
-        /// The job's wire name.
-        job: &'static str,
+        /// What was too large.
+        payload: crate::wire::Payload,
         /// The body's size in bytes.
         size: usize,
         /// The configured maximum.

@@ -54,6 +54,7 @@ mod client;
 mod config;
 pub mod dead_letter;
 mod error;
+pub mod event;
 pub mod job;
 pub mod postgres;
 pub mod retry;
@@ -61,7 +62,7 @@ pub mod wire;
 mod worker;
 
 pub use broker::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, QueueType, Tls, redact_url};
-pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
+pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions, PublishOptions};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STARTS, DEFAULT_SHUTDOWN_TIMEOUT,
@@ -69,6 +70,7 @@ pub use config::{
 };
 pub use eda_worker_macros::job;
 pub use error::{Error, MAX_ERROR_TEXT, error_chain_text};
+pub use event::{Event, ExchangeKind, Published};
 pub use job::{
     DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobContext, JobDefinition, JobError,
     JobErrorKind, JobTx, Registry,
@@ -80,8 +82,8 @@ pub use worker::Worker;
 
 /// What a job module needs: `use eda_worker::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Client, Job, JobContext, JobError};
-    pub use eda_worker_macros::job;
+    pub use crate::{Client, Event, Job, JobContext, JobError};
+    pub use eda_worker_macros::{Event, job};
     pub use serde::{Deserialize, Serialize};
 }
 
@@ -89,6 +91,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::QueueType;
+    pub use crate::event::{Event, ExchangeKind};
     pub use crate::job::{Job, JobDefinition};
     pub use crate::retry::Backoff;
     pub use inventory;

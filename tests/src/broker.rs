@@ -6,7 +6,8 @@ use eda_worker::DelayQueues;
 use eda_worker::wire::{HEADER_ERROR, header_text};
 use lapin::message::BasicGetMessage;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -74,6 +75,46 @@ impl Broker {
             .queue_declare(queue.into(), durable, arguments)
             .await
             .expect("declare queue");
+    }
+
+    /// Declares exchange `exchange` durable, of `kind` (`topic`, `fanout`,
+    /// `direct`), as the library would (or, of another kind, as it would not).
+    pub async fn declare_exchange(&self, exchange: &str, kind: lapin::ExchangeKind) {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.channel()
+            .await
+            .exchange_declare(exchange.into(), kind, durable, FieldTable::default())
+            .await
+            .expect("declare exchange");
+    }
+
+    /// Deletes `exchange` (nothing happens when it does not exist).
+    pub async fn delete_exchange(&self, exchange: &str) {
+        self.channel()
+            .await
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("delete exchange");
+    }
+
+    /// Declares `queue` durable (no arguments) and binds it to `exchange`
+    /// with `key`, as a subscriber would.
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str) {
+        self.declare_durable(queue, FieldTable::default()).await;
+        self.channel()
+            .await
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
     }
 
     /// Messages ready (not delivered to a consumer) in `queue`; 0 when it does not exist.

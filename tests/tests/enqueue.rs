@@ -433,7 +433,7 @@ async fn arguments_over_the_size_limit_are_refused_before_publishing() {
         matches!(
             error,
             Error::MessageTooLarge {
-                job: "oversized",
+                payload: eda_worker::wire::Payload::Job("oversized"),
                 size: 65,
                 limit: 64
             }

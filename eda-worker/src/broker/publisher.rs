@@ -120,6 +120,29 @@ impl Publisher {
             message_id: message_id.to_owned(),
             body: body.to_vec(),
             properties,
+            exchange_declared: false,
+        })
+        .await
+    }
+
+    /// [`Publisher::publish`] to a named exchange that the caller declared
+    /// on this publisher's connection: it shares rounds with other
+    /// publishes rather than go alone.
+    pub(crate) async fn publish_to_declared(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Error> {
+        self.send(Outgoing {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id: message_id.to_owned(),
+            body: body.to_vec(),
+            properties,
+            exchange_declared: true,
         })
         .await
     }
@@ -408,7 +431,7 @@ impl Driver {
 /// channel and fails every publish in flight on it. The default exchange
 /// always exists (a missing queue only returns the message).
 fn goes_alone(message: &Outgoing) -> bool {
-    !message.exchange.is_empty()
+    !message.exchange.is_empty() && !message.exchange_declared
 }
 
 /// The message id `properties` carry (absent: empty), by which returns are
@@ -469,4 +492,9 @@ pub(crate) struct Outgoing {
     pub(crate) message_id: String,
     pub(crate) body: Vec<u8>,
     pub(crate) properties: BasicProperties,
+    /// This program declared the (named) exchange on this connection, so a
+    /// publish to it shares rounds as one to the default exchange does. An
+    /// exchange deleted since fails the publishes in flight beside it on
+    /// its channel, each told so.
+    pub(crate) exchange_declared: bool,
 }

@@ -1,10 +1,10 @@
-//! Declaring queues. Each declaration runs on a channel of its own: a
+//! Declaring queues and exchanges. Each declaration runs on a channel of its own: a
 //! PRECONDITION_FAILED closes the channel it happens on, and must not take
 //! a publishing or consuming channel down with it.
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ErrorKind};
@@ -12,6 +12,7 @@ use lapin::{Channel, Connection, ErrorKind};
 use super::bounded;
 use crate::Error;
 use crate::dead_letter::queue_name as dead_letter_queue;
+use crate::event::ExchangeKind;
 
 /// The RabbitMQ queue type of a job queue (`#[job(queue_type = "quorum")]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,6 +163,52 @@ pub(crate) async fn declare_queue(connection: &Connection, spec: &QueueSpec) -> 
         }
         Err(error) => Err(error),
     }
+}
+
+/// Declares exchange `name` (durable) of `kind` on a short-lived channel.
+///
+/// One that exists as another kind is reported as
+/// [`Error::ExchangeKindMismatch`], naming the exchange and both kinds.
+pub(crate) async fn declare_exchange(
+    connection: &Connection,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), Error> {
+    let operation = || format!("declare of exchange `{name}`");
+    let channel = declaring_channel(connection, &format!("exchange `{name}`")).await?;
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declared = bounded(
+        operation,
+        channel.exchange_declare(name.into(), kind.amqp(), options, FieldTable::default()),
+    )
+    .await;
+    match declared {
+        Ok(()) => {
+            // Best effort, as for a queue.
+            let _ = bounded(operation, channel.close(200, "declared".into())).await;
+            Ok(())
+        }
+        Err(Error::Broker { source, .. }) if precondition_detail(&source).is_some() => {
+            let detail = precondition_detail(&source).unwrap_or_default();
+            Err(Error::ExchangeKindMismatch {
+                exchange: name.to_owned(),
+                declared: kind,
+                existing: existing_kind(&detail).unwrap_or("another kind").to_owned(),
+            })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The kind an exchange has, from the broker's refusal to declare it as
+/// another: "inequivalent arg 'type' for exchange 'orders' in vhost '/':
+/// received 'fanout' but current is 'topic'".
+fn existing_kind(detail: &str) -> Option<&str> {
+    let (_, current) = detail.rsplit_once("but current is '")?;
+    current.strip_suffix('\'')
 }
 
 /// Declares the dead-letter queue of job queue `queue`. One that exists with

@@ -3,7 +3,7 @@
 mod options;
 
 use options::Due;
-pub use options::{ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions};
+pub use options::{ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions, PublishOptions};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +16,9 @@ use tokio::sync::OnceCell;
 
 use crate::broker::{self, BROKER_CALL_TIMEOUT, ConnectPolicy, Publisher, QueueSpec};
 use crate::config::amqp_url_from_env;
+use crate::event::{Event, ExchangeKind, Published};
 use crate::retry::schedule::publish_delayed;
-use crate::wire::{Envelope, MessageId, now_millis};
+use crate::wire::{Envelope, MessageId, Payload, now_millis};
 use crate::{Error, Job, QueueType, Tls};
 
 /// Publishes jobs to RabbitMQ. Cheap to clone: every clone shares one
@@ -53,6 +54,8 @@ struct Inner {
     declared: Declared,
     /// Each job queue's delay queues, declared on its first scheduled enqueue.
     delays_declared: Declared,
+    /// Event exchanges declared by this client, with the kind declared.
+    exchanges_declared: Declared<(&'static str, ExchangeKind)>,
     /// Set by [`Client::close`]: a closed client does not reconnect.
     closed: AtomicBool,
 }
@@ -144,6 +147,7 @@ impl Client {
                 reconnecting: Mutex::new(None),
                 declared: Mutex::new(HashMap::new()),
                 delays_declared: Mutex::new(HashMap::new()),
+                exchanges_declared: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -200,18 +204,11 @@ impl Client {
         args: J::Args,
         options: EnqueueOptions,
     ) -> Result<MessageId, Error> {
-        let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
-            job: J::NAME,
-            source,
-        })?;
-        let limit = self.inner.options.max_message_size;
-        if body.len() > limit {
-            return Err(Error::MessageTooLarge {
-                job: J::NAME,
-                size: body.len(),
-                limit,
-            });
-        }
+        let body = crate::wire::json_body(
+            &args,
+            Payload::Job(J::NAME),
+            self.inner.options.max_message_size,
+        )?;
         // A due time in the past (or now) needs no delay queue.
         let eta = options
             .due
@@ -229,6 +226,76 @@ impl Client {
         let published = self.publish_to_queue(J::QUEUE, J::QUEUE_TYPE, &body, envelope);
         match tokio::time::timeout(timeout, published).await {
             Ok(published) => published.map(|()| message_id),
+            Err(_elapsed) => Err(Error::PublishTimeout {
+                message_id: message_id.to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Publishes `event` to its exchange (declared on first use, durable)
+    /// and returns once the broker has confirmed it.
+    ///
+    /// An event that no queue takes is not an error: it is confirmed, logged,
+    /// and [`Published::routed`] is `false`.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<Published, Error> {
+        self.publish_with(event, PublishOptions::default()).await
+    }
+
+    /// [`Client::publish`] with options (correlation id, message id).
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: E,
+        options: PublishOptions,
+    ) -> Result<Published, Error> {
+        let body = crate::wire::json_body(
+            &event,
+            Payload::Event(E::NAME),
+            self.inner.options.max_message_size,
+        )?;
+        let message_id = options.message_id.unwrap_or_default();
+        let envelope = Envelope {
+            message_id: message_id.to_string(),
+            correlation_id: options.correlation_id,
+            job: Some(E::NAME.to_owned()),
+            attempt: 0,
+            eta: None,
+        };
+        let wire_id = envelope.message_id.clone();
+        let properties = envelope.into_properties()?;
+        let published = async {
+            let session = self.session().await?;
+            self.ensure_exchange_declared(&session.connection, E::EXCHANGE, E::KIND)
+                .await?;
+            session
+                .publisher
+                .publish_to_declared(E::EXCHANGE, E::ROUTING_KEY, &wire_id, &body, properties)
+                .await
+        };
+        let timeout = self.inner.options.publish_timeout;
+        match tokio::time::timeout(timeout, published).await {
+            Ok(Ok(())) => Ok(Published {
+                message_id,
+                routed: true,
+            }),
+            Ok(Err(Error::Unroutable { .. })) => {
+                tracing::info!(
+                    event = E::NAME,
+                    exchange = E::EXCHANGE,
+                    routing_key = E::ROUTING_KEY,
+                    message_id = %message_id,
+                    "no queue is bound for this event: it was confirmed and dropped"
+                );
+                Ok(Published {
+                    message_id,
+                    routed: false,
+                })
+            }
+            Ok(Err(error)) => {
+                // Declared again on the next publish: the exchange may be what is gone.
+                self.forget_exchange(E::EXCHANGE, E::KIND);
+                Err(error)
+            }
             Err(_elapsed) => Err(Error::PublishTimeout {
                 message_id: message_id.to_string(),
                 timeout,
@@ -446,6 +513,26 @@ impl Client {
         .await
     }
 
+    async fn ensure_exchange_declared(
+        &self,
+        connection: &Connection,
+        exchange: &'static str,
+        kind: ExchangeKind,
+    ) -> Result<(), Error> {
+        declare_once(&self.inner.exchanges_declared, (exchange, kind), || {
+            broker::declare_exchange(connection, exchange, kind)
+        })
+        .await
+    }
+
+    fn forget_exchange(&self, exchange: &'static str, kind: ExchangeKind) {
+        self.inner
+            .exchanges_declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(exchange, kind));
+    }
+
     /// Forgets that `queue` and its delay queues were declared.
     fn forget_declared(&self, queue: &'static str) {
         self.inner
@@ -461,24 +548,21 @@ impl Client {
     }
 }
 
-/// Queues declared by a client, each once: concurrent first enqueues to one
-/// queue share one declaration.
-type Declared = Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>;
+/// Queues (or exchanges, with their kind) declared by a client, each once:
+/// concurrent first publishes to one share one declaration.
+type Declared<K = &'static str> = Mutex<HashMap<K, Arc<OnceCell<()>>>>;
 
-/// Runs `declare` for `queue` unless it succeeded before (and was not forgotten since).
-async fn declare_once<F, Fut>(
-    declared: &Declared,
-    queue: &'static str,
-    declare: F,
-) -> Result<(), Error>
+/// Runs `declare` for `key` unless it succeeded before (and was not forgotten since).
+async fn declare_once<K, F, Fut>(declared: &Declared<K>, key: K, declare: F) -> Result<(), Error>
 where
+    K: std::hash::Hash + Eq,
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
     let cell = declared
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .entry(queue)
+        .entry(key)
         .or_default()
         .clone();
     cell.get_or_try_init(declare).await.map(|_| ())

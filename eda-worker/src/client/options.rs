@@ -124,3 +124,28 @@ impl EnqueueOptions {
         self
     }
 }
+
+/// Options of one event publish.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// The correlation id to carry (e.g. the web request's id); when `None`,
+    /// the message id (which the message does not repeat on the wire).
+    pub correlation_id: Option<String>,
+    /// The message id to use instead of a fresh one.
+    pub message_id: Option<MessageId>,
+}
+
+impl PublishOptions {
+    /// Carries `correlation_id` into the event and the jobs it causes.
+    pub fn correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// Uses `message_id` (a [`MessageId`] or a `Uuid`) instead of a fresh id.
+    pub fn message_id(mut self, message_id: impl Into<MessageId>) -> Self {
+        self.message_id = Some(message_id.into());
+        self
+    }
+}

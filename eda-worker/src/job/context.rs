@@ -179,7 +179,7 @@ impl JobContext {
         }
         let correlation_id = self.correlation_id_for_children();
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
-            job: J::NAME,
+            payload: crate::wire::Payload::Job(J::NAME),
             source,
         })?;
         let mut follow_ups = self

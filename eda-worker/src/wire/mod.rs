@@ -32,6 +32,41 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
+/// What a message body carries, for errors: a job's arguments or an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The arguments of the job with this wire name.
+    Job(&'static str),
+    /// The event with this wire name.
+    Event(&'static str),
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Job(name) => write!(f, "the arguments of job `{name}`"),
+            Payload::Event(name) => write!(f, "event `{name}`"),
+        }
+    }
+}
+
+/// `value` as a JSON body of at most `limit` bytes.
+pub(crate) fn json_body<T: serde::Serialize>(
+    value: &T,
+    payload: Payload,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let body = serde_json::to_vec(value).map_err(|source| Error::Serialize { payload, source })?;
+    if body.len() > limit {
+        return Err(Error::MessageTooLarge {
+            payload,
+            size: body.len(),
+            limit,
+        });
+    }
+    Ok(body)
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_millis() -> u64 {
     SystemTime::now()

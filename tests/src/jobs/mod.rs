@@ -12,6 +12,7 @@ pub mod database_outage;
 pub mod dead_letter_admin;
 pub mod dead_letters;
 pub mod enqueue;
+pub mod events;
 pub mod flow_control;
 pub mod follow_ups;
 pub mod inbox;

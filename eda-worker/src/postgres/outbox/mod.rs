@@ -126,7 +126,7 @@ impl Outbox {
         correlation_id: Option<String>,
     ) -> Result<MessageId, Error> {
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
-            job: J::NAME,
+            payload: crate::wire::Payload::Job(J::NAME),
             source,
         })?;
         let message_id = MessageId::new();

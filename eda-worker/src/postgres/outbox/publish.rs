@@ -95,6 +95,7 @@ impl Relay {
                         message_id: row.message_id.to_string(),
                         body: row.body.clone(),
                         properties,
+                        exchange_declared: false,
                     });
                     now_rows.push(index);
                 }
