@@ -16,7 +16,7 @@ use syn::parse::{Parse, ParseStream, Parser};
 use syn::{Expr, Ident, Token};
 
 use self::queue_name::queue_name;
-use self::values::{Literal, backoff, dedup, queue_type, retries, timeout, wire_name};
+use self::values::{Literal, backoff, binding, dedup, queue_type, retries, timeout, wire_name};
 
 pub(crate) use self::event::{EventAttr, KindAttr};
 pub(crate) use self::values::QueueTypeAttr;
@@ -53,7 +53,7 @@ macro_rules! options {
     };
 }
 
-options!(kw, OPTIONS: queue, retries, name, timeout, backoff, queue_type, dedup);
+options!(kw, OPTIONS: queue, retries, name, timeout, backoff, queue_type, dedup, on, bind);
 
 // After the macro, which it uses.
 mod event;
@@ -99,6 +99,14 @@ pub(crate) struct JobAttr {
     pub(crate) queue_type: Option<QueueTypeAttr>,
     /// Inbox dedup, when written.
     pub(crate) dedup: Option<bool>,
+    /// The event type the job subscribes to.
+    pub(crate) on: Option<syn::Path>,
+    /// Raw bindings: `(exchange, routing key)`.
+    pub(crate) bind: Vec<(String, String)>,
+    /// Where `name` and `bind` were written, for the errors of combining
+    /// them with `on`.
+    name_span: Option<Span>,
+    bind_span: Option<Span>,
     /// The options written, valid or not: a repeated one is an error, and an
     /// invalid `queue` is not also reported missing.
     given: Vec<&'static str>,
@@ -135,6 +143,7 @@ impl JobAttr {
             } else if lookahead.peek(kw::retries) {
                 options.parse::<kw::retries, _, _>(&mut self.retries, "3", retries)?;
             } else if lookahead.peek(kw::name) {
+                self.name_span = Some(input.span());
                 options.parse::<kw::name, _, _>(&mut self.name, "\"send_welcome\"", wire_name)?;
             } else if lookahead.peek(kw::timeout) {
                 options.parse::<kw::timeout, _, _>(&mut self.timeout, "\"30s\"", timeout)?;
@@ -148,6 +157,15 @@ impl JobAttr {
                 )?;
             } else if lookahead.peek(kw::dedup) {
                 options.parse::<kw::dedup, _, _>(&mut self.dedup, "false", dedup)?;
+            } else if lookahead.peek(kw::on) {
+                options.parse_path::<kw::on>(&mut self.on, "OrderPlaced")?;
+            } else if lookahead.peek(kw::bind) {
+                self.bind_span.get_or_insert(input.span());
+                options.parse_repeated::<kw::bind, _, _>(
+                    &mut self.bind,
+                    "\"orders:order.#\"",
+                    binding,
+                )?;
             } else if input.peek(Ident::peek_any) {
                 options.skip_unknown()?;
             } else {
@@ -159,6 +177,26 @@ impl JobAttr {
             input.parse::<Token![,]>()?;
         }
         Ok(())
+    }
+
+    /// Reports the options that cannot go with `on`: the event gives the
+    /// wire name, and its binding is the job's.
+    pub(crate) fn check_subscription(&self, errors: &mut Errors) {
+        if self.on.is_none() {
+            return;
+        }
+        if let Some(span) = self.name_span {
+            errors.push(syn::Error::new(
+                span,
+                "`name` cannot go with `on`: the job runs the messages of the event's wire name; set it with #[event(name = \"...\")]",
+            ));
+        }
+        if let Some(span) = self.bind_span {
+            errors.push(syn::Error::new(
+                span,
+                "`bind` cannot go with `on`: a job either subscribes to an event type (`on`) or takes raw bindings (`bind`)",
+            ));
+        }
     }
 
     /// The queue; when it is missing, an error at the attribute and a placeholder.
@@ -213,6 +251,58 @@ impl OptionParser<'_, '_> {
         self.given.push(K::NAME);
         match L::from_value(&value, K::NAME, example).and_then(|literal| check(&literal)) {
             Ok(value) => *out = Some(value),
+            Err(error) => self.errors.push(error),
+        }
+        Ok(())
+    }
+
+    /// Parses `K = Path`: an option that takes a type, such as `on = OrderPlaced`.
+    fn parse_path<K: Key>(
+        &mut self,
+        out: &mut Option<syn::Path>,
+        example: &str,
+    ) -> syn::Result<()> {
+        let key = self.input.parse::<K>()?;
+        let value = parse_value(self.input)?;
+        if self.given.contains(&K::NAME) {
+            self.errors.push(syn::Error::new(
+                key.span(),
+                format!("duplicate option `{}`", K::NAME),
+            ));
+            return Ok(());
+        }
+        self.given.push(K::NAME);
+        match value {
+            Expr::Path(syn::ExprPath {
+                qself: None, path, ..
+            }) => *out = Some(path),
+            other => self.errors.push(syn::Error::new_spanned(
+                other,
+                format!(
+                    "`{}` takes an event type, e.g. {} = {example}",
+                    K::NAME,
+                    K::NAME
+                ),
+            )),
+        }
+        Ok(())
+    }
+
+    /// Parses `K = value` for an option that may be written several times,
+    /// each value checked as [`OptionParser::parse`] does and kept in `out`.
+    fn parse_repeated<K: Key, L: Literal, T>(
+        &mut self,
+        out: &mut Vec<T>,
+        example: &str,
+        check: impl FnOnce(&L) -> syn::Result<T>,
+    ) -> syn::Result<()> {
+        self.input.parse::<K>()?;
+        let value = parse_value(self.input)?;
+        if !self.given.contains(&K::NAME) {
+            self.given.push(K::NAME);
+        }
+        match L::from_value(&value, K::NAME, example).and_then(|literal| check(&literal)) {
+            Ok(value) => out.push(value),
             Err(error) => self.errors.push(error),
         }
         Ok(())

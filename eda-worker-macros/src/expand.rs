@@ -19,6 +19,7 @@ pub(crate) fn job(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStre
         Err(error) => return Err(errors.and(not_a_function(item, error))),
     };
     let queue = attr.queue(&mut errors);
+    attr.check_subscription(&mut errors);
     let params = match check_signature(&function.sig) {
         Ok(params) => params,
         Err(error) => return Err(errors.and(error)),
@@ -64,9 +65,41 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
     let ident = &sig.ident;
     let function_name = ident.unraw().to_string();
     let wire_name = attr.name.clone().unwrap_or_else(|| function_name.clone());
+    let args_ty = &args.ty;
+    // A subscriber of an event runs the messages of the event's wire name,
+    // and takes the event itself.
+    let (name, subscription, takes_the_event) = match &attr.on {
+        Some(event) => {
+            let event_trait = quote_spanned! {event.span()=> ::eda_worker::__private::Event };
+            (
+                quote_spanned! {event.span()=> <#event as #event_trait>::NAME },
+                Some(quote_spanned! {event.span()=>
+                    const SUBSCRIPTION: ::eda_worker::__private::Subscription =
+                        ::eda_worker::__private::Subscription::Event(
+                            ::eda_worker::__private::Binding::of_event::<#event>(),
+                        );
+                }),
+                // The job's argument is the event of `on`.
+                Some(quote_spanned! {args_ty.span()=>
+                    const _: fn(#event) -> #args_ty = |event| event;
+                }),
+            )
+        }
+        None => {
+            let subscription = (!attr.bind.is_empty()).then(|| {
+                let bindings = attr.bind.iter().map(|(exchange, key)| {
+                    quote! { ::eda_worker::__private::Binding::raw(#exchange, #key) }
+                });
+                quote! {
+                    const SUBSCRIPTION: ::eda_worker::__private::Subscription =
+                        ::eda_worker::__private::Subscription::Raw(&[#(#bindings),*]);
+                }
+            });
+            (quote! { #wire_name }, subscription, None)
+        }
+    };
     let (docs, other_attrs): (Vec<_>, Vec<_>) =
         attrs.iter().partition(|a| a.path().is_ident("doc"));
-    let args_ty = &args.ty;
     let args_type = quote_spanned! {args_ty.span()=> type Args = #args_ty; };
     let retries = attr
         .retries
@@ -112,17 +145,20 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
 
         impl ::eda_worker::__private::Job for #ident {
             #args_type
-            const NAME: &'static str = #wire_name;
+            const NAME: &'static str = #name;
             const QUEUE: &'static str = #queue;
             #retries
             #timeout
             #backoff
             #queue_type
             #dedup
+            #subscription
 
             #(#other_attrs)*
             async fn call(&self, #ctx_pat: #ctx_ty, #args_pat: #args_ty) -> #output #block
         }
+
+        #takes_the_event
 
         ::eda_worker::__private::inventory::submit! {
             ::eda_worker::__private::JobDefinition::of::<#ident>(

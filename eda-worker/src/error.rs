@@ -216,15 +216,31 @@ pub enum Error {
 
     /// Two `#[job]`s share one wire name.
     #[error(
-        "two jobs are registered under the wire name `{name}`: `{first}` and `{second}`; give one of them `#[job(name = \"...\")]`"
+        "two jobs of queue `{queue}` are registered under the wire name `{name}`: `{first}` and `{second}`; give one of them `#[job(name = \"...\")]`, or another queue"
     )]
     DuplicateJob {
+        /// The queue.
+        queue: &'static str,
         /// The shared wire name.
         name: &'static str,
         /// One function.
         first: &'static str,
         /// The other function.
         second: &'static str,
+    },
+
+    /// A job with raw bindings (`bind`) runs whatever arrives on its
+    /// queue, so it cannot share the queue.
+    #[error(
+        "job `{subscriber}` has raw bindings (`bind`) and takes every message of queue `{queue}`, which job `{other}` uses too; give one of them another queue"
+    )]
+    RawSubscriberNotAlone {
+        /// The queue.
+        queue: &'static str,
+        /// The job with raw bindings.
+        subscriber: &'static str,
+        /// The other job.
+        other: &'static str,
     },
 
     /// A job's queue name breaks the rules (see [`crate::Registry::from_definitions`]).

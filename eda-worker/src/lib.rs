@@ -72,8 +72,8 @@ pub use eda_worker_macros::job;
 pub use error::{Error, MAX_ERROR_TEXT, error_chain_text};
 pub use event::{Event, ExchangeKind, Published};
 pub use job::{
-    DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobContext, JobDefinition, JobError,
-    JobErrorKind, JobTx, Registry,
+    Binding, DEFAULT_RETRIES, DEFAULT_TIMEOUT, HandlerFuture, Job, JobContext, JobDefinition,
+    JobError, JobErrorKind, JobTx, Registry, Subscription,
 };
 pub use postgres::outbox;
 pub use retry::{Backoff, DEFAULT_BACKOFF, DelayQueues};
@@ -92,7 +92,7 @@ pub mod prelude {
 pub mod __private {
     pub use crate::QueueType;
     pub use crate::event::{Event, ExchangeKind};
-    pub use crate::job::{Job, JobDefinition};
+    pub use crate::job::{Binding, Job, JobDefinition, Subscription};
     pub use crate::retry::Backoff;
     pub use inventory;
     pub use std::time::Duration;

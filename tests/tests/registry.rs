@@ -1,5 +1,5 @@
-//! The job registry: two `#[job]`s with one wire name linked into one
-//! binary make the worker refuse to start, naming both functions.
+//! The job registry: two `#[job]`s of one queue with one wire name linked
+//! into one binary make the worker refuse to start, naming both functions.
 //!
 //! (A test binary of its own: its duplicate jobs would stop every worker of
 //! any other test linked with them.)
@@ -20,19 +20,20 @@ mod billing {
 mod legacy {
     use super::*;
 
-    #[job(queue = "eda-test.duplicates-legacy", name = "charge")]
+    #[job(queue = "eda-test.duplicates", name = "charge")]
     pub async fn charge(_ctx: JobContext, _args: String) -> Result<(), JobError> {
         Ok(())
     }
 }
 
 #[test]
-fn two_jobs_with_one_wire_name_stop_the_worker_at_start() {
+fn two_jobs_of_one_queue_with_one_wire_name_stop_the_worker_at_start() {
     let error = Worker::new(worker_config()).expect_err("duplicate wire names are refused");
     assert!(
         matches!(
             error,
             Error::DuplicateJob {
+                queue: "eda-test.duplicates",
                 name: "charge",
                 first: "registry::billing::charge_card",
                 second: "registry::legacy::charge"

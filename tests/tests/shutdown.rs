@@ -219,7 +219,7 @@ async fn worker_jobs_lists_every_linked_job() {
     assert_eq!(
         header,
         [
-            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION"
+            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "BINDINGS", "FUNCTION"
         ]
     );
     let row = lines
@@ -235,9 +235,29 @@ async fn worker_jobs_lists_every_linked_job() {
             "0",
             "5s..10m",
             "200ms",
+            "-",
             "eda_worker_tests::jobs::dead_letters::dead_letter_sleeps"
         ]
     );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    let subscriber = rows
+        .iter()
+        .find(|row| {
+            row.first() == Some(&"order.shipped") && row.get(1) == Some(&"eda-test.subscribe.email")
+        })
+        .expect("the subscriber is listed under its event's wire name");
+    assert_eq!(
+        subscriber[6..8],
+        ["eda-test.subscribe:order.shipped", "(topic)"]
+    );
+    let raw = rows
+        .iter()
+        .find(|row| row.first() == Some(&"audit_orders"))
+        .expect("the raw subscriber is listed");
+    assert_eq!(raw[6..8], ["eda-test.subscribe:order.#", "(raw)"]);
 }
 
 #[tokio::test]

@@ -146,7 +146,8 @@ impl EventAttr {
 /// An exchange name RabbitMQ accepts and eda-worker may declare.
 fn exchange_name(lit: &LitStr) -> syn::Result<String> {
     let exchange = lit.value();
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    // No `:`, which separates the exchange from the key in `bind`.
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     let message = if exchange.is_empty() {
         "exchange name must not be empty (the default exchange is for jobs: use #[job] for point-to-point messages)".to_owned()
     } else if exchange.len() > 255 {
@@ -157,9 +158,7 @@ fn exchange_name(lit: &LitStr) -> syn::Result<String> {
     } else if exchange.starts_with("amq.") {
         "exchange names starting with `amq.` are reserved by RabbitMQ, which does not let a client declare them".to_owned()
     } else if let Some(bad) = exchange.chars().find(|&c| !allowed(c)) {
-        format!(
-            "invalid character {bad:?} in exchange name; use letters, digits, `.`, `_`, `-` and `:`"
-        )
+        format!("invalid character {bad:?} in exchange name; use letters, digits, `.`, `_` and `-`")
     } else {
         return Ok(exchange);
     };

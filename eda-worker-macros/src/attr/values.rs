@@ -93,6 +93,34 @@ pub(super) fn wire_name(lit: &LitStr) -> syn::Result<String> {
     Ok(name)
 }
 
+/// A raw binding, `"EXCHANGE:ROUTING_KEY"`: an exchange name RabbitMQ
+/// accepts (`amq.topic` included: binding to it is allowed) and a key or
+/// topic pattern that fits in a short string.
+pub(super) fn binding(lit: &LitStr) -> syn::Result<(String, String)> {
+    let text = lit.value();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let message = match text.split_once(':') {
+        None => format!(
+            "`bind` takes \"EXCHANGE:ROUTING_KEY\", e.g. bind = \"orders:order.#\"; found {text:?}"
+        ),
+        Some(("", _)) => "the exchange of `bind` must not be empty: write \"EXCHANGE:ROUTING_KEY\", e.g. \"orders:order.#\"".to_owned(),
+        Some((exchange, _)) if exchange.len() > 255 => format!(
+            "exchange name is {} bytes long; AMQP allows at most 255",
+            exchange.len()
+        ),
+        Some((exchange, _)) if exchange.contains(|c: char| !allowed(c)) => format!(
+            "invalid character {:?} in the exchange of `bind`; use letters, digits, `.`, `_` and `-`",
+            exchange.chars().find(|&c| !allowed(c)).unwrap_or_default()
+        ),
+        Some((_, key)) if key.len() > 255 => format!(
+            "routing key is {} bytes long; AMQP allows at most 255",
+            key.len()
+        ),
+        Some((exchange, key)) => return Ok((exchange.to_owned(), key.to_owned())),
+    };
+    Err(syn::Error::new(lit.span(), message))
+}
+
 pub(super) fn timeout(lit: &LitStr) -> syn::Result<Duration> {
     duration(lit, &lit.value(), "timeout")
 }

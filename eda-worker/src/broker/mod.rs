@@ -14,5 +14,7 @@ pub(crate) use connect::{ConnectPolicy, connect, redact_text};
 pub(crate) use publisher::{Outgoing, Publisher};
 pub use tls::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, Tls};
 pub use topology::QueueType;
-pub(crate) use topology::{QueueSpec, declare_dead_letter_queue, declare_exchange, declare_queue};
+pub(crate) use topology::{
+    QueueSpec, bind_queue, declare_dead_letter_queue, declare_exchange, declare_queue,
+};
 pub(crate) use watch::{BrokerState, watch};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ErrorKind};
@@ -13,6 +13,7 @@ use super::bounded;
 use crate::Error;
 use crate::dead_letter::queue_name as dead_letter_queue;
 use crate::event::ExchangeKind;
+use crate::job::Binding;
 
 /// The RabbitMQ queue type of a job queue (`#[job(queue_type = "quorum")]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,6 +202,72 @@ pub(crate) async fn declare_exchange(
         }
         Err(error) => Err(error),
     }
+}
+
+/// Binds `queue` with `binding`, declaring its exchange first: of its kind
+/// when the binding knows it (an event's), else used as it is, or declared
+/// a durable topic exchange when it does not exist yet (a raw binding).
+pub(crate) async fn bind_queue(
+    connection: &Connection,
+    queue: &str,
+    binding: &Binding,
+) -> Result<(), Error> {
+    match binding.kind {
+        Some(kind) => declare_exchange(connection, binding.exchange, kind).await?,
+        None => ensure_exchange(connection, binding.exchange).await?,
+    }
+    let operation = || format!("bind of queue `{queue}` to `{binding}`");
+    let channel = declaring_channel(connection, &format!("a binding of queue `{queue}`")).await?;
+    bounded(
+        operation,
+        channel.queue_bind(
+            queue.into(),
+            binding.exchange.into(),
+            binding.routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let _ = bounded(operation, channel.close(200, "bound".into())).await;
+    Ok(())
+}
+
+/// The exchange of a raw binding: used as it is when it exists (of any
+/// kind), declared a durable topic exchange when it does not.
+async fn ensure_exchange(connection: &Connection, name: &str) -> Result<(), Error> {
+    let operation = || format!("check of exchange `{name}`");
+    let channel = declaring_channel(connection, &format!("exchange `{name}`")).await?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let checked = bounded(
+        operation,
+        channel.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    match checked {
+        Ok(()) => {
+            let _ = bounded(operation, channel.close(200, "checked".into())).await;
+            Ok(())
+        }
+        // The failed check closed its channel.
+        Err(Error::Broker { source, .. }) if is_soft(&source, AMQPSoftError::NOTFOUND) => {
+            declare_exchange(connection, name, ExchangeKind::Topic).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether `error` is the broker's soft error `soft` (which closed a channel).
+fn is_soft(error: &lapin::Error, soft: AMQPSoftError) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(soft))
 }
 
 /// The kind an exchange has, from the broker's refusal to declare it as

@@ -1,7 +1,7 @@
 //! `worker jobs`: the registered jobs and their options.
 
 use super::table::render_table;
-use crate::Registry;
+use crate::{Registry, Subscription};
 
 pub(super) fn list_jobs() -> Result<(), crate::Error> {
     let registry = Registry::from_linked_jobs()?;
@@ -10,7 +10,7 @@ pub(super) fn list_jobs() -> Result<(), crate::Error> {
 }
 
 fn jobs_table(registry: &Registry) -> String {
-    let rows: Vec<[String; 7]> = registry
+    let rows: Vec<[String; 8]> = registry
         .jobs()
         .map(|job| {
             [
@@ -24,13 +24,14 @@ fn jobs_table(registry: &Registry) -> String {
                     humantime::format_duration(job.backoff.max)
                 ),
                 humantime::format_duration(job.timeout).to_string(),
+                bindings(&job.subscription),
                 job.function_path.to_owned(),
             ]
         })
         .collect();
     let mut table = render_table(
         [
-            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "FUNCTION",
+            "JOB", "QUEUE", "TYPE", "RETRIES", "BACKOFF", "TIMEOUT", "BINDINGS", "FUNCTION",
         ],
         &rows,
     );
@@ -38,4 +39,22 @@ fn jobs_table(registry: &Registry) -> String {
         table.push_str("(no jobs registered: is the crate with your #[job] functions linked into this binary?)\n");
     }
     table
+}
+
+/// A job's bindings: `exchange:key (kind)` for an event's, `exchange:pattern
+/// (raw)` for raw ones, `-` for none.
+fn bindings(subscription: &Subscription) -> String {
+    let bindings: Vec<String> = subscription
+        .bindings()
+        .iter()
+        .map(|binding| match binding.kind {
+            Some(kind) => format!("{binding} ({kind})"),
+            None => format!("{binding} (raw)"),
+        })
+        .collect();
+    if bindings.is_empty() {
+        "-".to_owned()
+    } else {
+        bindings.join(", ")
+    }
 }

@@ -104,6 +104,11 @@ pub struct JobContext {
     timestamp: Option<u64>,
     job: &'static str,
     queue: &'static str,
+    /// The routing key the message arrived with.
+    routing_key: String,
+    /// The message's `type`, when it is not the job's wire name (a raw
+    /// subscriber's messages).
+    message_type: Option<Option<String>>,
     tx: Option<SharedTx>,
     /// The outbox of the transaction's database (none without one: a job
     /// without a database makes no schema name).
@@ -126,6 +131,8 @@ impl JobContext {
             timestamp: None,
             job,
             queue,
+            routing_key: queue.to_owned(),
+            message_type: None,
             tx: None,
             outbox: None,
             follow_ups: FollowUps::default(),
@@ -135,6 +142,16 @@ impl JobContext {
     /// The same context, for a message whose `timestamp` property is `timestamp`.
     pub(crate) fn with_timestamp(mut self, timestamp: Option<u64>) -> Self {
         self.timestamp = timestamp;
+        self
+    }
+
+    /// The same context, for a message that arrived with `routing_key` and
+    /// `message_type` (its `type` property).
+    pub(crate) fn with_arrival(mut self, routing_key: &str, message_type: Option<&str>) -> Self {
+        routing_key.clone_into(&mut self.routing_key);
+        if message_type != Some(self.job) {
+            self.message_type = Some(message_type.map(str::to_owned));
+        }
         self
     }
 
@@ -270,6 +287,22 @@ impl JobContext {
     /// The queue the message came from.
     pub fn queue(&self) -> &'static str {
         self.queue
+    }
+
+    /// The routing key the message was published with: an event's key (on a
+    /// topic exchange, the one a pattern matched), or the queue's name for a
+    /// job enqueued to it.
+    pub fn routing_key(&self) -> &str {
+        &self.routing_key
+    }
+
+    /// The message's `type` property: the job's or the event's wire name.
+    /// A raw subscriber (`bind`) gets whatever arrived, which may be `None`.
+    pub fn message_type(&self) -> Option<&str> {
+        match &self.message_type {
+            None => Some(self.job),
+            Some(other) => other.as_deref(),
+        }
     }
 
     /// The handler's PostgreSQL transaction: write the job's effects here.

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::QueueType;
+use crate::event::{Event, ExchangeKind};
 use crate::retry::{Backoff, DEFAULT_BACKOFF};
 
 /// Retries after the first attempt when `#[job]` does not say.
@@ -72,6 +73,9 @@ pub trait Job: Default + Copy + Send + Sync + 'static {
     /// Inbox dedup: `None` (the default) dedups when a database is
     /// configured; `Some(true)` requires one; `Some(false)` opts out.
     const DEDUP: Option<bool> = None;
+    /// The events the job's queue is bound to, if any
+    /// (`#[job(on = OrderPlaced)]`, `#[job(bind = "orders:order.#")]`).
+    const SUBSCRIPTION: Subscription = Subscription::None;
 
     /// Runs the handler body.
     fn call(
@@ -79,6 +83,70 @@ pub trait Job: Default + Copy + Send + Sync + 'static {
         ctx: JobContext,
         args: Self::Args,
     ) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// What a job's queue is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    /// Nothing: the job gets what is enqueued to it.
+    None,
+    /// An event type (`on = OrderPlaced`): the queue is bound with the
+    /// event's routing key, and the job runs the messages of the event's
+    /// wire name. Several such jobs may share a queue.
+    Event(Binding),
+    /// Raw bindings (`bind = "orders:order.#"`): the job runs whatever
+    /// arrives on its queue, whatever its `type`, and is its queue's only job.
+    Raw(&'static [Binding]),
+}
+
+impl Subscription {
+    /// The bindings of the job's queue.
+    pub fn bindings(&self) -> &[Binding] {
+        match self {
+            Subscription::None => &[],
+            Subscription::Event(binding) => std::slice::from_ref(binding),
+            Subscription::Raw(bindings) => bindings,
+        }
+    }
+}
+
+/// A binding of a job's queue to an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// The exchange.
+    pub exchange: &'static str,
+    /// The exchange's kind, declared by the worker; `None` for a raw
+    /// binding, whose exchange is used as it is, or declared a topic one
+    /// when it does not exist yet.
+    pub kind: Option<ExchangeKind>,
+    /// The routing key, or a pattern on a topic exchange.
+    pub routing_key: &'static str,
+}
+
+impl Binding {
+    /// The binding that takes event `E`.
+    pub const fn of_event<E: Event>() -> Self {
+        Binding {
+            exchange: E::EXCHANGE,
+            kind: Some(E::KIND),
+            routing_key: E::ROUTING_KEY,
+        }
+    }
+
+    /// A raw binding to `exchange` with `routing_key`.
+    pub const fn raw(exchange: &'static str, routing_key: &'static str) -> Self {
+        Binding {
+            exchange,
+            kind: None,
+            routing_key,
+        }
+    }
+}
+
+impl std::fmt::Display for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.exchange, self.routing_key)
+    }
 }
 
 /// A started handler, type-erased.
@@ -107,6 +175,8 @@ pub struct JobDefinition {
     pub dedup: Option<bool>,
     /// The function's path, e.g. `my_app::jobs::send_welcome`, for messages.
     pub function_path: &'static str,
+    /// What the job's queue is bound to.
+    pub subscription: Subscription,
     start: Start,
 }
 
@@ -122,6 +192,7 @@ impl JobDefinition {
             queue_type: J::QUEUE_TYPE,
             dedup: J::DEDUP,
             function_path,
+            subscription: J::SUBSCRIPTION,
             start: start_job::<J>,
         }
     }
@@ -143,6 +214,7 @@ impl std::fmt::Debug for JobDefinition {
             .field("queue_type", &self.queue_type)
             .field("dedup", &self.dedup)
             .field("function_path", &self.function_path)
+            .field("subscription", &self.subscription)
             .finish_non_exhaustive()
     }
 }

@@ -4,13 +4,15 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use super::{JobDefinition, queue_name};
+use super::{JobDefinition, Subscription, queue_name};
 use crate::Error;
 
-/// The jobs known to this binary, indexed by wire name.
+/// The jobs known to this binary, indexed by queue and wire name: a wire
+/// name is unique per queue (several subscribers of one event, on their
+/// own queues, share the event's name).
 #[derive(Debug, Clone)]
 pub struct Registry {
-    jobs: BTreeMap<&'static str, JobDefinition>,
+    jobs: BTreeMap<(&'static str, &'static str), JobDefinition>,
 }
 
 impl Registry {
@@ -23,8 +25,9 @@ impl Registry {
 
     /// A registry of the given definitions (for tests and embedding).
     ///
-    /// Fails when two jobs share a wire name (naming both functions), when
-    /// jobs of one queue declare different queue types, or when a queue name
+    /// Fails when two jobs of one queue share a wire name (naming both
+    /// functions), when a job with raw bindings (`bind`) shares its queue,
+    /// when jobs of one queue declare different queue types, or when a queue name
     /// breaks the rules: 1 to [`MAX_QUEUE_NAME`](crate::job::MAX_QUEUE_NAME)
     /// bytes of letters, digits, `.`, `_`, `-` and `:`, not `amq.`-prefixed,
     /// and not named like another queue's dead-letter queue (`x.dlq`) or
@@ -56,8 +59,25 @@ impl Registry {
                 });
             }
         }
+        let mut raw: BTreeMap<&'static str, &JobDefinition> = BTreeMap::new();
+        for definition in &definitions {
+            if matches!(definition.subscription, Subscription::Raw(_)) {
+                raw.entry(definition.queue).or_insert(definition);
+            }
+        }
+        for definition in &definitions {
+            if let Some(raw) = raw.get(definition.queue)
+                && raw.function_path != definition.function_path
+            {
+                return Err(Error::RawSubscriberNotAlone {
+                    queue: definition.queue,
+                    subscriber: raw.function_path,
+                    other: definition.function_path,
+                });
+            }
+        }
         for definition in definitions {
-            match jobs.entry(definition.name) {
+            match jobs.entry((definition.queue, definition.name)) {
                 Entry::Vacant(slot) => {
                     slot.insert(definition);
                 }
@@ -65,6 +85,7 @@ impl Registry {
                     let mut pair = [existing.get().function_path, definition.function_path];
                     pair.sort_unstable();
                     return Err(Error::DuplicateJob {
+                        queue: definition.queue,
                         name: definition.name,
                         first: pair[0],
                         second: pair[1],
@@ -75,12 +96,15 @@ impl Registry {
         Ok(Registry { jobs })
     }
 
-    /// The job with this wire name.
-    pub fn get(&self, name: &str) -> Option<&JobDefinition> {
-        self.jobs.get(name)
+    /// The job of `queue` with this wire name.
+    pub fn get(&self, queue: &str, name: &str) -> Option<&JobDefinition> {
+        self.jobs
+            .iter()
+            .find(|((job_queue, job_name), _)| *job_queue == queue && *job_name == name)
+            .map(|(_, job)| job)
     }
 
-    /// All jobs, ordered by wire name.
+    /// All jobs, ordered by queue and wire name.
     pub fn jobs(&self) -> impl Iterator<Item = &JobDefinition> {
         self.jobs.values()
     }
@@ -134,7 +158,9 @@ mod tests {
     #[test]
     fn linked_jobs_are_registered_with_their_options() {
         let registry = Registry::from_linked_jobs().unwrap();
-        let greeting = registry.get("greet").expect("greet is registered");
+        let greeting = registry
+            .get("registry-test", "greet")
+            .expect("greet is registered");
         assert_eq!(greeting.queue, "registry-test");
         assert_eq!(greeting.retries, 5);
         assert_eq!(greeting.timeout, Duration::from_secs(90));
@@ -146,7 +172,9 @@ mod tests {
             greeting.backoff,
             crate::Backoff::new(Duration::from_secs(2), Duration::from_secs(60))
         );
-        let other = registry.get("renamed.wire").expect("wire name from `name`");
+        let other = registry
+            .get("registry-test", "renamed.wire")
+            .expect("wire name from `name`");
         assert_eq!(other.retries, crate::DEFAULT_RETRIES);
         assert_eq!(other.timeout, crate::DEFAULT_TIMEOUT);
         assert_eq!(other.backoff, crate::DEFAULT_BACKOFF);
@@ -188,6 +216,42 @@ mod tests {
         "email.dlq",
         Classic
     );
+
+    /// A raw subscriber, implemented by hand.
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Audit;
+
+    impl Job for Audit {
+        type Args = serde_json::Value;
+        const NAME: &'static str = "audit";
+        const QUEUE: &'static str = "shared";
+        const SUBSCRIPTION: crate::Subscription =
+            crate::Subscription::Raw(&[crate::Binding::raw("orders", "order.#")]);
+        async fn call(&self, _ctx: JobContext, _args: Self::Args) -> Result<(), JobError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_raw_subscriber_is_its_queues_only_job() {
+        let error = refusal([
+            JobDefinition::of::<Audit>("app::audit"),
+            JobDefinition::of::<OnClassic>("app::on_classic"),
+        ]);
+        assert_eq!(
+            error.to_string(),
+            "job `app::audit` has raw bindings (`bind`) and takes every message of queue `shared`, which job `app::on_classic` uses too; give one of them another queue"
+        );
+        // One wire name on two queues is two jobs.
+        hand_written_job!(Elsewhere, "on_classic", "elsewhere", Classic);
+        let registry = Registry::from_definitions([
+            JobDefinition::of::<OnClassic>("app::on_classic"),
+            JobDefinition::of::<Elsewhere>("app::elsewhere"),
+        ])
+        .expect("a wire name is unique per queue");
+        assert!(registry.get("elsewhere", "on_classic").is_some());
+        assert!(registry.get("shared", "on_classic").is_some());
+    }
 
     #[test]
     fn jobs_of_one_queue_must_agree_on_its_type() {
@@ -257,6 +321,7 @@ mod tests {
         assert!(matches!(
             error,
             Error::DuplicateJob {
+                queue: "registry-test",
                 name: "greet",
                 first: "app::a::greet",
                 second: "app::b::greet"

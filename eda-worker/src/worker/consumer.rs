@@ -271,6 +271,7 @@ impl QueueConsumer {
         let lapin::message::Delivery {
             delivery_tag: tag,
             redelivered,
+            routing_key,
             properties,
             data,
             ..
@@ -282,6 +283,7 @@ impl QueueConsumer {
         self.tracker.delivered(tag);
         let delivery = Received {
             redelivered,
+            routing_key,
             properties,
             data,
         };

@@ -43,7 +43,7 @@ pub(crate) fn admit<'a>(
     envelope: &Envelope,
     now: u64,
     queue: &'static str,
-    lookup: impl FnOnce(&str) -> Option<&'a JobDefinition>,
+    lookup: impl FnOnce(Option<&str>) -> Option<&'a JobDefinition>,
 ) -> Admission<'a> {
     if size > limits.max_size {
         return Admission::Refuse(Failure::TooLarge {
@@ -61,12 +61,12 @@ pub(crate) fn admit<'a>(
         }
         return Admission::NotDue { eta };
     }
-    let Some(name) = envelope.job.as_deref() else {
-        return Admission::Refuse(Failure::MissingType);
-    };
-    match lookup(name) {
-        Some(job) => Admission::Run(job),
-        None => Admission::Refuse(Failure::UnknownJob {
+    // A queue's raw subscriber takes any message, with a `type` or without.
+    let name = envelope.job.as_deref();
+    match (lookup(name), name) {
+        (Some(job), _) => Admission::Run(job),
+        (None, None) => Admission::Refuse(Failure::MissingType),
+        (None, Some(name)) => Admission::Refuse(Failure::UnknownJob {
             job: name.to_owned(),
             queue,
         }),
@@ -265,7 +265,7 @@ mod tests {
             eta_horizon: Duration::from_secs(10),
         };
         admit(size, limits, envelope, now, "decision-test", |name| {
-            (name == "known").then_some(&*KNOWN)
+            (name == Some("known")).then_some(&*KNOWN)
         })
     }
 

@@ -24,7 +24,7 @@ use super::transaction::{self, Ending, Start, ending};
 use crate::broker::Publisher;
 use crate::dead_letter::publish_dead_letter;
 use crate::error::error_chain_text;
-use crate::job::JobDefinition;
+use crate::job::{Binding, JobDefinition, Subscription};
 use crate::outbox::Outbox;
 use crate::postgres::Database;
 use crate::postgres::health::{DatabaseHealth, is_outage, outage_in_chain};
@@ -38,6 +38,9 @@ pub(crate) struct QueueJobs {
     pub(crate) queue: &'static str,
     pub(crate) queue_type: QueueType,
     jobs: HashMap<&'static str, JobDefinition>,
+    /// The queue's raw subscriber (`bind`), its only job: it runs whatever
+    /// arrives.
+    raw: Option<JobDefinition>,
     /// Whether a job of this queue asked for its transaction (a queue whose
     /// jobs dedup uses the database anyway): such a queue stops taking
     /// deliveries while the database is away.
@@ -62,10 +65,15 @@ impl QueueJobs {
             .next()
             .map(|job| job.queue_type)
             .unwrap_or_default();
+        let raw = jobs
+            .values()
+            .find(|job| matches!(job.subscription, Subscription::Raw(_)))
+            .copied();
         QueueJobs {
             queue,
             queue_type,
             jobs,
+            raw,
             uses_database: AtomicBool::new(false),
             redelivered: tokio::sync::Mutex::new(()),
         }
@@ -76,9 +84,25 @@ impl QueueJobs {
         self.jobs.values()
     }
 
-    /// The job with wire name `name`, if this queue's.
-    pub(crate) fn get(&self, name: &str) -> Option<&JobDefinition> {
-        self.jobs.get(name)
+    /// The job that runs a message with wire name `name` (`None`: the
+    /// message has no `type`): the queue's raw subscriber if it has one,
+    /// else the queue's job of that name.
+    pub(crate) fn get(&self, name: Option<&str>) -> Option<&JobDefinition> {
+        self.raw
+            .as_ref()
+            .or_else(|| name.and_then(|name| self.jobs.get(name)))
+    }
+
+    /// The bindings of this queue, each once.
+    pub(crate) fn bindings(&self) -> Vec<Binding> {
+        let mut bindings: Vec<Binding> = self
+            .jobs
+            .values()
+            .flat_map(|job| job.subscription.bindings().iter().copied())
+            .collect();
+        bindings.sort_unstable_by_key(|binding| (binding.exchange, binding.routing_key));
+        bindings.dedup();
+        bindings
     }
 }
 
@@ -128,6 +152,8 @@ impl Dispatch {
 #[derive(Debug)]
 pub(crate) struct Received {
     pub(crate) redelivered: bool,
+    /// The routing key it was published with.
+    pub(crate) routing_key: lapin::types::ShortString,
     pub(crate) properties: BasicProperties,
     pub(crate) data: Vec<u8>,
 }
@@ -269,7 +295,8 @@ async fn run_job(
         job.name,
         job.queue,
     )
-    .with_timestamp(*delivery.properties.timestamp());
+    .with_timestamp(*delivery.properties.timestamp())
+    .with_arrival(delivery.routing_key.as_str(), envelope.job.as_deref());
     if let (Some(tx), Some(database)) = (&tx, &dispatch.database) {
         ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
     }

@@ -171,6 +171,9 @@ impl Worker {
                 .delay_queues
                 .declare(connection, jobs.queue)
                 .await?;
+            for binding in jobs.bindings() {
+                broker::bind_queue(connection, jobs.queue, &binding).await?;
+            }
         }
         Ok(())
     }

@@ -62,3 +62,77 @@ pub struct LeanEvent {
     /// A sequence number.
     pub n: u32,
 }
+
+/// Shipped orders, to three subscribers on queues of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.subscribe", routing_key = "order.shipped")]
+pub struct OrderShipped {
+    /// The order.
+    pub order: i64,
+}
+
+/// Cancelled orders, to a subscriber that shares its queue with
+/// [`ship_from_stock`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.subscribe", routing_key = "order.cancelled")]
+pub struct OrderCancelled {
+    /// The order.
+    pub order: i64,
+}
+
+/// On the same exchange, a key no `order.#` pattern matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.subscribe", routing_key = "payment.done")]
+pub struct PaymentDone {
+    /// The order.
+    pub order: i64,
+}
+
+/// Records each shipped order: the first subscriber.
+#[job(queue = "eda-test.subscribe.inventory", on = OrderShipped)]
+pub async fn ship_from_stock(ctx: JobContext, event: OrderShipped) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}
+
+/// Records each cancelled order, on the queue of [`ship_from_stock`].
+#[job(queue = "eda-test.subscribe.inventory", on = OrderCancelled)]
+pub async fn restock(ctx: JobContext, event: OrderCancelled) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}
+
+/// Fails its first attempt at each shipped order, then succeeds: its retry
+/// must reach its own queue only.
+#[job(
+    queue = "eda-test.subscribe.billing",
+    on = OrderShipped,
+    retries = 2,
+    backoff = "100ms..100ms"
+)]
+pub async fn bill_shipment(ctx: JobContext, event: OrderShipped) -> Result<(), JobError> {
+    crate::jobs::record(&ctx, &event);
+    if ctx.attempt() == 0 {
+        return Err(JobError::retryable("the first attempt fails on purpose"));
+    }
+    Ok(())
+}
+
+/// Records each shipped order: the third subscriber.
+#[job(queue = "eda-test.subscribe.email", on = OrderShipped)]
+pub async fn mail_shipment(ctx: JobContext, event: OrderShipped) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}
+
+/// Takes every `order.*` event as JSON, recording the routing key and the
+/// type it arrived with.
+#[job(
+    queue = "eda-test.subscribe.audit",
+    bind = "eda-test.subscribe:order.#"
+)]
+pub async fn audit_orders(ctx: JobContext, event: serde_json::Value) -> Result<(), JobError> {
+    let seen = serde_json::json!({
+        "routing_key": ctx.routing_key(),
+        "type": ctx.message_type(),
+        "event": event,
+    });
+    crate::jobs::record_run(&ctx, &seen).await
+}

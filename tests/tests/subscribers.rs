@@ -1,0 +1,162 @@
+//! Subscribing: the worker binds each subscriber's queue, three subscribers
+//! of one event each run it once, a subscriber's retry reaches only its own
+//! queue, two event types share a queue dispatched by type, and a raw
+//! wildcard subscriber gets exactly the matching keys.
+
+use std::collections::BTreeMap;
+
+use eda_worker::prelude::*;
+use eda_worker_tests::jobs::events::{
+    OrderCancelled, OrderShipped, PaymentDone, audit_orders, bill_shipment, mail_shipment,
+    ship_from_stock,
+};
+use eda_worker_tests::jobs::{Run, runs};
+use eda_worker_tests::{Broker, Scene, WAIT, wait_until};
+
+/// The runs of `queue`, counted by message id.
+fn by_message(runs: &[Run]) -> BTreeMap<String, usize> {
+    let mut counted = BTreeMap::new();
+    for run in runs {
+        *counted.entry(run.message_id.clone()).or_default() += 1;
+    }
+    counted
+}
+
+#[tokio::test]
+async fn each_subscriber_runs_an_event_once_and_retries_on_its_own_queue() {
+    let exchange = <OrderShipped as Event>::EXCHANGE;
+    let broker = Broker::connect().await;
+    broker.delete_exchange(exchange).await;
+    let queues = [
+        <ship_from_stock as Job>::QUEUE,
+        <bill_shipment as Job>::QUEUE,
+        <mail_shipment as Job>::QUEUE,
+        <audit_orders as Job>::QUEUE,
+    ];
+    let [inventory, billing, email, audit] = queues;
+    let mut scene = Scene::of(ship_from_stock)
+        .also(bill_shipment)
+        .also(mail_shipment)
+        .also(audit_orders)
+        .workers(0)
+        .start()
+        .await;
+    // Each worker declares the exchange and binds its queue before it consumes.
+    for queue in queues {
+        scene.start_worker_on(queue).await;
+    }
+
+    let mut shipped = Vec::new();
+    for order in 1..=3 {
+        let published = scene
+            .client
+            .publish(OrderShipped { order })
+            .await
+            .expect("publish");
+        assert!(published.routed);
+        shipped.push(published.message_id.to_string());
+    }
+    let cancelled = scene
+        .client
+        .publish(OrderCancelled { order: 4 })
+        .await
+        .expect("publish");
+    assert!(cancelled.routed);
+    let cancelled = cancelled.message_id.to_string();
+    let payment = scene
+        .client
+        .publish(PaymentDone { order: 5 })
+        .await
+        .expect("publish");
+    assert!(
+        !payment.routed,
+        "no subscriber's binding matches `payment.done`, the wildcard's included"
+    );
+
+    wait_until("every subscriber ran its events", WAIT, || async {
+        runs(inventory).len() == 4
+            && runs(email).len() == 3
+            && runs(billing).len() == 6
+            && runs(audit).len() == 4
+    })
+    .await;
+    wait_until("the queues are settled", WAIT, || async {
+        let mut empty = true;
+        for queue in queues {
+            empty &= scene.broker.ready(queue).await == 0;
+        }
+        empty
+    })
+    .await;
+
+    let expected: BTreeMap<String, usize> = shipped.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(
+        by_message(&runs(email)),
+        expected,
+        "the email subscriber ran each once"
+    );
+    let mut with_cancelled = expected.clone();
+    with_cancelled.insert(cancelled.clone(), 1);
+    assert_eq!(
+        by_message(&runs(inventory)),
+        with_cancelled,
+        "both subscribers of the shared queue ran their own events once"
+    );
+    let cancelled_run = runs(inventory)
+        .into_iter()
+        .find(|run| run.message_id == cancelled)
+        .expect("restock ran");
+    assert_eq!(cancelled_run.args, serde_json::json!({ "order": 4 }));
+
+    // The billing subscriber failed each first attempt; its retry came back
+    // to its queue only.
+    let billed = runs(billing);
+    let twice: BTreeMap<String, usize> = shipped.iter().map(|id| (id.clone(), 2)).collect();
+    assert_eq!(by_message(&billed), twice);
+    for id in &shipped {
+        let mut attempts: Vec<u32> = billed
+            .iter()
+            .filter(|run| &run.message_id == id)
+            .map(|run| run.attempt)
+            .collect();
+        attempts.sort_unstable();
+        assert_eq!(attempts, [0, 1]);
+    }
+    for queue in [inventory, email, audit] {
+        assert!(
+            runs(queue).iter().all(|run| run.attempt == 0),
+            "{queue} saw no retry of another subscriber"
+        );
+    }
+
+    // The raw subscriber saw what arrived: routing key and type.
+    let mut seen: Vec<(String, String)> = runs(audit)
+        .iter()
+        .map(|run| {
+            (
+                run.args["routing_key"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                run.args["type"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("order.cancelled".to_owned(), "order.cancelled".to_owned()),
+            ("order.shipped".to_owned(), "order.shipped".to_owned()),
+            ("order.shipped".to_owned(), "order.shipped".to_owned()),
+            ("order.shipped".to_owned(), "order.shipped".to_owned()),
+        ]
+    );
+    for queue in queues {
+        assert_eq!(scene.broker.ready(&format!("{queue}.dlq")).await, 0);
+    }
+
+    scene.finish().await;
+    broker.delete_exchange(exchange).await;
+    broker.close().await;
+}
