@@ -131,6 +131,11 @@ impl Broker {
             .map_or(0, |(_, consumers)| consumers)
     }
 
+    /// Whether `queue` exists.
+    pub async fn exists(&self, queue: &str) -> bool {
+        self.declare_passive(queue).await.is_some()
+    }
+
     async fn declare_passive(&self, queue: &str) -> Option<(u32, u32)> {
         let options = QueueDeclareOptions {
             passive: true,

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 
 use eda_worker::prelude::*;
 use eda_worker_tests::jobs::events::{
-    OrderCancelled, OrderShipped, PaymentDone, audit_orders, bill_shipment, mail_shipment,
-    ship_from_stock,
+    OrderArchived, OrderCancelled, OrderShipped, PaymentDone, archive_order, audit_orders,
+    bill_shipment, mail_shipment, ship_from_stock,
 };
 use eda_worker_tests::jobs::{Run, runs};
-use eda_worker_tests::{Broker, Scene, WAIT, wait_until};
+use eda_worker_tests::{Broker, Scene, WAIT, wait_until, worker_command};
 
 /// The runs of `queue`, counted by message id.
 fn by_message(runs: &[Run]) -> BTreeMap<String, usize> {
@@ -155,6 +155,66 @@ async fn each_subscriber_runs_an_event_once_and_retries_on_its_own_queue() {
     for queue in queues {
         assert_eq!(scene.broker.ready(&format!("{queue}.dlq")).await, 0);
     }
+
+    scene.finish().await;
+    broker.delete_exchange(exchange).await;
+    broker.close().await;
+}
+
+#[tokio::test]
+async fn an_event_published_after_topology_declare_waits_for_the_first_worker() {
+    let exchange = <OrderArchived as Event>::EXCHANGE;
+    let queue = <archive_order as Job>::QUEUE;
+    let broker = Broker::connect().await;
+    broker.delete_exchange(exchange).await;
+    let mut scene = Scene::of(archive_order).workers(0).start().await;
+    let before = scene
+        .client
+        .publish(OrderArchived { order: 1 })
+        .await
+        .expect("publish");
+    assert!(!before.routed, "nothing is bound before the deploy step");
+
+    let output = worker_command!("topology", "declare", "--queues", queue)
+        .output()
+        .await
+        .expect("run worker topology declare");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("declared {queue}")));
+    assert_eq!(scene.broker.consumers(queue).await, 0, "no worker runs yet");
+    let published = scene
+        .client
+        .publish(OrderArchived { order: 2 })
+        .await
+        .expect("publish");
+    assert!(published.routed, "the queue is bound");
+    assert_eq!(scene.broker.ready(queue).await, 1);
+    assert!(
+        scene.broker.exists(&format!("{queue}.dlq")).await,
+        "its dead-letter queue is declared"
+    );
+    let delays = eda_worker::DelayQueues::default();
+    for bucket in delays.buckets() {
+        let delay_queue = delays.name(queue, *bucket);
+        assert!(
+            scene.broker.exists(&delay_queue).await,
+            "{delay_queue} is declared"
+        );
+    }
+
+    scene.start_worker_on(queue).await;
+    wait_until("the first worker ran the event", WAIT, || async {
+        !runs(queue).is_empty()
+    })
+    .await;
+    let ran = runs(queue);
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].message_id, published.message_id.to_string());
+    assert_eq!(ran[0].args, serde_json::json!({ "order": 2 }));
 
     scene.finish().await;
     broker.delete_exchange(exchange).await;

@@ -29,6 +29,7 @@ mod relay;
 mod run;
 mod signals;
 mod table;
+mod topology;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +58,9 @@ enum Command {
     /// The transactional outbox.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// The broker objects the jobs need.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
 }
 
 /// Why a command failed: the library's errors, and the CLI's own.
@@ -95,6 +99,7 @@ pub async fn main() -> ExitCode {
         Command::Outbox(outbox::OutboxCommand::Status { database, json }) => {
             outbox::outbox_status(database, json).await
         }
+        Command::Topology(command) => topology::run(command).await.map_err(CommandError::from),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,16 +73,40 @@ impl Worker {
             return Err(Error::Config("prefetch must be at least 1".into()));
         }
         let selected = select_queues(&registry, &config.queues)?;
-        if config.database.is_none()
+        let worker = Self::assemble(config, &registry, selected)?;
+        if worker.config.database.is_none()
             && let Some(job) = registry
                 .jobs()
-                .find(|job| job.dedup == Some(true) && selected.contains(&job.queue))
+                .find(|job| job.dedup == Some(true) && worker.queues().contains(&job.queue))
         {
             return Err(Error::Config(format!(
                 "job `{}` declares dedup = true, but no database is configured: set DATABASE_URL (or WorkerConfig::database), or remove `dedup = true`",
                 job.function_path
             )));
         }
+        Ok(worker)
+    }
+
+    /// Declares what the queues of `config` (every queue of the linked jobs
+    /// unless it names some) need: each queue, its dead-letter queue, its
+    /// delay queues, its exchanges and bindings. Returns the queues.
+    ///
+    /// `worker topology declare` runs it as a deploy step, so that events
+    /// published before the first worker starts find their subscribers'
+    /// queues. No database is needed.
+    pub async fn declare_topology(config: WorkerConfig) -> Result<Vec<&'static str>, Error> {
+        let registry = Registry::from_linked_jobs()?;
+        let selected = select_queues(&registry, &config.queues)?;
+        let worker = Self::assemble(config, &registry, selected)?;
+        worker.declare_all().await?;
+        Ok(worker.queues())
+    }
+
+    fn assemble(
+        config: WorkerConfig,
+        registry: &Registry,
+        selected: Vec<&'static str>,
+    ) -> Result<Self, Error> {
         let queues = selected
             .into_iter()
             .map(|queue| Arc::new(QueueJobs::new(queue, registry.jobs().copied())))

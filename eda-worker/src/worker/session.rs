@@ -163,6 +163,22 @@ impl Worker {
         Ok(connections)
     }
 
+    /// Declares what this worker's queues need on a connection of its own,
+    /// and closes it (see [`Worker::declare_topology`]). The configured
+    /// connect attempts apply.
+    pub(super) async fn declare_all(&self) -> Result<(), Error> {
+        let policy = ConnectPolicy {
+            attempts: self.config.connect_attempts,
+            ..ConnectPolicy::default()
+        };
+        let name = format!("{} topology", self.config.connection_name);
+        let connection =
+            broker::connect(&self.config.amqp_url, &self.config.tls, &name, policy).await?;
+        let declared = self.declare(&connection).await;
+        close_connection(&connection, BROKER_CALL_TIMEOUT).await;
+        declared
+    }
+
     async fn declare(&self, connection: &Connection) -> Result<(), Error> {
         for jobs in &self.queues {
             broker::declare_queue(connection, &QueueSpec::job(jobs.queue, jobs.queue_type)).await?;

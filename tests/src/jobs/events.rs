@@ -136,3 +136,18 @@ pub async fn audit_orders(ctx: JobContext, event: serde_json::Value) -> Result<(
     });
     crate::jobs::record_run(&ctx, &seen).await
 }
+
+/// An event published after `worker topology declare` and before any
+/// worker runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.topology", routing_key = "order.archived")]
+pub struct OrderArchived {
+    /// The order.
+    pub order: i64,
+}
+
+/// Records each archived order.
+#[job(queue = "eda-test.topology.archive", on = OrderArchived)]
+pub async fn archive_order(ctx: JobContext, event: OrderArchived) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}
