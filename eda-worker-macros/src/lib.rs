@@ -111,8 +111,9 @@ pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///     pub order_id: i64,
 /// }
 ///
-/// assert_eq!(<OrderPlaced as Event>::NAME, "order.placed");
-/// # fn main() {}
+/// fn main() {
+///     assert_eq!(<OrderPlaced as Event>::NAME, "order.placed");
+/// }
 /// ```
 ///
 /// # Options

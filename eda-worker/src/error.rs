@@ -289,7 +289,7 @@ pub enum Error {
 
     /// A message body is larger than the configured maximum.
     #[error(
-        "{payload} is {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
+        "{payload} would be {size} bytes as JSON, more than the maximum message size of {limit} bytes; pass a reference (an id, a URL) instead of the data, or raise the limit"
     )]
     MessageTooLarge {
         /// What was too large.

@@ -47,6 +47,16 @@ impl ExchangeKind {
         }
     }
 
+    /// The kind AMQP calls `name`.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "topic" => Some(ExchangeKind::Topic),
+            "fanout" => Some(ExchangeKind::Fanout),
+            "direct" => Some(ExchangeKind::Direct),
+            _ => None,
+        }
+    }
+
     pub(crate) fn amqp(self) -> lapin::ExchangeKind {
         match self {
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,

@@ -443,7 +443,7 @@ async fn arguments_over_the_size_limit_are_refused_before_publishing() {
     assert!(
         error
             .to_string()
-            .contains("are 65 bytes as JSON, more than the maximum message size of 64 bytes")
+            .contains("would be 65 bytes as JSON, more than the maximum message size of 64 bytes")
     );
     assert_eq!(scene.ready().await, 1, "only the first was published");
     scene.finish().await;

@@ -241,3 +241,68 @@ async fn an_event_message_is_as_lean_as_a_first_delivery() {
     clean(&broker, &[exchange], &[queue]).await;
     broker.close().await;
 }
+
+#[tokio::test]
+async fn an_event_through_the_outbox_is_confirmed_and_its_row_deleted_routed_or_not() {
+    use eda_worker::outbox::Outbox;
+    use eda_worker_tests::database::{migrated_database, remove_database};
+    use eda_worker_tests::jobs::events::InvoiceSent;
+    use eda_worker_tests::outbox::{RunningRelay, pending};
+    use eda_worker_tests::{WAIT, wait_until};
+
+    let broker = Broker::connect().await;
+    let exchange = <InvoiceSent as Event>::EXCHANGE;
+    let queue = "eda-test.events.outbox-bound";
+    clean(&broker, &[exchange], &[queue]).await;
+    let database = migrated_database("eda_test_events_outbox").await;
+    let outbox = Outbox::in_schema(database.schema().clone());
+
+    // No subscriber yet: confirmed all the same, and the row goes.
+    let mut tx = database.pool().begin().await.expect("begin");
+    outbox
+        .publish(&mut tx, InvoiceSent { invoice: 1 })
+        .await
+        .expect("insert the event row");
+    tx.commit().await.expect("commit");
+    let relay = RunningRelay::start(&database);
+    wait_until("the unrouted event's row is deleted", WAIT, || async {
+        pending(&database).await == 0
+    })
+    .await;
+
+    // The relay declared the exchange as the event does: bind and go again.
+    broker.bind(queue, exchange, "invoice.*").await;
+    let mut tx = database.pool().begin().await.expect("begin");
+    let id = outbox
+        .publish(&mut tx, InvoiceSent { invoice: 2 })
+        .await
+        .expect("insert the event row");
+    tx.commit().await.expect("commit");
+    wait_until("the event reaches the bound queue", WAIT, || async {
+        broker.ready(queue).await == 1
+    })
+    .await;
+    // Deleted once confirmed, which comes after the queue has it.
+    wait_until("the routed event's row is deleted", WAIT, || async {
+        pending(&database).await == 0
+    })
+    .await;
+    let message = broker.get(queue).await.expect("the event");
+    let properties = &message.delivery.properties;
+    assert_eq!(
+        properties.message_id().as_ref().map(|id| id.to_string()),
+        Some(id.to_string())
+    );
+    assert_eq!(
+        properties.kind().as_ref().map(|kind| kind.as_str()),
+        Some("invoice.sent")
+    );
+    assert_eq!(message.delivery.routing_key.as_str(), "invoice.sent");
+    let body: InvoiceSent = serde_json::from_slice(&message.delivery.data).expect("JSON");
+    assert_eq!(body, InvoiceSent { invoice: 2 });
+
+    relay.stop().await;
+    remove_database(database).await;
+    clean(&broker, &[exchange], &[queue]).await;
+    broker.close().await;
+}

@@ -57,7 +57,7 @@ async fn migrations_create_the_tables_in_their_own_schema_and_apply_once() {
         tables(&database).await,
         ["_sqlx_migrations", "inbox", "job_starts", "outbox"]
     );
-    assert_eq!(applied(&database).await, [1, 2, 3]);
+    assert_eq!(applied(&database).await, [1, 2, 3, 4]);
     // Nothing of eda-worker's lands in the app's schema.
     let in_public: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('inbox', 'outbox')",
@@ -68,7 +68,11 @@ async fn migrations_create_the_tables_in_their_own_schema_and_apply_once() {
     assert_eq!(in_public, 0);
 
     database.migrate().await.unwrap();
-    assert_eq!(applied(&database).await, [1, 2, 3], "re-running is a no-op");
+    assert_eq!(
+        applied(&database).await,
+        [1, 2, 3, 4],
+        "re-running is a no-op"
+    );
     remove_database(database).await;
 }
 
@@ -99,9 +103,9 @@ async fn worker_migrate_applies_the_migrations_and_says_what_is_missing() {
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(
         stdout.trim(),
-        "schema `eda_test_migrate_cli` is at migration 3"
+        "schema `eda_test_migrate_cli` is at migration 4"
     );
-    assert_eq!(applied(&database).await, [1, 2, 3]);
+    assert_eq!(applied(&database).await, [1, 2, 3, 4]);
 
     let (code, _, stderr) = migrate_command(&[], &[]).await;
     assert_eq!(code, Some(1));
@@ -143,7 +147,7 @@ async fn a_worker_stops_at_start_naming_worker_migrate_when_the_tables_are_missi
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "eda-worker's tables in schema `eda_test_unmigrated` are not migrated (no migration applied; this binary needs up to 3): run `worker migrate`, or start the worker with --migrate"
+            "eda-worker's tables in schema `eda_test_unmigrated` are not migrated (no migration applied; this binary needs up to 4): run `worker migrate`, or start the worker with --migrate"
         ),
         "{stderr}"
     );
@@ -153,7 +157,7 @@ async fn a_worker_stops_at_start_naming_worker_migrate_when_the_tables_are_missi
     execute(
         &database,
         format!(
-            "DELETE FROM {schema}._sqlx_migrations WHERE version = 3; DROP TABLE {schema}.job_starts",
+            "DELETE FROM {schema}._sqlx_migrations WHERE version = 4; ALTER TABLE {schema}.outbox DROP COLUMN exchange_kind",
             schema = database.schema()
         ),
     )
@@ -163,8 +167,8 @@ async fn a_worker_stops_at_start_naming_worker_migrate_when_the_tables_are_missi
         matches!(
             error,
             eda_worker::Error::NotMigrated {
-                applied: Some(2),
-                needed: 3,
+                applied: Some(3),
+                needed: 4,
                 ..
             }
         ),
@@ -173,13 +177,13 @@ async fn a_worker_stops_at_start_naming_worker_migrate_when_the_tables_are_missi
     let (code, stderr) = run(database_env(&database)).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("(applied up to 2; this binary needs up to 3): run `worker migrate`"),
+        stderr.contains("(applied up to 3; this binary needs up to 4): run `worker migrate`"),
         "{stderr}"
     );
 
     // `--migrate` brings it up to date; the check passes.
     database.migrate().await.unwrap();
     database.check_migrated().await.expect("migrated");
-    assert_eq!(applied(&database).await, [1, 2, 3]);
+    assert_eq!(applied(&database).await, [1, 2, 3, 4]);
     remove_database(database).await;
 }

@@ -220,3 +220,85 @@ async fn an_event_published_after_topology_declare_waits_for_the_first_worker() 
     broker.delete_exchange(exchange).await;
     broker.close().await;
 }
+
+/// Starts a worker on the subscriber's queue (which binds it), then one on
+/// the publishing job's queue, and returns the subscriber's runs once it ran.
+async fn published_by_a_handler(
+    scene: &mut Scene,
+    publisher_queue: &'static str,
+    subscriber_queue: &'static str,
+) -> Vec<Run> {
+    scene.start_worker_on(subscriber_queue).await;
+    scene.start_worker_on(publisher_queue).await;
+    wait_until("the subscriber ran the handler's event", WAIT, || async {
+        !runs(subscriber_queue).is_empty()
+    })
+    .await;
+    runs(subscriber_queue)
+}
+
+#[tokio::test]
+async fn a_handler_publishes_an_event_with_its_outcome_carrying_its_correlation_id() {
+    use eda_worker::EnqueueOptions;
+    use eda_worker_tests::jobs::events::{
+        InvoiceFiled, ReceiptSent, file_invoice, invoice_filed, receipt_sent, send_receipt,
+    };
+
+    // Without a database: published by the worker after the handler succeeded.
+    let broker = Broker::connect().await;
+    broker
+        .delete_exchange(<InvoiceFiled as Event>::EXCHANGE)
+        .await;
+    let mut scene = Scene::of(file_invoice)
+        .also(invoice_filed)
+        .workers(0)
+        .start()
+        .await;
+    let options = EnqueueOptions::default().correlation_id("web-request-7");
+    let id = scene
+        .client
+        .enqueue_with(file_invoice, 7, options.clone())
+        .await
+        .expect("enqueue");
+    let (publisher, subscriber) = (<file_invoice as Job>::QUEUE, <invoice_filed as Job>::QUEUE);
+    let ran = published_by_a_handler(&mut scene, publisher, subscriber).await;
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].args, serde_json::json!({ "invoice": 7 }));
+    assert_eq!(ran[0].correlation_id.as_deref(), Some("web-request-7"));
+    assert_ne!(
+        ran[0].message_id,
+        id.to_string(),
+        "the event has an id of its own"
+    );
+    assert_eq!(runs(publisher).len(), 1);
+    scene.finish().await;
+    broker
+        .delete_exchange(<InvoiceFiled as Event>::EXCHANGE)
+        .await;
+
+    // With a database: through the outbox, in the handler's transaction.
+    broker
+        .delete_exchange(<ReceiptSent as Event>::EXCHANGE)
+        .await;
+    let mut scene = Scene::of(send_receipt)
+        .also(receipt_sent)
+        .database("eda_test_events_in_tx")
+        .workers(0)
+        .start()
+        .await;
+    scene
+        .client
+        .enqueue_with(send_receipt, 8, options)
+        .await
+        .expect("enqueue");
+    let (publisher, subscriber) = (<send_receipt as Job>::QUEUE, <receipt_sent as Job>::QUEUE);
+    let ran = published_by_a_handler(&mut scene, publisher, subscriber).await;
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].args, serde_json::json!({ "receipt": 8 }));
+    assert_eq!(ran[0].correlation_id.as_deref(), Some("web-request-7"));
+    scene.finish().await;
+    broker
+        .delete_exchange(<ReceiptSent as Event>::EXCHANGE)
+        .await;
+    broker.close().await;
+}

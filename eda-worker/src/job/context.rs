@@ -13,16 +13,31 @@ use uuid::Uuid;
 use crate::outbox::Outbox;
 use crate::postgres::transaction::JobTransaction;
 use crate::wire::{Envelope, MessageId, correlation_or_message_id};
-use crate::{Error, Job, QueueType};
+use crate::{Error, Event, ExchangeKind, Job, QueueType};
 
-/// A job a handler enqueued without a database: published by the worker
-/// after the handler succeeded, before the ack.
+/// A job or an event a handler sent without a database: published by the
+/// worker after the handler succeeded, before the ack.
 #[derive(Debug, Clone)]
 pub(crate) struct FollowUp {
-    pub(crate) queue: &'static str,
-    pub(crate) queue_type: QueueType,
+    pub(crate) target: Target,
     pub(crate) envelope: Envelope,
     pub(crate) body: Vec<u8>,
+}
+
+/// Where a follow-up goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// A job's queue, through the default exchange.
+    Queue {
+        queue: &'static str,
+        queue_type: QueueType,
+    },
+    /// An event's exchange.
+    Exchange {
+        exchange: &'static str,
+        kind: ExchangeKind,
+        routing_key: &'static str,
+    },
 }
 
 /// The follow-ups of one attempt.
@@ -210,8 +225,10 @@ impl JobContext {
             follow_up_id(self.queue, &self.message_id, J::NAME, follow_ups.len())
         };
         let follow_up = FollowUp {
-            queue: J::QUEUE,
-            queue_type: J::QUEUE_TYPE,
+            target: Target::Queue {
+                queue: J::QUEUE,
+                queue_type: J::QUEUE_TYPE,
+            },
             envelope: Envelope {
                 message_id: message_id.to_string(),
                 correlation_id: Some(correlation_id),
@@ -225,8 +242,52 @@ impl JobContext {
         Ok(message_id)
     }
 
-    /// The jobs this context collected with [`JobContext::enqueue`] when it
-    /// has no database (in a unit test): `(job name, arguments as JSON)`.
+    /// Publishes `event` as a consequence of this job, carrying its
+    /// correlation id, with the handler's outcome as [`JobContext::enqueue`]
+    /// does: through the outbox in the handler's transaction with a
+    /// database, else published (confirmed) by the worker after the handler
+    /// succeeded and before the ack, with an id derived from this message's
+    /// so that a retry's copy is dropped by its subscribers' inboxes. An
+    /// event no queue takes is not an error.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<MessageId, Error> {
+        if self.tx.is_some() {
+            return self.tx().await?.publish(event).await;
+        }
+        let correlation_id = self.correlation_id_for_children();
+        let body = serde_json::to_vec(&event).map_err(|source| Error::Serialize {
+            payload: crate::wire::Payload::Event(E::NAME),
+            source,
+        })?;
+        let mut follow_ups = self
+            .follow_ups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let message_id = if self.message_id.is_empty() {
+            MessageId::new()
+        } else {
+            follow_up_id(self.queue, &self.message_id, E::NAME, follow_ups.len())
+        };
+        follow_ups.push(FollowUp {
+            target: Target::Exchange {
+                exchange: E::EXCHANGE,
+                kind: E::KIND,
+                routing_key: E::ROUTING_KEY,
+            },
+            envelope: Envelope {
+                message_id: message_id.to_string(),
+                correlation_id: Some(correlation_id),
+                job: Some(E::NAME.to_owned()),
+                attempt: 0,
+                eta: None,
+            },
+            body,
+        });
+        Ok(message_id)
+    }
+
+    /// The jobs and events this context collected with [`JobContext::enqueue`]
+    /// and [`JobContext::publish`] when it
+    /// has no database (in a unit test): `(wire name, JSON)`.
     pub fn enqueued(&self) -> Vec<(String, serde_json::Value)> {
         self.follow_ups
             .lock()
@@ -399,6 +460,18 @@ impl JobTx<'_> {
         let outbox = ctx.outbox.clone().unwrap_or_default();
         outbox
             .enqueue_correlated(self, job, args, correlation_id)
+            .await
+    }
+
+    /// Publishes `event` through the outbox in this transaction, carrying the
+    /// job's correlation id: the same as [`JobContext::publish`], for a
+    /// handler that holds its transaction.
+    pub async fn publish<E: Event>(&mut self, event: E) -> Result<MessageId, Error> {
+        let ctx = self.ctx;
+        let correlation_id = ctx.correlation_id_for_children();
+        let outbox = ctx.outbox.clone().unwrap_or_default();
+        outbox
+            .publish_correlated(self, event, Some(correlation_id))
             .await
     }
 }

@@ -7,7 +7,7 @@ mod error;
 mod queue_name;
 mod registry;
 
-pub(crate) use context::{FollowUps, LazyBegin, SharedTx, TxSlot, TxState};
+pub(crate) use context::{FollowUp, FollowUps, LazyBegin, SharedTx, Target, TxSlot, TxState};
 pub use context::{JobContext, JobTx};
 pub use error::{JobError, JobErrorKind};
 pub use queue_name::MAX_QUEUE_NAME;

@@ -118,6 +118,9 @@ pub(crate) struct Dispatch {
     pub(crate) database: Option<Database>,
     /// Queues declared for follow-up jobs (`ctx.enqueue` without a database).
     pub(crate) declared: std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    /// Exchanges declared for follow-up events (`ctx.publish` without a database).
+    pub(crate) declared_exchanges:
+        std::sync::Mutex<std::collections::HashSet<(&'static str, crate::ExchangeKind)>>,
     /// How long a delivery may be held while its retry, hop or dead letter
     /// cannot be published (see [`super::hold`]).
     pub(crate) hold_limit: std::time::Duration,

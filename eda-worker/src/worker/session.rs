@@ -241,6 +241,7 @@ impl Worker {
                 },
                 database: self.config.database.clone(),
                 declared: std::sync::Mutex::default(),
+                declared_exchanges: std::sync::Mutex::default(),
                 hold_limit: self.config.consumer_timeout / 2,
                 broker: self.broker.clone(),
                 session: session.clone(),

@@ -151,3 +151,53 @@ pub struct OrderArchived {
 pub async fn archive_order(ctx: JobContext, event: OrderArchived) -> Result<(), JobError> {
     crate::jobs::record_run(&ctx, &event).await
 }
+
+/// Published through the outbox, and by a handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.events.outbox", routing_key = "invoice.sent")]
+pub struct InvoiceSent {
+    /// The invoice.
+    pub invoice: i64,
+}
+
+/// Published by a handler without a database: a follow-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.events.follow-up", routing_key = "invoice.filed")]
+pub struct InvoiceFiled {
+    /// The invoice.
+    pub invoice: i64,
+}
+
+/// Published by a handler with a database: through the outbox in its transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(exchange = "eda-test.events.in-tx", routing_key = "receipt.sent")]
+pub struct ReceiptSent {
+    /// The receipt.
+    pub receipt: i64,
+}
+
+/// A job that announces its work as an event, with its outcome.
+#[job(queue = "eda-test.events.filer")]
+pub async fn file_invoice(ctx: JobContext, invoice: i64) -> Result<(), JobError> {
+    ctx.publish(InvoiceFiled { invoice }).await?;
+    crate::jobs::record_run(&ctx, &invoice).await
+}
+
+/// Subscribes to [`InvoiceFiled`], recording what arrived.
+#[job(queue = "eda-test.events.filed", on = InvoiceFiled)]
+pub async fn invoice_filed(ctx: JobContext, event: InvoiceFiled) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}
+
+/// The same with a database.
+#[job(queue = "eda-test.events.receipter")]
+pub async fn send_receipt(ctx: JobContext, receipt: i64) -> Result<(), JobError> {
+    ctx.publish(ReceiptSent { receipt }).await?;
+    crate::jobs::record_run(&ctx, &receipt).await
+}
+
+/// Subscribes to [`ReceiptSent`], recording what arrived.
+#[job(queue = "eda-test.events.receipts", on = ReceiptSent)]
+pub async fn receipt_sent(ctx: JobContext, event: ReceiptSent) -> Result<(), JobError> {
+    crate::jobs::record_run(&ctx, &event).await
+}

@@ -14,7 +14,7 @@ use super::Relay;
 use crate::broker::Publisher;
 use crate::retry::Backoff;
 use crate::wire::{Envelope, MessageId, now_millis};
-use crate::{Error, QueueType};
+use crate::{Error, ExchangeKind, QueueType};
 
 /// The waits before a failing row is tried again: from 2 s, doubling, at most 5 min.
 const ROW_BACKOFF: Backoff = Backoff {
@@ -45,6 +45,8 @@ pub(super) struct OutboxRow {
     pub(super) id: i64,
     pub(super) message_id: MessageId,
     pub(super) exchange: String,
+    /// The kind of an event row's exchange, which the relay declares.
+    pub(super) exchange_kind: Option<ExchangeKind>,
     pub(super) routing_key: String,
     pub(super) queue_type: QueueType,
     pub(super) job: Option<String>,
@@ -77,6 +79,10 @@ impl OutboxRow {
             id: row.try_get("id")?,
             message_id: MessageId::from(row.try_get::<Uuid, _>("message_id")?),
             exchange: row.try_get("exchange")?,
+            exchange_kind: row
+                .try_get::<Option<String>, _>("exchange_kind")?
+                .as_deref()
+                .and_then(ExchangeKind::from_name),
             routing_key: row.try_get("routing_key")?,
             queue_type: if queue_type == "quorum" {
                 QueueType::Quorum
@@ -113,7 +119,7 @@ impl Relay {
             .await
             .map_err(|source| database_error("begin", source))?;
         let claim = format!(
-            "SELECT id, message_id, exchange, routing_key, queue_type, job, correlation_id, eta_ms, body, attempts \
+            "SELECT id, message_id, exchange, exchange_kind, routing_key, queue_type, job, correlation_id, eta_ms, body, attempts \
              FROM {table} WHERE next_attempt_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
         let rows = sqlx::query(AssertSqlSafe(claim))

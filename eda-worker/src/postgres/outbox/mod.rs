@@ -33,8 +33,8 @@ pub use relay::{DEFAULT_BATCH, DEFAULT_POLL_INTERVAL, RELAY_CONNECTIONS, Relay};
 pub use status::{FailingRow, OutboxStatus, status};
 
 use crate::postgres::Schema;
-use crate::wire::{MessageId, now_millis};
-use crate::{Error, Job};
+use crate::wire::{MessageId, Payload, now_millis};
+use crate::{Error, Event, Job, QueueType};
 
 /// Enqueues `job` through the outbox of the default schema, in the
 /// transaction `tx` (a `&mut Transaction<Postgres>` or `&mut *ctx.tx().await?`).
@@ -57,6 +57,14 @@ pub async fn enqueue_in<J: Job>(
     delay: Duration,
 ) -> Result<MessageId, Error> {
     Outbox::default().enqueue_in(tx, job, args, delay).await
+}
+
+/// Publishes `event` through the outbox of the default schema, in the
+/// transaction `tx`: the relay publishes it after commit, to its exchange
+/// (declared as the event does). An event no queue takes is confirmed all
+/// the same, and its row deleted. Returns the message id it will carry.
+pub async fn publish<E: Event>(tx: &mut PgConnection, event: E) -> Result<MessageId, Error> {
+    Outbox::default().publish(tx, event).await
 }
 
 /// The outbox of one schema (for apps that configured another than
@@ -95,6 +103,39 @@ impl Outbox {
         self.insert(tx, job, args, Some(eta)).await
     }
 
+    /// See [`publish`].
+    pub async fn publish<E: Event>(
+        &self,
+        tx: &mut PgConnection,
+        event: E,
+    ) -> Result<MessageId, Error> {
+        self.publish_correlated(tx, event, None).await
+    }
+
+    /// [`Outbox::publish`] carrying `correlation_id` (for `ctx.publish`).
+    pub(crate) async fn publish_correlated<E: Event>(
+        &self,
+        tx: &mut PgConnection,
+        event: E,
+        correlation_id: Option<String>,
+    ) -> Result<MessageId, Error> {
+        let body = serde_json::to_vec(&event).map_err(|source| Error::Serialize {
+            payload: Payload::Event(E::NAME),
+            source,
+        })?;
+        let row = Row {
+            exchange: E::EXCHANGE,
+            exchange_kind: Some(E::KIND.as_str()),
+            routing_key: E::ROUTING_KEY,
+            queue_type: QueueType::Classic,
+            name: E::NAME,
+            correlation_id,
+            eta_ms: None,
+            body,
+        };
+        self.insert_row(tx, row).await
+    }
+
     /// [`Outbox::enqueue`] carrying `correlation_id` (for `ctx.enqueue`).
     pub(crate) async fn enqueue_correlated<J: Job>(
         &self,
@@ -126,22 +167,38 @@ impl Outbox {
         correlation_id: Option<String>,
     ) -> Result<MessageId, Error> {
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
-            payload: crate::wire::Payload::Job(J::NAME),
+            payload: Payload::Job(J::NAME),
             source,
         })?;
+        let row = Row {
+            exchange: "",
+            exchange_kind: None,
+            routing_key: J::QUEUE,
+            queue_type: J::QUEUE_TYPE,
+            name: J::NAME,
+            correlation_id,
+            eta_ms,
+            body,
+        };
+        self.insert_row(tx, row).await
+    }
+
+    async fn insert_row(&self, tx: &mut PgConnection, row: Row) -> Result<MessageId, Error> {
         let message_id = MessageId::new();
         let statement = format!(
-            "INSERT INTO {} (message_id, routing_key, queue_type, job, correlation_id, eta_ms, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO {} (message_id, exchange, exchange_kind, routing_key, queue_type, job, correlation_id, eta_ms, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             self.schema.table("outbox")
         );
         sqlx::query(AssertSqlSafe(statement))
             .bind(message_id.as_uuid())
-            .bind(J::QUEUE)
-            .bind(J::QUEUE_TYPE.as_str())
-            .bind(J::NAME)
-            .bind(correlation_id)
-            .bind(eta_ms.map(|eta| i64::try_from(eta).unwrap_or(i64::MAX)))
-            .bind(body)
+            .bind(row.exchange)
+            .bind(row.exchange_kind)
+            .bind(row.routing_key)
+            .bind(row.queue_type.as_str())
+            .bind(row.name)
+            .bind(row.correlation_id)
+            .bind(row.eta_ms.map(|eta| i64::try_from(eta).unwrap_or(i64::MAX)))
+            .bind(row.body)
             .execute(tx)
             .await
             .map_err(|source| Error::Database {
@@ -150,4 +207,17 @@ impl Outbox {
             })?;
         Ok(message_id)
     }
+}
+
+/// What one outbox row holds: a job for its queue, or an event for its exchange.
+struct Row {
+    exchange: &'static str,
+    exchange_kind: Option<&'static str>,
+    routing_key: &'static str,
+    queue_type: QueueType,
+    /// The wire name.
+    name: &'static str,
+    correlation_id: Option<String>,
+    eta_ms: Option<u64>,
+    body: Vec<u8>,
 }

@@ -1,7 +1,7 @@
 //! How the relay publishes a batch: rows due now for the default exchange
-//! pipelined on one confirm channel, the others (a named exchange, a
-//! scheduled row) each on a channel of its own; and what each result means
-//! for its row.
+//! or an event's exchange (declared first) pipelined, the others (another
+//! named exchange, a scheduled row) each alone on its channel; and what
+//! each result means for its row.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,9 +12,9 @@ use tokio::time::error::Elapsed;
 
 use super::Relay;
 use super::batch::{OutboxRow, Sent};
-use crate::Error;
 use crate::broker::{self, Outgoing, Publisher, QueueSpec};
 use crate::retry::schedule::publish_delayed;
+use crate::{Error, ExchangeKind};
 
 /// How long a row's publish may wait for its confirm (a broker that blocks
 /// publishers under a memory or disk alarm sends none); past it the row is
@@ -30,12 +30,14 @@ enum Route {
     Alone,
 }
 
-/// Only the default exchange always exists: a publish to a missing named
+/// The default exchange always exists, and so does an event's, which the
+/// relay declares before publishing the row. A publish to a missing named
 /// exchange closes its channel, which must not take the rest of the batch
-/// with it, so such rows go alone (the publisher sends each alone on its
-/// channel), as do scheduled rows (through their delay queues).
-fn route(exchange: &str, scheduled: bool) -> Route {
-    if exchange.is_empty() && !scheduled {
+/// with it, so the rows of other named exchanges go alone (the publisher
+/// sends each alone on its channel), as do scheduled rows (through their
+/// delay queues).
+fn route(exchange: &str, declared: bool, scheduled: bool) -> Route {
+    if (exchange.is_empty() || declared) && !scheduled {
         Route::Pipelined
     } else {
         Route::Alone
@@ -85,7 +87,10 @@ impl Relay {
             }
             .await;
             match prepared {
-                Ok((properties, eta)) if route(&row.exchange, eta.is_some()) == Route::Alone => {
+                Ok((properties, eta))
+                    if route(&row.exchange, row.exchange_kind.is_some(), eta.is_some())
+                        == Route::Alone =>
+                {
                     alone.push((index, properties, eta));
                 }
                 Ok((properties, _)) => {
@@ -95,7 +100,7 @@ impl Relay {
                         message_id: row.message_id.to_string(),
                         body: row.body.clone(),
                         properties,
-                        exchange_declared: false,
+                        exchange_declared: row.exchange_kind.is_some(),
                     });
                     now_rows.push(index);
                 }
@@ -184,7 +189,8 @@ impl Relay {
     }
 
     /// Declares the queue of a row for the default exchange (and its delay
-    /// queues when it is scheduled), once per relay session.
+    /// queues when it is scheduled), or the exchange of an event row, once
+    /// per relay session.
     async fn declare(
         &self,
         publisher: &Publisher,
@@ -192,6 +198,14 @@ impl Relay {
         row: &OutboxRow,
         scheduled: bool,
     ) -> Result<(), Error> {
+        if let Some(kind) = row.exchange_kind {
+            let key = exchange_key(&row.exchange, kind);
+            if !declared.lock().await.contains(&key) {
+                broker::declare_exchange(publisher.connection(), &row.exchange, kind).await?;
+                declared.lock().await.insert(key);
+            }
+            return Ok(());
+        }
         if !row.exchange.is_empty() {
             return Ok(());
         }
@@ -221,8 +235,22 @@ async fn settle(
     row: &OutboxRow,
     published: Result<Result<(), Error>, Elapsed>,
 ) -> Sent {
+    let published = match published {
+        // No subscriber: for an event that is not a failure.
+        Ok(Err(Error::Unroutable { .. })) if !row.exchange.is_empty() => {
+            tracing::info!(
+                row = row.id,
+                message_id = %row.message_id,
+                exchange = %row.exchange,
+                routing_key = %row.routing_key,
+                "no queue is bound for this event: it was confirmed and its row is deleted"
+            );
+            Ok(Ok(()))
+        }
+        published => published,
+    };
     if matches!(published, Ok(Err(_))) {
-        // Its queue may be gone: declared again on the next try.
+        // Its queue or exchange may be gone: declared again on the next try.
         forget_declared(declared, row).await;
     }
     verdict(published, publisher.is_usable())
@@ -242,11 +270,22 @@ fn verdict(published: Result<Result<(), Error>, Elapsed>, connected: bool) -> Se
 /// Forgets that `row`'s queues were declared, so that the next publish to
 /// them declares them again (a queue deleted while the relay runs).
 async fn forget_declared(declared: &Mutex<HashSet<String>>, row: &OutboxRow) {
+    if let Some(kind) = row.exchange_kind {
+        declared
+            .lock()
+            .await
+            .remove(&exchange_key(&row.exchange, kind));
+    }
     if row.exchange.is_empty() {
         let mut declared = declared.lock().await;
         declared.remove(&declared_key(&row.routing_key, false));
         declared.remove(&declared_key(&row.routing_key, true));
     }
+}
+
+/// What the relay remembers of a declared event exchange.
+fn exchange_key(exchange: &str, kind: ExchangeKind) -> String {
+    format!("exchange {exchange} ({kind})")
 }
 
 /// What the relay remembers of a declared job queue (with its delay queues
@@ -275,11 +314,13 @@ mod tests {
     }
 
     #[test]
-    fn only_rows_due_now_for_the_default_exchange_are_pipelined() {
-        assert_eq!(route("", false), Route::Pipelined);
-        assert_eq!(route("", true), Route::Alone);
-        assert_eq!(route("orders", false), Route::Alone);
-        assert_eq!(route("orders", true), Route::Alone);
+    fn rows_due_now_for_the_default_or_a_declared_exchange_are_pipelined() {
+        assert_eq!(route("", false, false), Route::Pipelined);
+        assert_eq!(route("", false, true), Route::Alone);
+        assert_eq!(route("orders", false, false), Route::Alone);
+        assert_eq!(route("orders", false, true), Route::Alone);
+        // An event's exchange, declared by the relay.
+        assert_eq!(route("orders", true, false), Route::Pipelined);
     }
 
     #[test]
