@@ -45,6 +45,26 @@ fn now_millis() -> u64 {
 const RAW_QUEUE: &str = "eda-bench.raw";
 /// Queue of the eda-worker figures.
 const EDA_QUEUE: &str = "eda-bench.noop";
+/// The topic exchange of the event publish figures, and its bound queues.
+const EVENT_EXCHANGE: &str = "eda-bench.events";
+const EVENT_QUEUES: [&str; 3] = [
+    "eda-bench.events.a",
+    "eda-bench.events.b",
+    "eda-bench.events.c",
+];
+/// The bench event's routing key and wire name.
+const EVENT_NAME: &str = "bench.event";
+
+/// The bench event: the no-op job's payload, published to a topic exchange
+/// with three bound queues.
+#[derive(Debug, Clone, Ser, De, Event)]
+#[event(exchange = "eda-bench.events", routing_key = "bench.event")]
+pub struct Ping {
+    /// A sequence number.
+    pub n: u64,
+    /// Some text.
+    pub email: String,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -478,7 +498,75 @@ async fn publish_figures(
         bare_publish.rate(),
     ));
     push_percentiles(table, "single caller ", &eda_single, &raw_single);
+    event_figures(settings, client, admin, table).await?;
     Ok(raw_publish.rate())
+}
+
+/// The event publish row: `client.publish` to a topic exchange with three
+/// bound queues against raw lapin's confirmed publish of the same messages,
+/// in rotating rounds into emptied queues.
+async fn event_figures(
+    settings: &Settings,
+    client: &Client,
+    admin: &raw::Admin,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let url = amqp_url_from_env();
+    admin
+        .topic_with_queues(EVENT_EXCHANGE, EVENT_NAME, &EVENT_QUEUES)
+        .await?;
+    let rounds = settings.rounds.max(1);
+    let per_round = (settings.messages / rounds).max(1);
+    let (mut eda_runs, mut raw_runs) = (Vec::new(), Vec::new());
+    let target = raw::Target {
+        exchange: EVENT_EXCHANGE,
+        routing_key: EVENT_NAME,
+    };
+    for round in 0..rounds {
+        for turn in 0..2 {
+            if (turn + round) % 2 == 0 {
+                let client = client.clone();
+                eda_runs.push(
+                    report::concurrently(per_round, settings.publishers, move |n| {
+                        let client = client.clone();
+                        async move {
+                            let Noop { n, email } = payload(n);
+                            let published = client.publish(Ping { n, email }).await?;
+                            anyhow::ensure!(published.routed, "the bench event was not routed");
+                            Ok(())
+                        }
+                    })
+                    .await?,
+                );
+            } else {
+                raw_runs.push(
+                    raw::publish_to(
+                        &url,
+                        target,
+                        per_round,
+                        settings.publishers,
+                        payload,
+                        Format::Event,
+                    )
+                    .await?,
+                );
+            }
+            for queue in EVENT_QUEUES {
+                admin.purge(queue).await?;
+            }
+        }
+    }
+    admin.delete_topic(EVENT_EXCHANGE, &EVENT_QUEUES).await?;
+    let (eda, raw) = (Latencies::merge(eda_runs), Latencies::merge(raw_runs));
+    table.push(Row::throughput(
+        &format!(
+            "confirmed event publish to a topic exchange with 3 bound queues, {} callers (msg/s)",
+            settings.publishers
+        ),
+        eda.rate(),
+        raw.rate(),
+    ));
+    Ok(())
 }
 
 async fn run_all(settings: Settings) -> anyhow::Result<()> {

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, QueuePurgeOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
@@ -19,11 +20,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::Latencies;
 
-/// Publishes `body` to `queue` through the default exchange, `mandatory`,
-/// and fails unless the broker confirms it (acked, not returned).
+/// Where raw messages go: an exchange (empty: the default one) and a
+/// routing key (for the default exchange, the queue).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    pub(crate) exchange: &'static str,
+    pub(crate) routing_key: &'static str,
+}
+
+impl Target {
+    /// A queue, through the default exchange.
+    pub(crate) fn queue(queue: &'static str) -> Self {
+        Target {
+            exchange: "",
+            routing_key: queue,
+        }
+    }
+}
+
+/// Publishes `body` to an exchange (empty: the default one, whose routing
+/// key is the queue), `mandatory`, and fails unless the broker
+/// confirms it (acked, not returned).
 async fn publish_confirmed(
     channel: &lapin::Channel,
-    queue: &str,
+    (exchange, routing_key): (&str, &str),
     body: &[u8],
     properties: BasicProperties,
 ) -> anyhow::Result<()> {
@@ -32,11 +52,17 @@ async fn publish_confirmed(
         immediate: false,
     };
     let confirm = channel
-        .basic_publish("".into(), queue.into(), options, body, properties)
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
         .await?
         .await?;
     if confirm != Confirmation::Ack(None) {
-        bail!("raw publish to `{queue}` not confirmed: {confirm:?}");
+        bail!("raw publish to `{exchange}` with `{routing_key}` not confirmed: {confirm:?}");
     }
     Ok(())
 }
@@ -69,6 +95,9 @@ pub(crate) enum Format {
     LongId,
     /// [`Format::SameAsEda`] with a header table holding `x-eda-attempt: 0`.
     LeanWithHeader,
+    /// An event's first delivery: [`Format::SameAsEda`] with the bench
+    /// event's wire name as `type`.
+    Event,
     /// What eda-worker wrote before its first deliveries were made lean:
     /// `content_type`, a 36-character id, the same `correlation_id`,
     /// `type`, `timestamp` and `x-eda-attempt: 0`.
@@ -93,20 +122,21 @@ impl Format {
             headers
         };
         let long_id = || uuid::Uuid::new_v4().to_string();
-        let lean = || {
+        let lean = |kind: &str| {
             persistent
                 .clone()
                 .with_message_id(eda_worker::MessageId::new().to_string().into())
-                .with_type("noop".into())
+                .with_type(kind.into())
         };
         match self {
             Format::Bare => persistent.with_content_type("application/json".into()),
-            Format::SameAsEda => lean(),
+            Format::SameAsEda => lean("noop"),
+            Format::Event => lean(crate::EVENT_NAME),
             Format::LongId => persistent
                 .with_message_id(long_id().into())
                 .with_type("noop".into())
                 .with_timestamp(1_700_000_000 + n),
-            Format::LeanWithHeader => lean().with_headers(attempt_zero()),
+            Format::LeanWithHeader => lean("noop").with_headers(attempt_zero()),
             Format::OldFull => {
                 let id = long_id();
                 persistent
@@ -125,6 +155,7 @@ impl Format {
         match self {
             Format::Bare => "content_type + delivery_mode only",
             Format::SameAsEda => "eda-worker's lean first delivery (22-char id + type)",
+            Format::Event => "an event's lean first delivery",
             Format::LongId => "36-char id + type + timestamp",
             Format::LeanWithHeader => "lean + an x-eda-attempt header table",
             Format::OldFull => {
@@ -215,6 +246,53 @@ impl Admin {
     }
 
     /// Empties `queue`.
+    /// Declares `exchange` (durable, topic) and `queues`, each emptied and
+    /// bound to it with `key`.
+    pub(crate) async fn topic_with_queues(
+        &self,
+        exchange: &str,
+        key: &str,
+        queues: &[&str],
+    ) -> anyhow::Result<()> {
+        let channel = self.connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        for queue in queues {
+            self.reset(queue).await?;
+            channel
+                .queue_bind(
+                    (*queue).into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `exchange` and `queues`.
+    pub(crate) async fn delete_topic(&self, exchange: &str, queues: &[&str]) -> anyhow::Result<()> {
+        for queue in queues {
+            self.delete(queue).await?;
+        }
+        let channel = self.connection.create_channel().await?;
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn purge(&self, queue: &str) -> anyhow::Result<()> {
         let channel = self.connection.create_channel().await?;
         channel
@@ -235,7 +313,28 @@ pub(crate) async fn publish<T: Serialize + 'static>(
     format: Format,
 ) -> anyhow::Result<Latencies> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-    publish_on(connection, queue, count, publishers, payload, format).await
+    publish_on(
+        connection,
+        Target::queue(queue),
+        count,
+        publishers,
+        payload,
+        format,
+    )
+    .await
+}
+
+/// [`publish`] to `target` (an exchange and routing key).
+pub(crate) async fn publish_to<T: Serialize + 'static>(
+    url: &str,
+    target: Target,
+    count: u64,
+    publishers: usize,
+    payload: fn(u64) -> T,
+    format: Format,
+) -> anyhow::Result<Latencies> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    publish_on(connection, target, count, publishers, payload, format).await
 }
 
 /// [`publish`] over an `amqps://` URL with `tls`.
@@ -255,12 +354,20 @@ pub(crate) async fn publish_with_tls<T: Serialize + 'static>(
         lapin::runtime::default_runtime()?,
     )
     .await?;
-    publish_on(connection, queue, count, publishers, payload, format).await
+    publish_on(
+        connection,
+        Target::queue(queue),
+        count,
+        publishers,
+        payload,
+        format,
+    )
+    .await
 }
 
 async fn publish_on<T: Serialize + 'static>(
     connection: Connection,
-    queue: &'static str,
+    target: Target,
     count: u64,
     publishers: usize,
     payload: fn(u64) -> T,
@@ -275,7 +382,8 @@ async fn publish_on<T: Serialize + 'static>(
         let channel = channel.clone();
         async move {
             let body = serde_json::to_vec(&payload(n))?;
-            publish_confirmed(&channel, queue, &body, format.properties(n)).await?;
+            let target = (target.exchange, target.routing_key);
+            publish_confirmed(&channel, target, &body, format.properties(n)).await?;
             Ok(())
         }
     })
@@ -421,7 +529,7 @@ pub(crate) async fn fail_once_drain(
         let properties = delivery.properties.clone().with_headers(headers);
         let (publisher, delay_queue) = (publisher.clone(), delay_queue.to_owned());
         republishes.spawn(async move {
-            publish_confirmed(&publisher, &delay_queue, &delivery.data, properties).await?;
+            publish_confirmed(&publisher, ("", &delay_queue), &delivery.data, properties).await?;
             delivery.acker.ack(BasicAckOptions::default()).await?;
             anyhow::Ok(())
         });
