@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
-use syn::parse::{Parse, ParseStream, Parser};
+use syn::parse::{Lookahead1, Parse, ParseStream, Parser};
 use syn::{Expr, Ident, Token};
 
 use self::queue_name::queue_name;
@@ -119,11 +119,9 @@ impl JobAttr {
     /// whatever options are valid.
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> JobAttr {
         let mut attr = JobAttr::default();
-        let parsed = (|input: ParseStream<'_>| attr.parse_options(input, errors)).parse2(tokens);
-        match parsed {
-            Ok(()) => attr.complete = true,
-            Err(error) => errors.push(error),
-        }
+        attr.complete = parse_all(tokens, errors, |input, errors| {
+            attr.parse_options(input, errors)
+        });
         attr
     }
 
@@ -136,8 +134,7 @@ impl JobAttr {
             errors,
             options: OPTIONS,
         };
-        while !input.is_empty() {
-            let lookahead = input.lookahead1();
+        each_option(input, |lookahead| {
             if lookahead.peek(kw::queue) {
                 options.parse::<kw::queue, _, _>(&mut self.queue, "\"email\"", queue_name)?;
             } else if lookahead.peek(kw::retries) {
@@ -171,12 +168,8 @@ impl JobAttr {
             } else {
                 return Err(lookahead.error());
             }
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Reports the options that cannot go with `on`: the event gives the
@@ -212,6 +205,39 @@ impl JobAttr {
         }
         self.queue.as_deref().unwrap_or_default()
     }
+}
+
+/// Runs `parse_options` over an attribute's tokens; false when broken syntax
+/// stopped it before the end (the error is on `errors`).
+fn parse_all(
+    tokens: TokenStream,
+    errors: &mut Errors,
+    parse_options: impl FnOnce(ParseStream<'_>, &mut Errors) -> syn::Result<()>,
+) -> bool {
+    let parsed = (|input: ParseStream<'_>| parse_options(input, errors)).parse2(tokens);
+    match parsed {
+        Ok(()) => true,
+        Err(error) => {
+            errors.push(error);
+            false
+        }
+    }
+}
+
+/// Reads `key = value, ...`: `option` reads the one at the cursor, given a
+/// lookahead to tell which key it is.
+fn each_option(
+    input: ParseStream<'_>,
+    mut option: impl FnMut(Lookahead1<'_>) -> syn::Result<()>,
+) -> syn::Result<()> {
+    while !input.is_empty() {
+        option(input.lookahead1())?;
+        if input.is_empty() {
+            break;
+        }
+        input.parse::<Token![,]>()?;
+    }
+    Ok(())
 }
 
 /// Reads one `key = value` option at a time, remembering which keys it has

@@ -3,11 +3,11 @@
 
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt;
-use syn::parse::{ParseStream, Parser};
-use syn::{Ident, LitStr, Token};
+use syn::parse::ParseStream;
+use syn::{Ident, LitStr};
 
 use super::values::wire_name;
-use super::{Errors, Key, OptionParser};
+use super::{Errors, Key, OptionParser, each_option, parse_all};
 
 options!(event_kw, EVENT_OPTIONS: exchange, kind, routing_key, name);
 
@@ -35,11 +35,9 @@ impl EventAttr {
     /// `errors`.
     pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> EventAttr {
         let mut attr = EventAttr::default();
-        let parsed = (|input: ParseStream<'_>| attr.parse_options(input, errors)).parse2(tokens);
-        match parsed {
-            Ok(()) => attr.complete = true,
-            Err(error) => errors.push(error),
-        }
+        attr.complete = parse_all(tokens, errors, |input, errors| {
+            attr.parse_options(input, errors)
+        });
         attr
     }
 
@@ -50,8 +48,7 @@ impl EventAttr {
             errors,
             options: EVENT_OPTIONS,
         };
-        while !input.is_empty() {
-            let lookahead = input.lookahead1();
+        each_option(input, |lookahead| {
             if lookahead.peek(event_kw::exchange) {
                 options.parse::<event_kw::exchange, _, _>(
                     &mut self.exchange,
@@ -77,12 +74,8 @@ impl EventAttr {
             } else {
                 return Err(lookahead.error());
             }
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The checked options: exchange, kind, routing key and wire name, with

@@ -114,15 +114,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        self.send(Outgoing {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            message_id: message_id.to_owned(),
-            body: body.to_vec(),
-            properties,
-            exchange_declared: false,
-        })
-        .await
+        let message = Outgoing::new(exchange, routing_key, message_id, body, properties);
+        self.send(message).await
     }
 
     /// [`Publisher::publish`] to a named exchange that the caller declared
@@ -136,15 +129,11 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        self.send(Outgoing {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            message_id: message_id.to_owned(),
-            body: body.to_vec(),
-            properties,
+        let message = Outgoing {
             exchange_declared: true,
-        })
-        .await
+            ..Outgoing::new(exchange, routing_key, message_id, body, properties)
+        };
+        self.send(message).await
     }
 
     /// Publishes `messages`, pipelined, and waits for all their verdicts:
@@ -497,4 +486,25 @@ pub(crate) struct Outgoing {
     /// exchange deleted since fails the publishes in flight beside it on
     /// its channel, each told so.
     pub(crate) exchange_declared: bool,
+}
+
+impl Outgoing {
+    /// A publish of `body` with `properties`, to an exchange not declared
+    /// by the caller.
+    fn new(
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Self {
+        Outgoing {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id: message_id.to_owned(),
+            body: body.to_vec(),
+            properties,
+            exchange_declared: false,
+        }
+    }
 }

@@ -209,11 +209,21 @@ impl JobContext {
         if self.tx.is_some() {
             return self.tx().await?.enqueue(job, args).await;
         }
-        let correlation_id = self.correlation_id_for_children();
         let body = serde_json::to_vec(&args).map_err(|source| Error::Serialize {
             payload: crate::wire::Payload::Job(J::NAME),
             source,
         })?;
+        let target = Target::Queue {
+            queue: J::QUEUE,
+            queue_type: J::QUEUE_TYPE,
+        };
+        Ok(self.follow_up(J::NAME, target, body))
+    }
+
+    /// Keeps a follow-up for the worker to publish after the handler
+    /// succeeded, carrying this job's correlation id; returns its message id.
+    fn follow_up(&self, name: &'static str, target: Target, body: Vec<u8>) -> MessageId {
+        let correlation_id = self.correlation_id_for_children();
         let mut follow_ups = self
             .follow_ups
             .lock()
@@ -222,24 +232,20 @@ impl JobContext {
             // A message without an id (a foreign producer's): nothing stable to derive from.
             MessageId::new()
         } else {
-            follow_up_id(self.queue, &self.message_id, J::NAME, follow_ups.len())
+            follow_up_id(self.queue, &self.message_id, name, follow_ups.len())
         };
-        let follow_up = FollowUp {
-            target: Target::Queue {
-                queue: J::QUEUE,
-                queue_type: J::QUEUE_TYPE,
-            },
+        follow_ups.push(FollowUp {
+            target,
             envelope: Envelope {
                 message_id: message_id.to_string(),
                 correlation_id: Some(correlation_id),
-                job: Some(J::NAME.to_owned()),
+                job: Some(name.to_owned()),
                 attempt: 0,
                 eta: None,
             },
             body,
-        };
-        follow_ups.push(follow_up);
-        Ok(message_id)
+        });
+        message_id
     }
 
     /// Publishes `event` as a consequence of this job, carrying its
@@ -253,36 +259,16 @@ impl JobContext {
         if self.tx.is_some() {
             return self.tx().await?.publish(event).await;
         }
-        let correlation_id = self.correlation_id_for_children();
         let body = serde_json::to_vec(&event).map_err(|source| Error::Serialize {
             payload: crate::wire::Payload::Event(E::NAME),
             source,
         })?;
-        let mut follow_ups = self
-            .follow_ups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let message_id = if self.message_id.is_empty() {
-            MessageId::new()
-        } else {
-            follow_up_id(self.queue, &self.message_id, E::NAME, follow_ups.len())
+        let target = Target::Exchange {
+            exchange: E::EXCHANGE,
+            kind: E::KIND,
+            routing_key: E::ROUTING_KEY,
         };
-        follow_ups.push(FollowUp {
-            target: Target::Exchange {
-                exchange: E::EXCHANGE,
-                kind: E::KIND,
-                routing_key: E::ROUTING_KEY,
-            },
-            envelope: Envelope {
-                message_id: message_id.to_string(),
-                correlation_id: Some(correlation_id),
-                job: Some(E::NAME.to_owned()),
-                attempt: 0,
-                eta: None,
-            },
-            body,
-        });
-        Ok(message_id)
+        Ok(self.follow_up(E::NAME, target, body))
     }
 
     /// The jobs and events this context collected with [`JobContext::enqueue`]

@@ -312,9 +312,8 @@ pub(crate) async fn publish<T: Serialize + 'static>(
     payload: fn(u64) -> T,
     format: Format,
 ) -> anyhow::Result<Latencies> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-    publish_on(
-        connection,
+    publish_to(
+        url,
         Target::queue(queue),
         count,
         publishers,
