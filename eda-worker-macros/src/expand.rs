@@ -101,6 +101,8 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
     let (docs, other_attrs): (Vec<_>, Vec<_>) =
         attrs.iter().partition(|a| a.path().is_ident("doc"));
     let args_type = quote_spanned! {args_ty.span()=> type Args = #args_ty; };
+    let reply_ty = reply_type(output);
+    let output_type = quote_spanned! {output.span()=> type Output = #reply_ty; };
     let retries = attr
         .retries
         .map(|retries| quote! { const RETRIES: u32 = #retries; });
@@ -145,6 +147,7 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
 
         impl ::eda_worker::__private::Job for #ident {
             #args_type
+            #output_type
             const NAME: &'static str = #name;
             const QUEUE: &'static str = #queue;
             #retries
@@ -166,6 +169,22 @@ fn generate(attr: &JobAttr, queue: &str, function: &ItemFn, params: &Params<'_>)
             )
         }
     }
+}
+
+/// The `T` of a return type `Result<T, JobError>` (or of an alias
+/// `Result<T>`): what the job replies with. `()` when the type is written
+/// otherwise; the compiler then checks that the handler returns
+/// `Result<(), JobError>`.
+fn reply_type(output: &Type) -> TokenStream {
+    if let Type::Path(path) = output
+        && let Some(last) = path.path.segments.last()
+        && last.ident == "Result"
+        && let syn::PathArguments::AngleBracketed(arguments) = &last.arguments
+        && let Some(syn::GenericArgument::Type(reply)) = arguments.args.first()
+    {
+        return quote! { #reply };
+    }
+    quote! { () }
 }
 
 /// Checks that the function is `async fn name(ctx: JobContext, args: T) -> R`,

@@ -534,6 +534,7 @@ mod tests {
 
     impl crate::Job for Child {
         type Args = u32;
+        type Output = ();
         const NAME: &'static str = "child";
         const QUEUE: &'static str = "child";
 

@@ -57,6 +57,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub trait Job: Default + Copy + Send + Sync + 'static {
     /// The handler's argument type, sent as JSON.
     type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// What the handler returns on success (`T` of its `Result<T,
+    /// JobError>`): the reply of a request, sent as JSON to a message that
+    /// has `reply_to`; `()` for a job that answers nothing.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
 
     /// The wire name: the message's `type` property.
     const NAME: &'static str;
@@ -82,7 +86,7 @@ pub trait Job: Default + Copy + Send + Sync + 'static {
         &self,
         ctx: JobContext,
         args: Self::Args,
-    ) -> impl Future<Output = Result<(), JobError>> + Send;
+    ) -> impl Future<Output = Result<Self::Output, JobError>> + Send;
 }
 
 /// What a job's queue is bound to.
@@ -149,11 +153,13 @@ impl std::fmt::Display for Binding {
     }
 }
 
-/// A started handler, type-erased.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'static>>;
+/// A started handler, type-erased: on success, its output as JSON when a
+/// reply was asked for.
+pub type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, JobError>> + Send + 'static>>;
 
 /// Decodes a message body into the job's arguments and starts its handler.
-type Start = fn(JobContext, &[u8]) -> Result<HandlerFuture, serde_json::Error>;
+type Start = fn(JobContext, &[u8], bool) -> Result<HandlerFuture, serde_json::Error>;
 
 /// What the registry knows of one job: its options and how to run it
 /// from raw bytes. `#[job]` submits one per job.
@@ -197,9 +203,16 @@ impl JobDefinition {
         }
     }
 
-    /// Decodes `body` into the job's arguments and returns the running handler.
-    pub fn start(&self, ctx: JobContext, body: &[u8]) -> Result<HandlerFuture, serde_json::Error> {
-        (self.start)(ctx, body)
+    /// Decodes `body` into the job's arguments and returns the running
+    /// handler, whose output is serialized when `reply` (the message is a
+    /// request).
+    pub fn start(
+        &self,
+        ctx: JobContext,
+        body: &[u8],
+        reply: bool,
+    ) -> Result<HandlerFuture, serde_json::Error> {
+        (self.start)(ctx, body, reply)
     }
 }
 
@@ -219,9 +232,24 @@ impl std::fmt::Debug for JobDefinition {
     }
 }
 
-fn start_job<J: Job>(ctx: JobContext, body: &[u8]) -> Result<HandlerFuture, serde_json::Error> {
+fn start_job<J: Job>(
+    ctx: JobContext,
+    body: &[u8],
+    reply: bool,
+) -> Result<HandlerFuture, serde_json::Error> {
     let args: J::Args = serde_json::from_slice(body)?;
-    Ok(Box::pin(async move { J::default().call(ctx, args).await }))
+    Ok(Box::pin(async move {
+        let output = J::default().call(ctx, args).await?;
+        if !reply {
+            return Ok(None);
+        }
+        serde_json::to_vec(&output).map(Some).map_err(|error| {
+            JobError::permanent(format!(
+                "could not serialize the reply of job `{}` to JSON: {error}",
+                J::NAME
+            ))
+        })
+    }))
 }
 
 inventory::collect!(JobDefinition);

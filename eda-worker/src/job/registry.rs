@@ -197,6 +197,7 @@ mod tests {
 
             impl Job for $job {
                 type Args = ();
+                type Output = ();
                 const NAME: &'static str = $name;
                 const QUEUE: &'static str = $queue;
                 const QUEUE_TYPE: crate::QueueType = crate::QueueType::$queue_type;
@@ -223,6 +224,7 @@ mod tests {
 
     impl Job for Audit {
         type Args = serde_json::Value;
+        type Output = ();
         const NAME: &'static str = "audit";
         const QUEUE: &'static str = "shared";
         const SUBSCRIPTION: crate::Subscription =
@@ -299,11 +301,11 @@ mod tests {
         let definition = JobDefinition::of::<greet>("greet");
         assert!(
             definition
-                .start(JobContext::for_test(), br#"{"name":"ada"}"#)
+                .start(JobContext::for_test(), br#"{"name":"ada"}"#, false)
                 .is_ok()
         );
         let error = definition
-            .start(JobContext::for_test(), br#"{"nom":"ada"}"#)
+            .start(JobContext::for_test(), br#"{"nom":"ada"}"#, false)
             .err()
             .unwrap();
         assert!(

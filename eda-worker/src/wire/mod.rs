@@ -25,6 +25,13 @@ pub const HEADER_ERROR: &str = "x-eda-error";
 pub const HEADER_FAILED_AT: &str = "x-eda-failed-at";
 /// Header on dead letters: the queue the message came from.
 pub const HEADER_QUEUE: &str = "x-eda-queue";
+/// Header on a request: when its caller gives up, in ms since the epoch;
+/// past it, the request is acked without running.
+pub const HEADER_DEADLINE: &str = "x-eda-deadline";
+/// Header on a reply: the `message_id` of the request it answers.
+pub const HEADER_REQUEST_ID: &str = "x-eda-request-id";
+/// Header on a failed reply: `permanent`, `retryable` or `duplicate`.
+pub const HEADER_ERROR_KIND: &str = "x-eda-error-kind";
 
 /// The `content_type` a job message may carry (absent means the same).
 pub const CONTENT_TYPE_JSON: &str = "application/json";

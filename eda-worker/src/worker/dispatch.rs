@@ -19,6 +19,7 @@ use super::decision::{
 };
 use super::follow_ups::{has_follow_ups, publish_follow_ups};
 use super::hold::until_published;
+use super::reply::{Answer, is_request, reply};
 use super::starts;
 use super::transaction::{self, Ending, Start, ending};
 use crate::broker::Publisher;
@@ -29,7 +30,7 @@ use crate::outbox::Outbox;
 use crate::postgres::Database;
 use crate::postgres::health::{DatabaseHealth, is_outage, outage_in_chain};
 use crate::retry::schedule::{Retry, publish_hop, publish_retry};
-use crate::wire::{Envelope, now_millis, unparsable_eta};
+use crate::wire::{Envelope, HEADER_DEADLINE, header_u64, now_millis, unparsable_eta};
 use crate::{DelayQueues, JobContext, QueueType};
 
 /// The jobs consumed from one queue, by wire name.
@@ -186,6 +187,15 @@ pub(crate) async fn handle_delivery(delivery: Received, dispatch: &Dispatch) -> 
     }
     let received = tokio::time::Instant::now();
     async {
+        if let Some(deadline) = header_u64(&delivery.properties, HEADER_DEADLINE)
+            && deadline <= now_millis()
+        {
+            tracing::info!(
+                deadline_ms = deadline,
+                "the caller of this request gave up (its deadline passed); acked without running"
+            );
+            return Settlement::Ack;
+        }
         if envelope.eta.is_none()
             && let Some(eta) = unparsable_eta(&delivery.properties)
         {
@@ -281,6 +291,9 @@ async fn run_job(
         Ok(Some(Start::Tx(tx))) => Some(tx),
         Ok(Some(Start::AlreadyProcessed)) => {
             tracing::info!("already processed (its inbox row exists); acked without running");
+            if is_request(delivery) {
+                Box::pin(reply(delivery, envelope, dispatch, Answer::Duplicate)).await;
+            }
             return Settlement::Ack;
         }
         Ok(None) => None,
@@ -304,7 +317,10 @@ async fn run_job(
         ctx = ctx.with_tx(tx.clone(), Outbox::in_schema(database.schema().clone()));
     }
     let follow_ups = ctx.follow_ups();
-    let ran = run_attempt(delivery, ctx, job).await;
+    let (ran, output) = match run_attempt(delivery, ctx, job).await {
+        Ok(output) => (Ok(()), output),
+        Err(failure) => (Err(failure), None),
+    };
     if tx.as_ref().is_some_and(|tx| tx.was_wanted()) {
         dispatch.jobs.uses_database.store(true, Ordering::Relaxed);
     }
@@ -323,6 +339,9 @@ async fn run_job(
     match outcome {
         Ok(()) => {
             tracing::debug!("job succeeded");
+            if let Some(output) = output {
+                Box::pin(reply(delivery, envelope, dispatch, Answer::Output(output))).await;
+            }
             Settlement::Ack
         }
         Err(failure) => {
@@ -363,14 +382,19 @@ async fn database_away(failure: &Failure, dispatch: &Dispatch) -> bool {
     away
 }
 
+/// Runs the handler; on success, its output as JSON when the message is a
+/// request.
 async fn run_attempt(
     delivery: &Received,
     ctx: JobContext,
     job: &JobDefinition,
-) -> Result<(), Failure> {
+) -> Result<Option<Vec<u8>>, Failure> {
+    let wants_reply = is_request(delivery);
     // The user's Deserialize runs here: a panic in it fails the attempt too.
-    let started = std::panic::catch_unwind(AssertUnwindSafe(|| job.start(ctx, &delivery.data)))
-        .map_err(|payload| Failure::Panicked(panic_message(payload.as_ref())))?;
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        job.start(ctx, &delivery.data, wants_reply)
+    }))
+    .map_err(|payload| Failure::Panicked(panic_message(payload.as_ref())))?;
     let handler = started.map_err(|error| Failure::BadArguments {
         job: job.name,
         error,
@@ -379,7 +403,7 @@ async fn run_attempt(
         Err(_elapsed) => Err(Failure::TimedOut(job.timeout)),
         Ok(Err(payload)) => Err(Failure::Panicked(panic_message(payload.as_ref()))),
         Ok(Ok(Err(error))) => Err(Failure::Failed(error)),
-        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Ok(output))) => Ok(output),
     }
 }
 
@@ -475,6 +499,17 @@ async fn settle_failure(
                 )
             })
             .await;
+            if published.is_ok() && is_request(delivery) {
+                let kind = match why {
+                    DeadLetterWhy::RetriesSpent => "retryable",
+                    DeadLetterWhy::NotRetryable => "permanent",
+                };
+                let answer = Answer::Failed {
+                    kind,
+                    error: &reason,
+                };
+                Box::pin(reply(delivery, envelope, dispatch, answer)).await;
+            }
             match (&published, why) {
                 (Ok(()), DeadLetterWhy::RetriesSpent) => tracing::warn!(
                     error = %reason,

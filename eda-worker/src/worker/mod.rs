@@ -10,6 +10,7 @@ mod decision;
 mod dispatch;
 mod follow_ups;
 mod hold;
+mod reply;
 mod session;
 mod starts;
 mod transaction;

@@ -20,6 +20,7 @@ pub mod memory_alarm;
 pub mod migrations;
 pub mod outbox;
 pub mod quorum_queues;
+pub mod requests;
 pub mod retries;
 pub mod settlement;
 pub mod shutdown;
