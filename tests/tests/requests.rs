@@ -10,7 +10,7 @@ use eda_worker::prelude::*;
 use eda_worker::wire::{
     HEADER_DEADLINE, HEADER_ERROR, HEADER_ERROR_KIND, HEADER_REQUEST_ID, header_text,
 };
-use eda_worker_tests::jobs::requests::{Quote, QuoteRequest, quote};
+use eda_worker_tests::jobs::requests::{Quote, QuoteRequest, quote, quote_once};
 use eda_worker_tests::jobs::runs;
 use eda_worker_tests::{Scene, WAIT, now_millis, wait_until};
 use futures_util::StreamExt;
@@ -19,22 +19,18 @@ use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-/// A request for `item`, from a foreign client: its own message id and
+/// A request for `job`, from a foreign client: its own message id and
 /// correlation id, replies to `reply_to`.
-fn request(id: &str, correlation_id: &str, reply_to: &str) -> BasicProperties {
+fn request<J: Job>(_job: J, id: &str, correlation_id: &str, reply_to: &str) -> BasicProperties {
     BasicProperties::default()
         .with_message_id(id.into())
-        .with_type("quote".into())
+        .with_type(J::NAME.into())
         .with_reply_to(reply_to.into())
         .with_correlation_id(correlation_id.into())
 }
 
-#[tokio::test]
-async fn a_foreign_caller_gets_one_reply_per_request_on_its_final_outcome() {
-    let scene = Scene::of(quote).start().await;
-    let queue = <quote as Job>::QUEUE;
-    let channel = scene.broker.channel().await;
-    // The caller's reply queue: server-named, exclusive.
+/// The caller's reply queue (server-named, exclusive) and its consumer.
+async fn reply_queue(channel: &lapin::Channel) -> (String, lapin::Consumer) {
     let reply_queue = channel
         .queue_declare(
             "".into(),
@@ -47,8 +43,7 @@ async fn a_foreign_caller_gets_one_reply_per_request_on_its_final_outcome() {
         )
         .await
         .expect("declare the reply queue");
-    let reply_to = reply_queue.name().as_str().to_owned();
-    let mut replies = channel
+    let replies = channel
         .basic_consume(
             reply_queue.name().clone(),
             "caller".into(),
@@ -60,10 +55,73 @@ async fn a_foreign_caller_gets_one_reply_per_request_on_its_final_outcome() {
         )
         .await
         .expect("consume the replies");
+    (reply_queue.name().as_str().to_owned(), replies)
+}
+
+/// The next reply, within [`WAIT`].
+async fn next_reply(replies: &mut lapin::Consumer) -> Delivery {
+    tokio::time::timeout(WAIT, replies.next())
+        .await
+        .expect("a reply in time")
+        .expect("the reply consumer runs")
+        .expect("a reply")
+}
+
+#[tokio::test]
+async fn a_request_the_inbox_already_processed_gets_a_duplicate_reply() {
+    let scene = Scene::of(quote_once)
+        .database("eda_test_rpc_dedup")
+        .start()
+        .await;
+    let queue = <quote_once as Job>::QUEUE;
+    let channel = scene.broker.channel().await;
+    let (reply_to, mut replies) = reply_queue(&channel).await;
+    let body = serde_json::to_vec(&QuoteRequest {
+        item: "tea".into(),
+        quantity: 1,
+    })
+    .expect("JSON");
+    let mut kinds = Vec::new();
+    // The same request twice (a caller's retry with the same message id).
+    for _ in 0..2 {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                request(quote_once, "same-request", "c-same", &reply_to),
+            )
+            .await
+            .expect("publish the request")
+            .await
+            .expect("publish confirm");
+        let reply = next_reply(&mut replies).await;
+        assert_eq!(
+            reply
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.as_str()),
+            Some("c-same")
+        );
+        kinds.push(header_text(&reply.properties, HEADER_ERROR_KIND));
+    }
+    assert_eq!(kinds, [None, Some("duplicate".to_owned())]);
+    assert_eq!(runs(queue).len(), 1, "it ran once");
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_foreign_caller_gets_one_reply_per_request_on_its_final_outcome() {
+    let scene = Scene::of(quote).start().await;
+    let queue = <quote as Job>::QUEUE;
+    let channel = scene.broker.channel().await;
+    let (reply_to, mut replies) = reply_queue(&channel).await;
 
     let send =
         |id: &'static str, correlation_id: &'static str, item: &str, deadline: Option<u64>| {
-            let properties = request(id, correlation_id, &reply_to);
+            let properties = request(quote, id, correlation_id, &reply_to);
             let properties = match deadline {
                 Some(deadline) => {
                     let mut headers = FieldTable::default();

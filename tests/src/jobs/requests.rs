@@ -33,3 +33,9 @@ pub async fn quote(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobE
         }),
     }
 }
+
+/// [`quote`] on a queue of its own, for the dedup test (with a database).
+#[job(queue = "eda-test.rpc.quotes-dedup")]
+pub async fn quote_once(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
+    quote.call(ctx, request).await
+}
