@@ -58,6 +58,27 @@ async fn reply_queue(channel: &lapin::Channel) -> (String, lapin::Consumer) {
     (reply_queue.name().as_str().to_owned(), replies)
 }
 
+/// Publishes a request to `queue` and waits for the broker to take it.
+async fn send_request(
+    channel: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish the request")
+        .await
+        .expect("publish confirm");
+}
+
 /// The next reply, within [`WAIT`].
 async fn next_reply(replies: &mut lapin::Consumer) -> Delivery {
     tokio::time::timeout(WAIT, replies.next())
@@ -84,18 +105,8 @@ async fn a_request_the_inbox_already_processed_gets_a_duplicate_reply() {
     let mut kinds = Vec::new();
     // The same request twice (a caller's retry with the same message id).
     for _ in 0..2 {
-        channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body,
-                request(quote_once, "same-request", "c-same", &reply_to),
-            )
-            .await
-            .expect("publish the request")
-            .await
-            .expect("publish confirm");
+        let properties = request(quote_once, "same-request", "c-same", &reply_to);
+        send_request(&channel, queue, &body, properties).await;
         let reply = next_reply(&mut replies).await;
         assert_eq!(
             reply
@@ -139,20 +150,7 @@ async fn a_foreign_caller_gets_one_reply_per_request_on_its_final_outcome() {
             })
             .expect("JSON");
             let channel = channel.clone();
-            async move {
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        properties,
-                    )
-                    .await
-                    .expect("publish the request")
-                    .await
-                    .expect("publish confirm");
-            }
+            async move { send_request(&channel, queue, &body, properties).await }
         };
     // Past its deadline: acked without running, no reply.
     send("expired", "c-expired", "tea", Some(now_millis() - 1_000)).await;
