@@ -62,7 +62,9 @@ pub mod wire;
 mod worker;
 
 pub use broker::{ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, QueueType, Tls, redact_url};
-pub use client::{Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions, PublishOptions};
+pub use client::{
+    CallError, Client, ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions, PublishOptions,
+};
 pub use config::{
     DEFAULT_AMQP_URL, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_ETA_HORIZON, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_STARTS, DEFAULT_SHUTDOWN_TIMEOUT,

@@ -1,7 +1,9 @@
 //! [`Client`]: enqueue jobs from any async code, with broker confirms.
 
+mod call;
 mod options;
 
+pub use call::CallError;
 use options::Due;
 pub use options::{ClientOptions, DEFAULT_PUBLISH_TIMEOUT, EnqueueOptions, PublishOptions};
 
@@ -87,6 +89,8 @@ const PUBLISH_CHANNELS: usize = 2;
 struct Session {
     connection: Arc<Connection>,
     publisher: Publisher,
+    /// The call channel, opened on the first `call` (and again when it died).
+    caller: tokio::sync::Mutex<Option<Arc<call::Caller>>>,
 }
 
 impl Session {
@@ -96,7 +100,19 @@ impl Session {
         Ok(Session {
             connection,
             publisher,
+            caller: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The session's call channel, opened if it has none that is usable.
+    async fn caller(&self) -> Result<Arc<call::Caller>, Error> {
+        let mut caller = self.caller.lock().await;
+        if let Some(open) = caller.as_ref().filter(|open| open.is_usable()) {
+            return Ok(open.clone());
+        }
+        let open = Arc::new(call::Caller::open(&self.connection).await?);
+        *caller = Some(open.clone());
+        Ok(open)
     }
 }
 
@@ -303,6 +319,66 @@ impl Client {
         }
     }
 
+    /// Runs `job` with `args` on a worker and returns its reply: the handler's
+    /// `Ok` value (`T` of its `Result<T, JobError>`), or why there is none.
+    ///
+    /// The request is published confirmed, with a deadline of `timeout`
+    /// from now: the caller waits across the job's retries until then, and
+    /// a worker that finds the deadline passed acks the request unrun. A
+    /// lost connection fails the call at once; a handler's failure comes
+    /// back as [`CallError::Failed`], a request the inbox processed before
+    /// as [`CallError::Duplicate`].
+    ///
+    /// ```no_run
+    /// # use eda_worker::prelude::*;
+    /// # use std::time::Duration;
+    /// # #[derive(Serialize, Deserialize)] pub struct QuoteRequest { pub quantity: u32 }
+    /// # #[derive(Serialize, Deserialize)] pub struct Quote { pub cents: i64 }
+    /// # #[job(queue = "quotes")]
+    /// # pub async fn quote(_ctx: JobContext, r: QuoteRequest) -> Result<Quote, JobError> { Ok(Quote { cents: 0 }) }
+    /// # async fn demo(client: Client) -> Result<(), eda_worker::CallError> {
+    /// let quote: Quote = client.call(quote, QuoteRequest { quantity: 3 }, Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<J: Job>(
+        &self,
+        _job: J,
+        args: J::Args,
+        timeout: Duration,
+    ) -> Result<J::Output, CallError> {
+        let body = crate::wire::json_body(
+            &args,
+            Payload::Job(J::NAME),
+            self.inner.options.max_message_size,
+        )?;
+        let message_id = MessageId::new().to_string();
+        let envelope = Envelope {
+            message_id: message_id.clone(),
+            correlation_id: None,
+            job: Some(J::NAME.to_owned()),
+            attempt: 0,
+            eta: None,
+        };
+        let properties = envelope.into_properties()?;
+        let session = tokio::time::timeout(timeout, self.session())
+            .await
+            .map_err(|_| CallError::Timeout {
+                job: J::NAME,
+                timeout,
+            })??;
+        self.ensure_declared(&session.connection, J::QUEUE, J::QUEUE_TYPE)
+            .await?;
+        let caller = session.caller().await?;
+        let reply = caller
+            .call(J::NAME, J::QUEUE, &message_id, &body, properties, timeout)
+            .await;
+        if let Err(CallError::Request(Error::Unroutable { .. })) = &reply {
+            // Its queue was deleted: declared again on the next call.
+            self.forget_declared(J::QUEUE);
+        }
+        reply?.into_output(J::NAME, &message_id)
+    }
+
     /// Publishes a job message to `queue`: through the default exchange, or
     /// through one of its delay queues when it carries a due time.
     pub(crate) async fn publish_to_queue(
@@ -393,6 +469,9 @@ impl Client {
         }
         // Bounded: a broker that blocks this connection answers nothing.
         let _ = tokio::time::timeout(BROKER_CALL_TIMEOUT, session.publisher.close()).await;
+        if let Some(caller) = session.caller.lock().await.take() {
+            caller.close().await;
+        }
         broker::bounded(
             || "close of the connection".into(),
             session.connection.close(200, "client closed".into()),

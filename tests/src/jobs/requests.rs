@@ -39,3 +39,45 @@ pub async fn quote(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobE
 pub async fn quote_once(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
     quote.call(ctx, request).await
 }
+
+/// [`quote`] for the `client.call` tests.
+#[job(queue = "eda-test.call.prices", retries = 2, backoff = "100ms..100ms")]
+pub async fn price(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
+    quote.call(ctx, request).await
+}
+
+/// [`quote`] for the concurrent and nested calls.
+#[job(queue = "eda-test.call.many-prices")]
+pub async fn bulk_price(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
+    quote.call(ctx, request).await
+}
+
+/// Records that it started, then takes five seconds to quote.
+#[job(queue = "eda-test.call.slow-prices")]
+pub async fn slow_price(ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
+    crate::jobs::record(&ctx, &request);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    Ok(Quote {
+        item: request.item,
+        cents: 0,
+    })
+}
+
+/// Calls [`bulk_price`] from a handler: a nested call.
+#[job(queue = "eda-test.call.totals")]
+pub async fn total(_ctx: JobContext, quantity: u32) -> Result<i64, JobError> {
+    let client = eda_worker::Client::connect(&crate::amqp_url())
+        .await
+        .map_err(JobError::retryable)?;
+    let request = QuoteRequest {
+        item: "tea".into(),
+        quantity,
+    };
+    // (Not `let quote`: that names the job handle, a unit struct.)
+    let priced = client
+        .call(bulk_price, request, std::time::Duration::from_secs(10))
+        .await
+        .map_err(JobError::retryable)?;
+    let _ = client.close().await;
+    Ok(priced.cents + 100)
+}
