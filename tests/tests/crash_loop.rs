@@ -69,7 +69,21 @@ async fn crash_loop<J: Job<Args = MaybeAbort>>(job: J, schema: &str) {
                 }
                 () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
                     if done().await {
-                        worker.kill().await.expect("stop the last worker");
+                        // Stopped gracefully, so that its last acks go out: a
+                        // kill would hand back a job whose effects committed
+                        // (for the next worker's inbox to drop) and leave it
+                        // ready in the queue.
+                        let pid = worker.id().expect("the worker runs").to_string();
+                        let sent = std::process::Command::new("kill")
+                            .args(["-TERM", &pid])
+                            .status()
+                            .expect("kill -TERM");
+                        assert!(sent.success(), "kill -TERM {pid}");
+                        let status = tokio::time::timeout(WAIT, worker.wait())
+                            .await
+                            .expect("the last worker stops in time")
+                            .expect("wait for the last worker");
+                        assert!(status.success(), "the last worker stopped cleanly: {status}");
                         break;
                     }
                 }

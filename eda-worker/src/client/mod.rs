@@ -337,7 +337,7 @@ impl Client {
     /// # #[job(queue = "quotes")]
     /// # pub async fn quote(_ctx: JobContext, r: QuoteRequest) -> Result<Quote, JobError> { Ok(Quote { cents: 0 }) }
     /// # async fn demo(client: Client) -> Result<(), eda_worker::CallError> {
-    /// let quote: Quote = client.call(quote, QuoteRequest { quantity: 3 }, Duration::from_secs(5)).await?;
+    /// let reply: Quote = client.call(quote, QuoteRequest { quantity: 3 }, Duration::from_secs(5)).await?;
     /// # Ok(()) }
     /// ```
     pub async fn call<J: Job>(
