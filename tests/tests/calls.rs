@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use eda_worker::CallError;
 use eda_worker::prelude::*;
 use eda_worker_tests::broker::{close_connection, connection_pid, unique_connection_name};
-use eda_worker_tests::jobs::requests::{Quote, QuoteRequest, bulk_price, price, slow_price, total};
+use eda_worker_tests::jobs::requests::{
+    Quote, QuoteRequest, bulk_price, invoice_total, mixed_price, price, slow_price, total,
+};
 use eda_worker_tests::{Scene, WAIT, amqp_url, wait_until};
 
 fn ask(item: &str) -> QuoteRequest {
@@ -61,9 +63,15 @@ async fn a_call_returns_the_reply_or_the_handlers_error() {
 
 #[tokio::test]
 async fn many_concurrent_calls_and_a_nested_one() {
-    let mut scene = Scene::of(total).also(bulk_price).workers(0).start().await;
+    let mut scene = Scene::of(total)
+        .also(bulk_price)
+        .also(invoice_total)
+        .workers(0)
+        .start()
+        .await;
     scene.start_worker_on(<bulk_price as Job>::QUEUE).await;
     scene.start_worker_on(<total as Job>::QUEUE).await;
+    scene.start_worker_on(<invoice_total as Job>::QUEUE).await;
     let client = &scene.client;
 
     let calls = futures_util::future::join_all((1..=200u32).map(|quantity| {
@@ -91,6 +99,13 @@ async fn many_concurrent_calls_and_a_nested_one() {
         .await
         .expect("the nested call's reply");
     assert_eq!(sum, 1_100);
+    // A -> B -> C: invoice_total calls total, which calls bulk_price.
+    let invoiced: i64 = client
+        .call(invoice_total, 4, Duration::from_secs(30))
+        .await
+        .expect("the doubly nested call's reply");
+    assert_eq!(invoiced, 2_200);
+    assert_eq!(client.calls_in_flight().await, 0);
     scene.finish().await;
 }
 
@@ -157,5 +172,46 @@ async fn a_timeout_and_a_lost_connection_end_the_call() {
         "within 1 s of the loss: {:?}",
         closed.elapsed()
     );
+    scene.finish().await;
+}
+
+#[tokio::test]
+async fn a_thousand_calls_some_timing_out_leave_none_pending() {
+    let scene = Scene::of(mixed_price)
+        .worker_config(|config| config.concurrency(64))
+        .start()
+        .await;
+    let client = &scene.client;
+    let calls = futures_util::future::join_all((0..1_000u32).map(|n| {
+        // One in ten waits half a second for a call that gives up at 100 ms.
+        let (item, timeout) = if n % 10 == 0 {
+            ("wait", Duration::from_millis(100))
+        } else {
+            ("now", Duration::from_secs(30))
+        };
+        client.call(
+            mixed_price,
+            QuoteRequest {
+                item: item.to_owned(),
+                quantity: n,
+            },
+            timeout,
+        )
+    }))
+    .await;
+    let (mut replies, mut timeouts) = (0, 0);
+    for (n, call) in (0..1_000i64).zip(calls) {
+        match call {
+            Ok(reply) => {
+                assert_eq!(reply.cents, n, "each call its own reply");
+                replies += 1;
+            }
+            Err(CallError::Timeout { .. }) => timeouts += 1,
+            Err(other) => panic!("call {n}: {other:?}"),
+        }
+    }
+    assert_eq!(replies, 900);
+    assert_eq!(timeouts, 100);
+    assert_eq!(client.calls_in_flight().await, 0, "no call is left pending");
     scene.finish().await;
 }

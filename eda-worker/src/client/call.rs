@@ -158,6 +158,11 @@ impl Caller {
         Ok(Caller { channel, pending })
     }
 
+    /// The calls waiting for their reply.
+    pub(super) fn pending(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
     /// Whether the call channel can still carry calls.
     pub(super) fn is_usable(&self) -> bool {
         self.channel.status().connected()

@@ -379,6 +379,15 @@ impl Client {
         reply?.into_output(J::NAME, &message_id)
     }
 
+    /// The calls of this client waiting for their reply (see
+    /// [`Client::call`]): every call leaves this count when it ends, with a
+    /// reply, an error or a timeout.
+    pub async fn calls_in_flight(&self) -> usize {
+        let session = self.current_session();
+        let caller = session.caller.lock().await;
+        caller.as_ref().map_or(0, |caller| caller.pending())
+    }
+
     /// Publishes a job message to `queue`: through the default exchange, or
     /// through one of its delay queues when it carries a due time.
     pub(crate) async fn publish_to_queue(

@@ -81,3 +81,29 @@ pub async fn total(_ctx: JobContext, quantity: u32) -> Result<i64, JobError> {
     let _ = client.close().await;
     Ok(priced.cents + 100)
 }
+
+/// Calls [`total`] from a handler: the outer call of A -> B -> C.
+#[job(queue = "eda-test.call.invoices")]
+pub async fn invoice_total(_ctx: JobContext, quantity: u32) -> Result<i64, JobError> {
+    let client = eda_worker::Client::connect(&crate::amqp_url())
+        .await
+        .map_err(JobError::retryable)?;
+    let sum = client
+        .call(total, quantity, std::time::Duration::from_secs(15))
+        .await
+        .map_err(JobError::retryable)?;
+    let _ = client.close().await;
+    Ok(sum * 2)
+}
+
+/// Quotes at once, or after `item` = `"wait"`'s half second.
+#[job(queue = "eda-test.call.mixed-prices")]
+pub async fn mixed_price(_ctx: JobContext, request: QuoteRequest) -> Result<Quote, JobError> {
+    if request.item == "wait" {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Ok(Quote {
+        cents: i64::from(request.quantity),
+        item: request.item,
+    })
+}
