@@ -302,3 +302,78 @@ async fn a_handler_publishes_an_event_with_its_outcome_carrying_its_correlation_
         .await;
     broker.close().await;
 }
+
+#[tokio::test]
+async fn one_correlation_id_from_the_web_request_to_a_subscribers_dead_letter() {
+    use eda_worker::EnqueueOptions;
+    use eda_worker_tests::jobs::events::{RefundRequested, refuse_refund, request_refund};
+
+    let broker = Broker::connect().await;
+    broker
+        .delete_exchange(<RefundRequested as Event>::EXCHANGE)
+        .await;
+    let mut scene = Scene::of(request_refund)
+        .also(refuse_refund)
+        .workers(0)
+        .start()
+        .await;
+    let (publisher, subscriber) = (
+        <request_refund as Job>::QUEUE,
+        <refuse_refund as Job>::QUEUE,
+    );
+    scene.start_worker_on(subscriber).await;
+    scene.start_worker_on(publisher).await;
+    scene
+        .client
+        .enqueue_with(
+            request_refund,
+            11,
+            EnqueueOptions::default().correlation_id("web-request-11"),
+        )
+        .await
+        .expect("enqueue");
+    let dead_letter_queue = eda_worker::dead_letter::queue_name(subscriber);
+    wait_until(
+        "the subscriber's failure is dead-lettered",
+        WAIT,
+        || async { scene.broker.ready(&dead_letter_queue).await == 1 },
+    )
+    .await;
+    // web request -> job -> event -> subscriber -> dead letter.
+    assert_eq!(
+        runs(publisher)[0].correlation_id.as_deref(),
+        Some("web-request-11")
+    );
+    assert_eq!(
+        runs(subscriber)[0].correlation_id.as_deref(),
+        Some("web-request-11")
+    );
+    let letter = scene
+        .broker
+        .get(&dead_letter_queue)
+        .await
+        .expect("the dead letter");
+    assert_eq!(
+        letter
+            .delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some("web-request-11")
+    );
+    assert_eq!(
+        letter
+            .delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str()),
+        Some("refund.requested")
+    );
+    scene.finish().await;
+    broker
+        .delete_exchange(<RefundRequested as Event>::EXCHANGE)
+        .await;
+    broker.close().await;
+}

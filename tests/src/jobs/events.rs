@@ -201,3 +201,28 @@ pub async fn send_receipt(ctx: JobContext, receipt: i64) -> Result<(), JobError>
 pub async fn receipt_sent(ctx: JobContext, event: ReceiptSent) -> Result<(), JobError> {
     crate::jobs::record_run(&ctx, &event).await
 }
+
+/// The event of the correlation test, whose subscriber fails for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+#[event(
+    exchange = "eda-test.events.correlation",
+    routing_key = "refund.requested"
+)]
+pub struct RefundRequested {
+    /// The order.
+    pub order: i64,
+}
+
+/// Publishes [`RefundRequested`] for its order.
+#[job(queue = "eda-test.events.refunds")]
+pub async fn request_refund(ctx: JobContext, order: i64) -> Result<(), JobError> {
+    ctx.publish(RefundRequested { order }).await?;
+    crate::jobs::record_run(&ctx, &order).await
+}
+
+/// Refuses every refund: its events end in its dead-letter queue.
+#[job(queue = "eda-test.events.refusals", on = RefundRequested)]
+pub async fn refuse_refund(ctx: JobContext, event: RefundRequested) -> Result<(), JobError> {
+    crate::jobs::record(&ctx, &event);
+    Err(JobError::permanent("refunds are closed"))
+}
