@@ -265,6 +265,19 @@ impl OptionParser<'_, '_> {
         example: &str,
         check: impl FnOnce(&L) -> syn::Result<T>,
     ) -> syn::Result<()> {
+        let Some(value) = self.first_value::<K>()? else {
+            return Ok(());
+        };
+        match L::from_value(&value, K::NAME, example).and_then(|literal| check(&literal)) {
+            Ok(value) => *out = Some(value),
+            Err(error) => self.errors.push(error),
+        }
+        Ok(())
+    }
+
+    /// Reads `K = value`: the value, or `None` when `K` was given before
+    /// (an error spanned on this second key).
+    fn first_value<K: Key>(&mut self) -> syn::Result<Option<Expr>> {
         let key = self.input.parse::<K>()?;
         let value = parse_value(self.input)?;
         if self.given.contains(&K::NAME) {
@@ -272,14 +285,10 @@ impl OptionParser<'_, '_> {
                 key.span(),
                 format!("duplicate option `{}`", K::NAME),
             ));
-            return Ok(());
+            return Ok(None);
         }
         self.given.push(K::NAME);
-        match L::from_value(&value, K::NAME, example).and_then(|literal| check(&literal)) {
-            Ok(value) => *out = Some(value),
-            Err(error) => self.errors.push(error),
-        }
-        Ok(())
+        Ok(Some(value))
     }
 
     /// Parses `K = Path`: an option that takes a type, such as `on = OrderPlaced`.
@@ -288,16 +297,9 @@ impl OptionParser<'_, '_> {
         out: &mut Option<syn::Path>,
         example: &str,
     ) -> syn::Result<()> {
-        let key = self.input.parse::<K>()?;
-        let value = parse_value(self.input)?;
-        if self.given.contains(&K::NAME) {
-            self.errors.push(syn::Error::new(
-                key.span(),
-                format!("duplicate option `{}`", K::NAME),
-            ));
+        let Some(value) = self.first_value::<K>()? else {
             return Ok(());
-        }
-        self.given.push(K::NAME);
+        };
         match value {
             Expr::Path(syn::ExprPath {
                 qself: None, path, ..

@@ -119,8 +119,9 @@ pub struct JobContext {
     timestamp: Option<u64>,
     job: &'static str,
     queue: &'static str,
-    /// The routing key the message arrived with.
-    routing_key: String,
+    /// The routing key the message arrived with, when it is not the
+    /// queue's name (a job enqueued to its queue needs no copy).
+    routing_key: Option<String>,
     /// The message's `type`, when it is not the job's wire name (a raw
     /// subscriber's messages).
     message_type: Option<Option<String>>,
@@ -146,7 +147,7 @@ impl JobContext {
             timestamp: None,
             job,
             queue,
-            routing_key: queue.to_owned(),
+            routing_key: None,
             message_type: None,
             tx: None,
             outbox: None,
@@ -163,7 +164,7 @@ impl JobContext {
     /// The same context, for a message that arrived with `routing_key` and
     /// `message_type` (its `type` property).
     pub(crate) fn with_arrival(mut self, routing_key: &str, message_type: Option<&str>) -> Self {
-        routing_key.clone_into(&mut self.routing_key);
+        self.routing_key = (routing_key != self.queue).then(|| routing_key.to_owned());
         if message_type != Some(self.job) {
             self.message_type = Some(message_type.map(str::to_owned));
         }
@@ -340,7 +341,7 @@ impl JobContext {
     /// topic exchange, the one a pattern matched), or the queue's name for a
     /// job enqueued to it.
     pub fn routing_key(&self) -> &str {
-        &self.routing_key
+        self.routing_key.as_deref().unwrap_or(self.queue)
     }
 
     /// The message's `type` property: the job's or the event's wire name.

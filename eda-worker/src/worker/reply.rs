@@ -29,11 +29,17 @@ pub(super) enum Answer<'a> {
 
 /// Whether `delivery` is a request: it names where its reply goes.
 pub(super) fn is_request(delivery: &Received) -> bool {
+    reply_to(delivery).is_some()
+}
+
+/// Where the reply to `delivery` goes, if it is a request.
+fn reply_to(delivery: &Received) -> Option<&str> {
     delivery
         .properties
         .reply_to()
         .as_ref()
-        .is_some_and(|reply_to| !reply_to.as_str().is_empty())
+        .map(|reply_to| reply_to.as_str())
+        .filter(|reply_to| !reply_to.is_empty())
 }
 
 /// Sends `answer` to the caller of `delivery`, if it is a request.
@@ -43,12 +49,9 @@ pub(super) async fn reply(
     dispatch: &Dispatch,
     answer: Answer<'_>,
 ) {
-    let Some(reply_to) = delivery.properties.reply_to().as_ref() else {
+    let Some(reply_to) = reply_to(delivery) else {
         return;
     };
-    if reply_to.as_str().is_empty() {
-        return;
-    }
     let mut headers = FieldTable::default();
     if !envelope.message_id.is_empty() {
         headers.insert(
@@ -87,7 +90,7 @@ pub(super) async fn reply(
     }
     let sent = dispatch
         .publisher
-        .publish("", reply_to.as_str(), &id, &body, properties)
+        .publish("", reply_to, &id, &body, properties)
         .await;
     match sent {
         Ok(()) => tracing::debug!(reply_to = %reply_to, "reply sent"),
